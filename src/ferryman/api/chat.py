@@ -1,0 +1,130 @@
+"""The chat flow shared by every ingress format: authenticate, parse, call the core, answer.
+
+An ingress module supplies only what differs — how to parse its request and how to render answers,
+streams and mid-stream errors (`ChatFormat`) — so the order of checks, the accounting and the log
+line are written once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from ferryman.api.body import read_json_object
+from ferryman.api.state import AppState
+from ferryman.core.canonical import ChatRequest, ChatResponse, JSONObject, StreamEvent
+from ferryman.core.gateway import CallRecord
+from ferryman.errors import FerrymanError
+from ferryman.observability.logging import log_request
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class StreamRenderer(Protocol):
+    """A wire module's stream renderer (see `ferryman.wire`)."""
+
+    def render(self, event: StreamEvent) -> bytes:
+        """SSE frames for one canonical event."""
+        ...
+
+    def close(self) -> bytes:
+        """Frames that end the stream."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChatFormat:
+    """What an ingress format contributes to the shared flow."""
+
+    render_response: Callable[[ChatResponse], JSONObject]
+    make_renderer: Callable[[str], StreamRenderer]
+    render_stream_error: Callable[[FerrymanError], bytes]
+
+
+def new_record(request: Request, model: str) -> CallRecord:
+    """A fresh record for this request, timed from now."""
+    return CallRecord(
+        request_id=request.scope["state"]["request_id"], model=model, started=time.perf_counter()
+    )
+
+
+async def serve_chat(
+    request: Request, parse: Callable[[JSONObject], ChatRequest], fmt: ChatFormat
+) -> Response:
+    """Run one chat request end to end and answer in the client's format."""
+    state: AppState = request.app.state.ferryman
+    principal = state.auth.authenticate(request)
+    chat_request = parse(await read_json_object(request, state.settings.server.max_body_bytes))
+    record = new_record(request, chat_request.model)
+    try:
+        if chat_request.stream:
+            events = await state.gateway.open_stream(chat_request, record)
+            body = _stream_body(state, record, events, fmt, chat_request.model, principal.key_alias)
+            return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        response = await state.gateway.chat(chat_request, record)
+    except FerrymanError as exc:
+        finish_request(state, record, principal.key_alias, exc)
+        raise
+    finish_request(state, record, principal.key_alias)
+    return Response(orjson.dumps(fmt.render_response(response)), media_type="application/json")
+
+
+async def _stream_body(
+    state: AppState,
+    record: CallRecord,
+    events: AsyncGenerator[StreamEvent, None],
+    fmt: ChatFormat,
+    model: str,
+    key_alias: str,
+) -> AsyncIterator[bytes]:
+    """Render events as they arrive; an upstream failure mid-stream becomes an error frame."""
+    renderer = fmt.make_renderer(model)
+    error: BaseException | None = None
+    try:
+        async for event in events:
+            frame = renderer.render(event)
+            if frame:
+                yield frame
+        yield renderer.close()
+    except FerrymanError as exc:
+        error = exc
+        yield fmt.render_stream_error(exc)
+    except BaseException as exc:  # client gone (cancelled) or a bug: account for it, then re-raise
+        error = exc
+        raise
+    finally:
+        await events.aclose()
+        finish_request(state, record, key_alias, error)
+
+
+def finish_request(
+    state: AppState, record: CallRecord, key_alias: str, error: BaseException | None = None
+) -> None:
+    """Record metrics and write the request's one log line."""
+    state.gateway.finish(record, error)
+    usage = record.usage
+    log_request(
+        {
+            "model": record.model,
+            "provider": record.provider,
+            "deployment": record.deployment,
+            "key_alias": key_alias,
+            "status": record.status,
+            "error": record.error,
+            "stream": record.stream,
+            "attempts": record.attempts,
+            "latency_ms": round(record.latency * 1000, 2),
+            "upstream_ms": round(record.upstream_seconds * 1000, 2),
+            "ttft_ms": None if record.time_to_first_token is None else round(record.time_to_first_token * 1000, 2),
+            "input_tokens": usage.input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "cached_tokens": usage.cached_tokens if usage else None,
+            "cost_usd": record.cost,
+        }
+    )

@@ -1,0 +1,50 @@
+"""Gemini-format ingress: generateContent and streamGenerateContent (server-sent events)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ferryman.api.chat import ChatFormat, serve_chat
+from ferryman.errors import FerrymanError
+from ferryman.wire import gemini as wire
+
+
+def _stream_error(exc: FerrymanError) -> bytes:
+    """Google's error object, as a final stream chunk."""
+    payload = {"error": {"code": exc.status, "message": exc.message, "status": exc.type.upper()}}
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+GEMINI_FORMAT = ChatFormat(
+    render_response=wire.render_chat_response,
+    make_renderer=wire.StreamRenderer,
+    render_stream_error=_stream_error,
+)
+
+
+async def generate_content(request: Request) -> Response:
+    """POST /v1beta/models/{model}:generateContent."""
+    parse = partial(wire.parse_chat_request, model=request.path_params["model"], stream=False)
+    return await serve_chat(request, parse, GEMINI_FORMAT)
+
+
+async def stream_generate_content(request: Request) -> Response:
+    """POST /v1beta/models/{model}:streamGenerateContent (answered as SSE, as with `alt=sse`)."""
+    parse = partial(wire.parse_chat_request, model=request.path_params["model"], stream=True)
+    return await serve_chat(request, parse, GEMINI_FORMAT)
+
+
+def gemini_routes() -> list[BaseRoute]:
+    """The Gemini paths, under both API versions the SDK may use."""
+    routes: list[BaseRoute] = []
+    for version in ("v1beta", "v1"):
+        routes += [
+            Route(f"/{version}/models/{{model}}:generateContent", generate_content, methods=["POST"]),
+            Route(f"/{version}/models/{{model}}:streamGenerateContent", stream_generate_content, methods=["POST"]),
+        ]
+    return routes

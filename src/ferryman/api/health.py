@@ -1,0 +1,69 @@
+"""Probes and metrics: `/health/live` (the process answers), `/health/ready` (send me traffic),
+`/health` (a JSON summary for people), `/metrics` (Prometheus)."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ferryman import __version__
+from ferryman.api.state import AppState
+from ferryman.observability.metrics import CONTENT_TYPE
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+async def live(request: Request) -> Response:
+    """Liveness: answering at all is the proof; a hung event loop fails it by not answering."""
+    return _json({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: 503 while draining, so load balancers stop sending new requests first."""
+    state: AppState = request.app.state.ferryman
+    if state.draining:
+        return _json({"status": "draining"}, status=503)
+    return _json({"status": "ready"})
+
+
+async def health(request: Request) -> Response:
+    """A summary: version, uptime, dependencies and every deployment."""
+    state: AppState = request.app.state.ferryman
+    settings = state.settings
+    deployments = [
+        {"model": name, "deployment": t.deployment, "provider": t.provider, "state": "configured"}
+        for name in state.gateway.router.model_names
+        for t in state.gateway.router.targets(name)
+    ]
+    body = {
+        "status": "draining" if state.draining else "ok",
+        "version": __version__,
+        "uptime_seconds": round(time.time() - state.started_at, 3),
+        "redis": "configured" if settings.redis_url else "not configured (in-process state)",
+        "database": "configured" if settings.database_url else "not configured",
+        "auth": "enabled" if state.auth.enabled else "disabled (no master_key)",
+        "deployments": deployments,
+    }
+    return _json(body, status=503 if state.draining else 200)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    state: AppState = request.app.state.ferryman
+    return Response(state.metrics.render_latest(), media_type=CONTENT_TYPE)
+
+
+def health_routes() -> list[BaseRoute]:
+    """Probe and metrics paths."""
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/health/live", live, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

@@ -1,0 +1,73 @@
+"""OpenAI-format ingress: chat completions (streamed or not), embeddings and the model list."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ferryman.api.body import read_json_object
+from ferryman.api.chat import ChatFormat, finish_request, new_record, serve_chat
+from ferryman.api.errors import error_body
+from ferryman.api.state import AppState
+from ferryman.errors import FerrymanError
+from ferryman.wire import openai as wire
+
+
+def _stream_error(exc: FerrymanError) -> bytes:
+    """OpenAI clients raise on a chunk whose data carries an `error` object."""
+    return b"data: " + error_body(exc) + b"\n\n"
+
+
+OPENAI_FORMAT = ChatFormat(
+    render_response=wire.render_chat_response,
+    make_renderer=wire.StreamRenderer,
+    render_stream_error=_stream_error,
+)
+
+
+async def chat_completions(request: Request) -> Response:
+    """POST /v1/chat/completions."""
+    return await serve_chat(request, wire.parse_chat_request, OPENAI_FORMAT)
+
+
+async def embeddings(request: Request) -> Response:
+    """POST /v1/embeddings."""
+    state: AppState = request.app.state.ferryman
+    principal = state.auth.authenticate(request)
+    embedding_request = wire.parse_embedding_request(
+        await read_json_object(request, state.settings.server.max_body_bytes)
+    )
+    record = new_record(request, embedding_request.model)
+    try:
+        response = await state.gateway.embed(embedding_request, record)
+    except FerrymanError as exc:
+        finish_request(state, record, principal.key_alias, exc)
+        raise
+    finish_request(state, record, principal.key_alias)
+    return Response(orjson.dumps(wire.render_embedding_response(response)), media_type="application/json")
+
+
+async def list_models(request: Request) -> Response:
+    """GET /v1/models: the model names this gateway serves."""
+    state: AppState = request.app.state.ferryman
+    state.auth.authenticate(request)
+    created = int(state.started_at)
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "ferryman"}
+        for name in state.gateway.router.model_names
+    ]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+def openai_routes() -> list[BaseRoute]:
+    """The OpenAI paths, also without the `/v1` prefix for clients whose base URL omits it."""
+    routes: list[BaseRoute] = []
+    for prefix in ("/v1", ""):
+        routes += [
+            Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]),
+            Route(f"{prefix}/embeddings", embeddings, methods=["POST"]),
+            Route(f"{prefix}/models", list_models, methods=["GET"]),
+        ]
+    return routes

@@ -1,0 +1,150 @@
+"""The `ferryman` command: `serve` the gateway, `check-config` a file before deploying it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+from fastapi import FastAPI
+
+from ferryman import __version__
+from ferryman.api.app import create_app
+from ferryman.core.pricing import price_for
+from ferryman.errors import ConfigError
+from ferryman.observability.logging import configure_logging
+from ferryman.settings import Settings, load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    parser.print_help()
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferryman", description="A self-hosted AI API gateway.")
+    parser.add_argument("--version", action="version", version=f"ferryman {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="serve the gateway (the embedded example without --config)")
+    serve.add_argument("--config", help="YAML config file; omit to serve the embedded example")
+    serve.add_argument("--host", help="address to bind (overrides server.host)")
+    serve.add_argument("--port", type=int, help="port to bind (overrides server.port)")
+    serve.add_argument("--workers", type=int, help="worker processes (overrides server.workers)")
+    check = commands.add_parser("check-config", help="validate a config file; non-zero exit on any error")
+    check.add_argument("file")
+    return parser
+
+
+def _check_config(path: str) -> int:
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        _print_problems(path, exc.problems)
+        return 1
+    problems = _unpriced(settings)
+    if problems:
+        _print_problems(path, problems)
+        return 1
+    deployments = sum(len(route.deployments) for route in settings.models)
+    print(f"{path}: OK ({len(settings.models)} models, {deployments} deployments)")
+    return 0
+
+
+def _unpriced(settings: Settings) -> list[tuple[str, str]]:
+    """Deployments whose cost would be unknown: an error here, so no model is ever silently free."""
+    return [
+        (
+            f"models[{i}].deployments[{j}].price",
+            f"no pinned price for upstream model {d.model!r}; set price.input_per_mtok / output_per_mtok",
+        )
+        for i, route in enumerate(settings.models)
+        for j, d in enumerate(route.deployments)
+        if d.price is None and price_for(d.model) is None
+    ]
+
+
+def _print_problems(path: str, problems: list[tuple[str, str]]) -> None:
+    print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
+    for key_path, message in problems:
+        print(f"  {key_path}: {message}", file=sys.stderr)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config).with_server(host=args.host, port=args.port, workers=args.workers)
+    except ConfigError as exc:
+        _print_problems(args.config or "<embedded example>", exc.problems)
+        return 1
+    configure_logging(settings.logging.level, settings.logging.format)
+    if settings.server.workers > 1:
+        # Each worker builds its own app from the same file; uvicorn supervises them.
+        if args.config:
+            os.environ["FERRYMAN_CONFIG"] = os.path.abspath(args.config)
+        config = _uvicorn_config("ferryman.api.app:app_from_env", settings)
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        return 0
+    app = create_app(settings)
+    DrainingServer(_uvicorn_config(app, settings), app, settings.server.shutdown_delay_seconds).run()
+    return 0
+
+
+def _uvicorn_config(app: FastAPI | str, settings: Settings) -> uvicorn.Config:
+    """The fast path: uvloop + httptools, no access log (we write our own, richer line)."""
+    server = settings.server
+    return uvicorn.Config(
+        app,
+        factory=isinstance(app, str),
+        host=server.host,
+        port=server.port,
+        workers=server.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=int(server.drain_timeout_seconds) or None,
+    )
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM, fail readiness at once and keep serving for `delay` seconds before closing.
+
+    Load balancers and Kubernetes endpoints need a moment to notice a failing readiness probe; closing
+    the listener first would turn that moment into refused connections. After the delay uvicorn stops
+    accepting and lets in-flight requests and streams finish within `timeout_graceful_shutdown`.
+    A second signal exits without waiting.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, delay: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._delay = delay
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """First SIGTERM / SIGINT: drain; the next one: exit now."""
+        state = getattr(self._app.state, "ferryman", None)
+        if self._draining or state is None or self._delay <= 0 or sig not in (signal.SIGTERM, signal.SIGINT):
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        state.draining = True
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(loop.call_later, self._delay, super().handle_exit, sig, frame)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

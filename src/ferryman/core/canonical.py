@@ -1,0 +1,242 @@
+"""The canonical chat request, response and stream events every wire format translates to and from.
+
+Each ingress format (OpenAI, Anthropic, Gemini) is parsed into these types, and each provider adapter
+builds its upstream body from them; so N formats need 2N translations instead of N². The types are
+frozen and slotted: they are created once per request and never mutated, and `dataclasses.replace`
+makes the rare modified copy (a deployment's upstream model name, say).
+
+Conventions that every codec keeps:
+
+- System prompts are `Message(role="system")` entries, in order. Formats with a single system field
+  (Anthropic, Gemini) join consecutive leading system messages with blank lines.
+- Tool-call arguments and tool JSON schemas stay as the client sent them: arguments as a JSON *string*
+  (OpenAI's convention, and the only lossless one for streamed fragments), schemas as parsed JSON.
+- A tool result is a `Message(role="tool")` carrying `tool_call_id`; its content is the parts.
+- Images are `ImagePart`s holding either a `data:` URL or an http(s) URL, exactly as received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+JSONValue: TypeAlias = "str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]"
+JSONObject: TypeAlias = "dict[str, JSONValue]"
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """Plain text inside a message."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image, as a `data:<media type>;base64,…` URL or an http(s) URL.
+
+    `detail` is OpenAI's resolution hint ("low", "high", "auto"); other formats ignore it.
+    """
+
+    url: str
+    detail: str | None = None
+
+    @property
+    def is_data_url(self) -> bool:
+        """True when the image bytes travel inline rather than by reference."""
+        return self.url.startswith("data:")
+
+    def split_data_url(self) -> tuple[str, str]:
+        """Return `(media_type, base64_data)` of a data URL; raises ValueError on any other URL."""
+        if not self.is_data_url:
+            raise ValueError("not a data URL")
+        header, _, data = self.url.partition(",")
+        media_type = header[5:].split(";", 1)[0] or "application/octet-stream"
+        return media_type, data
+
+
+Part: TypeAlias = TextPart | ImagePart
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model asked for; `arguments` is a JSON-encoded object as a string."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of the conversation.
+
+    `tool_calls` only on assistant messages; `tool_call_id` (and optionally `name`, the called
+    function's name, which Gemini requires) only on tool messages.
+    """
+
+    role: Role
+    parts: tuple[Part, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    is_error: bool = False
+
+    @property
+    def text(self) -> str:
+        """The concatenated text parts, for formats and logs that want a plain string."""
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; `parameters` is its JSON Schema as the client sent it."""
+
+    name: str
+    description: str | None = None
+    parameters: JSONObject | None = None
+
+
+ToolChoiceMode = Literal["auto", "none", "required"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """How the model must use tools: a mode, or one named function (`mode="required"`, `name=…`)."""
+
+    mode: ToolChoiceMode = "auto"
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """Structured output: free text, any JSON object, or JSON matching `schema`."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    schema: JSONObject | None = None
+    name: str | None = None
+    strict: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A chat completion request, independent of the format it arrived in."""
+
+    model: str
+    messages: tuple[Message, ...]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    stream: bool = False
+    user: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts; `cached_tokens` is the part of `input_tokens` served from a prompt cache."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output, the figure most dashboards and budgets count."""
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResponse:
+    """A complete (non-streamed) answer: one assistant message, why it stopped, and what it used."""
+
+    id: str
+    model: str
+    message: Message
+    finish_reason: FinishReason
+    usage: Usage
+    created: int = 0
+
+
+# --- Streaming -----------------------------------------------------------------------------------
+# A provider stream is parsed into this sequence:
+#   StreamStart, then any mix of TextDelta / ToolCallStart / ToolCallDelta, then
+#   Finish (exactly once), and UsageReport (at most once; before or after Finish).
+# Tool calls are numbered by `index` in the order they started, from 0.
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """The stream's first event: the response id and the model that answers."""
+
+    id: str
+    model: str
+    created: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A fragment of assistant text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStart:
+    """A new tool call begins; its arguments follow as `ToolCallDelta`s with the same index."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of the JSON arguments of tool call `index`."""
+
+    index: int
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The model stopped, for this reason."""
+
+    reason: FinishReason
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """Token usage of the whole stream."""
+
+    usage: Usage
+
+
+StreamEvent: TypeAlias = StreamStart | TextDelta | ToolCallStart | ToolCallDelta | Finish | UsageReport
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """Texts to embed with `model`."""
+
+    model: str
+    inputs: tuple[str, ...]
+    dimensions: int | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResponse:
+    """One vector per input, in input order."""
+
+    model: str
+    vectors: tuple[tuple[float, ...], ...]
+    usage: Usage = field(default_factory=Usage)

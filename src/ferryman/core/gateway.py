@@ -1,0 +1,235 @@
+"""One request's journey through the core: choose a deployment, call it, fall back, account for it.
+
+The api layer parses a request into canonical form and hands it here with a `CallRecord`; the gateway
+fills the record in (which deployment answered, how long the upstream took, usage, cost) and records
+the metrics when the call — or the stream — is over. Streams are *primed*: the first event is awaited
+before the caller commits to a 200, so an upstream that fails at once still gets a proper error status
+and a fallback, while everything after the first event is forwarded as it arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, replace
+
+from ferryman.core.canonical import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+    UsageReport,
+)
+from ferryman.core.routing import Router, Target
+from ferryman.errors import ProviderError, UpstreamStatusError, UpstreamTimeoutError
+from ferryman.observability.metrics import Metrics
+
+log = logging.getLogger("ferryman.gateway")
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What one request did, filled in as it goes; logs and metrics read it when it is done."""
+
+    request_id: str
+    model: str
+    started: float
+    provider: str = ""
+    deployment: str = ""
+    upstream_model: str = ""
+    upstream_seconds: float = 0.0
+    time_to_first_token: float | None = None
+    usage: Usage | None = None
+    cost: float | None = None
+    status: str = "success"
+    error: str | None = None
+    attempts: int = 0
+    stream: bool = False
+    finished: float | None = None
+
+    @property
+    def latency(self) -> float:
+        """Seconds from arrival to completion (to now, while still running)."""
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return end - self.started
+
+
+class Gateway:
+    """Routes canonical requests to upstreams, with fallbacks, and accounts for every call."""
+
+    def __init__(self, router: Router, metrics: Metrics) -> None:
+        self.router = router
+        self.metrics = metrics
+
+    async def chat(self, request: ChatRequest, record: CallRecord) -> ChatResponse:
+        """A whole answer from the first deployment that gives one."""
+        last_error: ProviderError | None = None
+        for target in self.router.choose_order(request.model):
+            self._begin_attempt(record, target)
+            started = time.perf_counter()
+            try:
+                response = await target.upstream.chat(request)
+            except ProviderError as exc:
+                last_error = self._attempt_failed(record, target, exc)
+                if exc.retryable:
+                    continue
+                raise
+            finally:
+                record.upstream_seconds += time.perf_counter() - started
+                self.metrics.active.labels(target.provider).dec()
+            self._settle(record, target, response.usage)
+            return replace(response, model=request.model)
+        assert last_error is not None  # noqa: S101 - choose_order never returns an empty list
+        raise last_error
+
+    async def open_stream(
+        self, request: ChatRequest, record: CallRecord
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Start a stream on the first deployment whose first event arrives; see the module docstring."""
+        record.stream = True
+        last_error: ProviderError | None = None
+        for target in self.router.choose_order(request.model):
+            self._begin_attempt(record, target)
+            events = target.upstream.stream_chat(request)
+            started = time.perf_counter()
+            try:
+                first = await anext(events)
+            except (ProviderError, StopAsyncIteration) as exc:
+                record.upstream_seconds += time.perf_counter() - started
+                self.metrics.active.labels(target.provider).dec()
+                await events.aclose()
+                if isinstance(exc, StopAsyncIteration):
+                    raise
+                last_error = self._attempt_failed(record, target, exc)
+                if exc.retryable:
+                    continue
+                raise
+            record.upstream_seconds += time.perf_counter() - started
+            return self._relay(request, record, target, first, events)
+        assert last_error is not None  # noqa: S101 - choose_order never returns an empty list
+        raise last_error
+
+    async def embed(self, request: EmbeddingRequest, record: CallRecord) -> EmbeddingResponse:
+        """Embeddings from the first deployment that answers."""
+        last_error: ProviderError | None = None
+        for target in self.router.choose_order(request.model):
+            self._begin_attempt(record, target)
+            started = time.perf_counter()
+            try:
+                response = await target.upstream.embed(replace(request, model=target.upstream_model))
+            except ProviderError as exc:
+                last_error = self._attempt_failed(record, target, exc)
+                if exc.retryable:
+                    continue
+                raise
+            finally:
+                record.upstream_seconds += time.perf_counter() - started
+                self.metrics.active.labels(target.provider).dec()
+            self._settle(record, target, response.usage)
+            return replace(response, model=request.model)
+        assert last_error is not None  # noqa: S101 - choose_order never returns an empty list
+        raise last_error
+
+    def finish(self, record: CallRecord, error: BaseException | None = None) -> None:
+        """Close the books on a request: status, duration, overhead. Called exactly once."""
+        record.finished = time.perf_counter()
+        if error is not None:
+            record.status = "error"
+            record.error = type(error).__name__
+        if not record.provider:
+            return  # refused before any upstream was chosen: not an upstream request
+        model = record.model
+        m = self.metrics
+        m.requests.labels(record.provider, record.status, model).inc()
+        m.duration.labels(record.provider, model).observe(record.latency)
+        m.overhead.labels(record.provider).observe(max(record.latency - record.upstream_seconds, 0.0))
+
+    async def _relay(
+        self,
+        request: ChatRequest,
+        record: CallRecord,
+        target: Target,
+        first: StreamEvent,
+        events: AsyncGenerator[StreamEvent, None],
+    ) -> AsyncGenerator[StreamEvent, None]:
+        usage: Usage | None = None
+        output_chars = 0
+        try:
+            event: StreamEvent | None = first
+            while event is not None:
+                if isinstance(event, UsageReport):
+                    usage = event.usage
+                elif isinstance(event, TextDelta | ToolCallStart | ToolCallDelta):
+                    if record.time_to_first_token is None:
+                        record.time_to_first_token = time.perf_counter() - record.started
+                        m = self.metrics.time_to_first_token
+                        m.labels(target.provider, request.model).observe(record.time_to_first_token)
+                    output_chars += len(event.text) if isinstance(event, TextDelta) else 0
+                yield event
+                waited = time.perf_counter()
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    event = None
+                except ProviderError as exc:
+                    self._attempt_failed(record, target, exc)
+                    raise
+                finally:
+                    record.upstream_seconds += time.perf_counter() - waited
+        finally:
+            self.metrics.active.labels(target.provider).dec()
+            await events.aclose()
+            self._settle(record, target, usage or _estimate_usage(request, output_chars, record))
+
+    def _begin_attempt(self, record: CallRecord, target: Target) -> None:
+        record.attempts += 1
+        record.provider = target.provider
+        record.deployment = target.deployment
+        record.upstream_model = target.upstream_model
+        self.metrics.active.labels(target.provider).inc()
+
+    def _attempt_failed(self, record: CallRecord, target: Target, exc: ProviderError) -> ProviderError:
+        self.metrics.upstream_errors.labels(target.provider, record.model, _error_class(exc)).inc()
+        log.warning(
+            "upstream attempt failed",
+            extra={"deployment": target.deployment, "error": exc.message, "retryable": exc.retryable},
+        )
+        return exc
+
+    def _settle(self, record: CallRecord, target: Target, usage: Usage) -> None:
+        record.usage = usage
+        m = self.metrics
+        m.tokens.labels(target.provider, record.model, "input").inc(usage.input_tokens)
+        m.tokens.labels(target.provider, record.model, "output").inc(usage.output_tokens)
+        if target.price is None:
+            record.cost = None
+            m.unpriced.labels(target.provider, record.model).inc()
+            log.warning("unpriced model: cost unknown", extra={"deployment": target.deployment})
+            return
+        record.cost = target.price.cost(usage)
+        m.cost.labels(target.provider, record.model).inc(record.cost)
+
+
+def _estimate_usage(request: ChatRequest, output_chars: int, record: CallRecord) -> Usage:
+    """An upstream stream that reported no usage is still counted, by the 4-characters rule."""
+    log.warning("stream ended without usage; estimating", extra={"deployment": record.deployment})
+    input_chars = sum(len(m.text) for m in request.messages)
+    return Usage(input_tokens=max(input_chars // 4, 1), output_tokens=output_chars // 4)
+
+
+def _error_class(exc: ProviderError) -> str:
+    if isinstance(exc, UpstreamTimeoutError):
+        return "timeout"
+    if isinstance(exc, UpstreamStatusError):
+        if exc.upstream_status == 429:
+            return "rate_limited"
+        return "status_4xx" if exc.upstream_status < 500 else "status_5xx"
+    if exc.code == "upstream_malformed":
+        return "malformed"
+    return "connection"

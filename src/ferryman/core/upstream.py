@@ -1,0 +1,30 @@
+"""What the core needs from an upstream: the interface providers implement, declared by its user."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import ClassVar, Protocol
+
+from ferryman.core.canonical import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamEvent
+
+
+class Upstream(Protocol):
+    """One deployment's upstream, spoken in its own wire format (see `ferryman.providers`)."""
+
+    name: ClassVar[str]
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        """Send a chat request and return the whole answer."""
+        ...
+
+    def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """Send a chat request and yield canonical events as the upstream streams them."""
+        ...
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Embed texts."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release pooled connections."""
+        ...

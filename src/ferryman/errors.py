@@ -1,0 +1,173 @@
+"""Ferryman's exception tree; `api/` is the only place one becomes an HTTP response.
+
+    FerrymanError
+    ├── ConfigError                 bad config file (carries every key path at fault)
+    ├── RequestError                the client's fault, 4xx
+    │   ├── InvalidRequestError     400: malformed JSON, missing or wrong-typed field (`param` names it)
+    │   ├── AuthenticationError     401: no key, unknown / expired / revoked key
+    │   ├── PermissionDeniedError   403: key may not use this model or route
+    │   ├── NotFoundError           404: unknown model or route
+    │   ├── PayloadTooLargeError    413: body over the configured cap
+    │   └── RateLimitError          429: rate limit or budget; carries `retry_after`
+    └── ProviderError               the upstream's fault or the path to it
+        ├── UpstreamStatusError     the upstream answered 4xx / 5xx; its status and message are kept
+        ├── UpstreamConnectionError 502: refused, reset, dropped mid-body, unparseable reply
+        └── UpstreamTimeoutError    504: connect or read timeout
+
+Every error knows its HTTP `status`, OpenAI `type` and `code`, so rendering it is one function.
+"""
+
+from __future__ import annotations
+
+
+class FerrymanError(Exception):
+    """Root of every error Ferryman raises on purpose."""
+
+    status: int = 500
+    type: str = "api_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(FerrymanError):
+    """The configuration is invalid; `problems` lists `(key path, message)` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+
+
+class RequestError(FerrymanError):
+    """The request cannot be served as sent."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidRequestError(RequestError):
+    """The body is malformed or a field is missing or of the wrong type."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class AuthenticationError(RequestError):
+    """No usable credential was presented."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(RequestError):
+    """The credential is valid but may not do this."""
+
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class NotFoundError(RequestError):
+    """The model (or other named resource) does not exist."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body exceeds the configured size cap."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class RateLimitError(RequestError):
+    """A rate limit or budget refuses the request for now; retry after `retry_after` seconds."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class ProviderError(FerrymanError):
+    """The upstream provider failed, or could not be reached."""
+
+    status = 502
+    type = "upstream_error"
+    code = "bad_gateway"
+
+    def __init__(self, message: str, *, provider: str, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.provider = provider
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another attempt (or another deployment) may succeed."""
+        return True
+
+
+class UpstreamStatusError(ProviderError):
+    """The upstream answered with an error status; 4xx keep their meaning for the client."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        upstream_status: int,
+        retry_after: float | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider)
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        self.param = param
+        self.status = upstream_status if 400 <= upstream_status < 500 else 502
+        self.type, self.code = _upstream_type_and_code(upstream_status)
+
+    @property
+    def retryable(self) -> bool:
+        """Rate limits, timeouts and server errors may pass; other client errors will not."""
+        return self.upstream_status in (408, 409, 429) or self.upstream_status >= 500
+
+
+class UpstreamConnectionError(ProviderError):
+    """The upstream could not be reached or broke the connection."""
+
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeoutError(ProviderError):
+    """The upstream did not answer in time."""
+
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
+def _upstream_type_and_code(status: int) -> tuple[str, str]:
+    """Map an upstream status to the OpenAI error `type` and `code` a client expects for it."""
+    if status == 400:
+        return "invalid_request_error", "upstream_bad_request"
+    if status == 401:
+        return "authentication_error", "upstream_authentication_failed"
+    if status == 403:
+        return "permission_error", "upstream_permission_denied"
+    if status == 404:
+        return "invalid_request_error", "upstream_not_found"
+    if status == 429:
+        return "rate_limit_error", "upstream_rate_limited"
+    if 400 <= status < 500:
+        return "invalid_request_error", "upstream_client_error"
+    return "upstream_error", "upstream_server_error"

@@ -1,0 +1,122 @@
+"""Every Prometheus metric Ferryman exports, defined once; the seed's five keep their exact names.
+
+The seed's alert rules and dashboards query `ai_api_requests_total{provider,status}` and friends, so
+those names and labels are a public contract; extra labels (`model`, token `type`) only refine them.
+No label ever carries a key or a team id: per-key numbers belong to the spend ledger, not to Prometheus.
+
+With several worker processes, set `PROMETHEUS_MULTIPROC_DIR`; `render_latest` then aggregates the
+per-process files, so `/metrics` is correct whichever worker answers the scrape.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# LLM calls take from tens of milliseconds (a cached or tiny reply) to minutes (long generations).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
+OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """The gateway's metric families, registered on one registry (one per app, so tests stay isolated)."""
+
+    registry: CollectorRegistry
+    requests: Counter
+    duration: Histogram
+    tokens: Counter
+    cost: Counter
+    active: Gauge
+    time_to_first_token: Histogram
+    overhead: Histogram
+    upstream_errors: Counter
+    auth_failures: Counter
+    dependency_up: Gauge
+    unpriced: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
+        """Define every family on `registry` (a fresh one by default)."""
+        reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        return cls(
+            registry=reg,
+            requests=Counter(
+                "ai_api_requests_total", "Total API requests", ["provider", "status", "model"], registry=reg
+            ),
+            duration=Histogram(
+                "ai_api_request_duration_seconds",
+                "API request duration",
+                ["provider", "model"],
+                buckets=LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            tokens=Counter(
+                "ai_api_tokens_total", "Total tokens used", ["provider", "model", "type"], registry=reg
+            ),
+            cost=Counter("ai_api_cost_total", "Total API cost in USD", ["provider", "model"], registry=reg),
+            active=Gauge(
+                "ai_api_active_requests",
+                "Currently active requests",
+                ["provider"],
+                registry=reg,
+                multiprocess_mode="livesum",
+            ),
+            time_to_first_token=Histogram(
+                "ai_api_time_to_first_token_seconds",
+                "Time from request to the first streamed token",
+                ["provider", "model"],
+                buckets=TTFT_BUCKETS,
+                registry=reg,
+            ),
+            overhead=Histogram(
+                "ai_api_gateway_overhead_seconds",
+                "Time spent in the gateway, not waiting on the upstream",
+                ["provider"],
+                buckets=OVERHEAD_BUCKETS,
+                registry=reg,
+            ),
+            upstream_errors=Counter(
+                "ai_api_upstream_errors_total",
+                "Upstream failures by class",
+                ["provider", "model", "error"],
+                registry=reg,
+            ),
+            auth_failures=Counter(
+                "ai_api_auth_failures_total", "Rejected credentials by reason", ["reason"], registry=reg
+            ),
+            dependency_up=Gauge(
+                "ai_api_dependency_up",
+                "Whether a dependency (redis, database) answers",
+                ["dependency"],
+                registry=reg,
+                multiprocess_mode="liveall",
+            ),
+            unpriced=Counter(
+                "ai_api_unpriced_requests_total",
+                "Requests whose model has no price, so their cost is unknown",
+                ["provider", "model"],
+                registry=reg,
+            ),
+        )
+
+    def render_latest(self) -> bytes:
+        """The text exposition of every metric, aggregated across workers in multiprocess mode."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            aggregate = CollectorRegistry()
+            multiprocess.MultiProcessCollector(aggregate)  # type: ignore[no-untyped-call]
+            return generate_latest(aggregate)
+        return generate_latest(self.registry)

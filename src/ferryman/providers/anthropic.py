@@ -1,0 +1,40 @@
+"""Anthropic Messages API upstreams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import replace
+from typing import ClassVar
+
+from ferryman.core.canonical import ChatRequest, ChatResponse, StreamEvent
+from ferryman.providers.base import HttpProvider
+from ferryman.settings import Deployment
+from ferryman.wire import anthropic as wire
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class AnthropicProvider(HttpProvider):
+    """A deployment of a Claude model, reached through `/v1/messages`."""
+
+    name: ClassVar[str] = "anthropic"
+
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(deployment)
+        headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        headers.update(deployment.headers)
+        if deployment.api_key:
+            headers["x-api-key"] = deployment.api_key.get_secret_value()
+        self._headers = headers
+        self._url = f"{deployment.base_url}/v1/messages"
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        """One non-streamed message."""
+        body = wire.build_chat_request(replace(request, model=self.deployment.model, stream=False))
+        return wire.parse_chat_response(await self.post_json(self._url, body, self._headers))
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """A streamed message; Anthropic always reports usage in its stream events."""
+        body = wire.build_chat_request(replace(request, model=self.deployment.model, stream=True))
+        async for event in self.stream_events(self._url, body, self._headers, wire.StreamParser()):
+            yield event

@@ -1,0 +1,184 @@
+"""The pooled-HTTP base every remote provider builds on (the interface is `core.upstream.Upstream`).
+
+A provider instance serves one deployment. It owns one pooled `aiohttp` session (keep-alive, DNS
+cache), so a request never pays for a new connection it could have reused. This module is the one
+boundary where transport failures become Ferryman errors:
+
+    asyncio.TimeoutError            → UpstreamTimeoutError      (504)
+    aiohttp connection / payload    → UpstreamConnectionError   (502)
+    an error status from upstream   → UpstreamStatusError       (4xx kept, 5xx → 502)
+    a body that is not JSON         → UpstreamConnectionError   (502)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Mapping
+from typing import ClassVar, Protocol
+
+import aiohttp
+import orjson
+
+from ferryman.core.canonical import EmbeddingRequest, EmbeddingResponse, JSONObject, StreamEvent
+from ferryman.errors import (
+    FerrymanError,
+    InvalidRequestError,
+    UpstreamConnectionError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from ferryman.providers._sse import iter_sse
+from ferryman.settings import Deployment
+
+
+class StreamParser(Protocol):
+    """A wire module's stateful stream parser (see `ferryman.wire`)."""
+
+    def feed(self, event: str | None, data: JSONObject) -> list[StreamEvent]:
+        """Translate one upstream SSE event into canonical events."""
+        ...
+
+    def finish(self) -> list[StreamEvent]:
+        """Emit whatever the stream still owes once the upstream has ended."""
+        ...
+
+
+class HttpProvider:
+    """Shared machinery for providers reached over HTTP: pooled session, JSON calls, SSE streams."""
+
+    name: ClassVar[str] = "http"
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        timeouts = deployment.timeouts
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session, created on first use inside the running event loop."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+            self._session = aiohttp.ClientSession(
+                connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the pooled session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Providers without an embeddings API refuse clearly."""
+        raise InvalidRequestError(f"provider {self.name} does not offer embeddings", param="model")
+
+    async def post_json(self, url: str, body: JSONObject, headers: Mapping[str, str]) -> JSONObject:
+        """POST `body` and return the JSON answer, mapping every failure to a Ferryman error."""
+        try:
+            async with self.session.post(
+                url, data=orjson.dumps(body), headers=headers, timeout=self._timeout
+            ) as response:
+                raw = await response.read()
+                if response.status >= 400:
+                    raise self.status_error(response.status, raw, response.headers)
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise UpstreamTimeoutError(f"{self.name} did not answer in time", provider=self.name) from exc
+        except aiohttp.ClientError as exc:
+            raise self.connection_error(exc) from exc
+        return self.decode_json(raw)
+
+    async def stream_events(
+        self, url: str, body: JSONObject, headers: Mapping[str, str], parser: StreamParser
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """POST `body` and yield canonical events parsed from the SSE answer, chunk by chunk.
+
+        Closing this generator early (the client went away) closes the upstream response, which
+        aborts the upstream request instead of letting it run to the end unread.
+        """
+        try:
+            async with self.session.post(
+                url, data=orjson.dumps(body), headers=headers, timeout=self._stream_timeout
+            ) as response:
+                if response.status >= 400:
+                    raise self.status_error(response.status, await response.read(), response.headers)
+                async for event, data in iter_sse(response.content):
+                    if data == "[DONE]":
+                        break
+                    for item in parser.feed(event, self.decode_json(data.encode())):
+                        yield item
+                for item in parser.finish():
+                    yield item
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise UpstreamTimeoutError(f"{self.name} stopped answering", provider=self.name) from exc
+        except aiohttp.ClientError as exc:
+            raise self.connection_error(exc) from exc
+
+    def decode_json(self, raw: bytes) -> JSONObject:
+        """Parse an upstream JSON object; anything else is a broken upstream."""
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamConnectionError(
+                f"{self.name} sent a reply that is not JSON", provider=self.name, code="upstream_malformed"
+            ) from exc
+        if not isinstance(value, dict):
+            raise UpstreamConnectionError(
+                f"{self.name} sent JSON that is not an object", provider=self.name, code="upstream_malformed"
+            )
+        return value
+
+    def connection_error(self, exc: aiohttp.ClientError) -> FerrymanError:
+        """Describe a transport failure without leaking URLs that might carry a key."""
+        kind = type(exc).__name__
+        return UpstreamConnectionError(f"could not reach {self.name} upstream ({kind})", provider=self.name)
+
+    def status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
+        """Keep the upstream's status and message, so a client sees what really went wrong."""
+        message, param = _error_message(raw)
+        return UpstreamStatusError(
+            f"{self.name} upstream returned {status}: {message}",
+            provider=self.name,
+            upstream_status=status,
+            retry_after=_retry_after(headers),
+            param=param,
+        )
+
+
+def _error_message(raw: bytes) -> tuple[str, str | None]:
+    """Pull `error.message` (and `error.param`) from any of the three providers' error bodies."""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        body = orjson.loads(raw)
+        if isinstance(body, dict):
+            error = body.get("error")
+            if isinstance(error, dict):
+                message = error.get("message")
+                param = error.get("param")
+                return (
+                    str(message) if message is not None else "no message",
+                    param if isinstance(param, str) else None,
+                )
+            if isinstance(error, str):
+                return error, None
+    text = raw[:300].decode("utf-8", "replace").strip()
+    return text or "no message", None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after`; HTTP-date forms are ignored."""
+    value_ms = headers.get("retry-after-ms")
+    if value_ms is not None:
+        with contextlib.suppress(ValueError):
+            return max(float(value_ms) / 1000, 0.0)
+    value = headers.get("retry-after")
+    if value is not None:
+        with contextlib.suppress(ValueError):
+            return max(float(value), 0.0)
+    return None

@@ -1,0 +1,45 @@
+"""Google Gemini API upstreams (generateContent, streamGenerateContent, batchEmbedContents)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import ClassVar
+from urllib.parse import quote
+
+from ferryman.core.canonical import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamEvent
+from ferryman.providers.base import HttpProvider
+from ferryman.settings import Deployment
+from ferryman.wire import gemini as wire
+
+
+class GeminiProvider(HttpProvider):
+    """A deployment of a Gemini model; the model and the method travel in the URL."""
+
+    name: ClassVar[str] = "gemini"
+
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(deployment)
+        headers = {"content-type": "application/json", **deployment.headers}
+        if deployment.api_key:
+            headers["x-goog-api-key"] = deployment.api_key.get_secret_value()
+        self._headers = headers
+        self._model_url = f"{deployment.base_url}/v1beta/models/{quote(deployment.model, safe='')}"
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        """One generateContent call."""
+        body = wire.build_chat_request(request)
+        data = await self.post_json(f"{self._model_url}:generateContent", body, self._headers)
+        return wire.parse_chat_response(data)
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """streamGenerateContent as server-sent events; every chunk carries cumulative usage."""
+        url = f"{self._model_url}:streamGenerateContent?alt=sse"
+        body = wire.build_chat_request(request)
+        async for event in self.stream_events(url, body, self._headers, wire.StreamParser()):
+            yield event
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Embeddings through batchEmbedContents, one request per input text."""
+        body = wire.build_embedding_request(request, model=self.deployment.model)
+        data = await self.post_json(f"{self._model_url}:batchEmbedContents", body, self._headers)
+        return wire.parse_embedding_response(data, model=self.deployment.model)

@@ -1,0 +1,215 @@
+"""The one place the config file and the environment are read: YAML → validated `Settings`.
+
+Values may reference the environment as `${NAME}` (or `${NAME:-default}`); a reference to an unset
+variable with no default is an error naming the key path, never a silent empty string. Every validation
+problem is reported with its exact key path (`models[1].deployments[0].provider`), all at once, so
+`ferryman check-config` shows the whole list in one run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from ferryman.errors import ConfigError
+
+ProviderName = Literal["openai", "openai-compatible", "anthropic", "gemini", "fake"]
+
+DEFAULT_API_BASES: Mapping[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    """Config sections reject unknown keys, so a typo is an error instead of a silently ignored line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    """Upstream timeouts in seconds; `total` bounds a whole non-streamed call (streams use `read`)."""
+
+    connect: Annotated[float, Field(gt=0)] = 5.0
+    read: Annotated[float, Field(gt=0)] = 300.0
+    total: Annotated[float, Field(gt=0)] | None = 600.0
+
+
+class PriceOverride(_Strict):
+    """A deployment's own price in USD per million tokens (negotiated rates, self-hosted models)."""
+
+    input_per_mtok: Annotated[float, Field(ge=0)]
+    output_per_mtok: Annotated[float, Field(ge=0)]
+    cached_input_per_mtok: Annotated[float, Field(ge=0)] | None = None
+
+
+class Deployment(_Strict):
+    """One upstream that serves a model: a provider, its model id, where and how to reach it."""
+
+    provider: ProviderName
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    api_version: str | None = Field(default=None, description="Azure-style `api-version` query value.")
+    headers: dict[str, str] = Field(default_factory=dict)
+    weight: Annotated[int, Field(ge=0)] = 1
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    price: PriceOverride | None = None
+    name: str | None = Field(default=None, description="Label in logs and metrics; defaults to provider/model.")
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _openai_compatible_needs_base(self) -> Deployment:
+        if self.provider == "openai-compatible" and not self.api_base:
+            raise ValueError("openai-compatible deployments need an api_base")
+        return self
+
+    @property
+    def label(self) -> str:
+        """A stable, human-readable name for logs and metrics."""
+        return self.name or f"{self.provider}/{self.model}"
+
+    @property
+    def base_url(self) -> str:
+        """The upstream base URL: the configured one, or the provider's public default."""
+        return self.api_base or DEFAULT_API_BASES.get(self.provider, "")
+
+
+class ModelRoute(_Strict):
+    """A model name clients send, and the deployments that serve it."""
+
+    name: str = Field(min_length=1)
+    deployments: list[Deployment] = Field(min_length=1)
+
+
+class ServerSettings(_Strict):
+    """How the HTTP server listens and behaves at its edges."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1)] = 1
+    max_body_bytes: Annotated[int, Field(gt=0)] = 10 * 1024 * 1024
+    shutdown_delay_seconds: Annotated[float, Field(ge=0)] = 5.0
+    drain_timeout_seconds: Annotated[float, Field(ge=0)] = 30.0
+
+
+class LoggingSettings(_Strict):
+    """Structured logs to stdout; bodies only when explicitly asked for."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = "json"
+    log_bodies: bool = False
+
+
+class Settings(_Strict):
+    """The whole validated configuration, built once and passed down."""
+
+    master_key: SecretStr | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    models: list[ModelRoute] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _model_names_unique(self) -> Settings:
+        seen: set[str] = set()
+        for route in self.models:
+            if route.name in seen:
+                raise ValueError(f"model name {route.name!r} is defined twice")
+            seen.add(route.name)
+        return self
+
+    def with_server(self, **overrides: object) -> Settings:
+        """A copy with server fields replaced (CLI flags win over the file)."""
+        server = self.server.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        return self.model_copy(update={"server": server})
+
+
+def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, interpolate and validate a config file; `None` loads the embedded example."""
+    text = _read_config_text(path)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([("<file>", f"not valid YAML: {exc}")]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([("<root>", "the config must be a mapping of keys to values")])
+    problems: list[tuple[str, str]] = []
+    data = _interpolate(raw, "", os.environ if environ is None else environ, problems)
+    if problems:
+        raise ConfigError(problems)
+    return settings_from_mapping(data)
+
+
+def settings_from_mapping(data: object) -> Settings:
+    """Validate already-parsed config data, turning pydantic's errors into key-path problems."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([(_key_path(err["loc"]), err["msg"]) for err in exc.errors()]) from exc
+
+
+def _read_config_text(path: str | Path | None) -> str:
+    if path is None:
+        return resources.files("ferryman").joinpath("example.yaml").read_text(encoding="utf-8")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([("<file>", f"cannot read {path}: {exc.strerror}")]) from exc
+
+
+def _interpolate(node: object, path: str, environ: Mapping[str, str], problems: list[tuple[str, str]]) -> object:
+    """Replace `${NAME}` references in every string, recording unset variables with their key path."""
+    if isinstance(node, dict):
+        return {
+            key: _interpolate(value, f"{path}.{key}" if path else str(key), environ, problems)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_interpolate(item, f"{path}[{i}]", environ, problems) for i, item in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        return _substitute(node, path, environ, problems)
+    return node
+
+
+def _substitute(value: str, path: str, environ: Mapping[str, str], problems: list[tuple[str, str]]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        problems.append((path, f"environment variable {name} is not set"))
+        return ""
+
+    return _ENV_REF.sub(replace, value)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    """Render pydantic's location tuple as `models[0].deployments[1].provider`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith(("function-", "literal[")):
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
