@@ -5,7 +5,7 @@ client's request and renders the answer in the format the client spoke; `provide
 body and parses the upstream's answer. No I/O, no HTTP, no framework imports: only `ferryman.core.canonical`
 and `ferryman.errors`. Every module exposes the same functions:
 
-    parse_chat_request(body: JSONObject) -> ChatRequest          # ingress; raises InvalidRequestError(param=…)
+    parse_chat_request(body: JSONObject) -> ChatRequest          # ingress; InvalidRequestError(param=…)
     build_chat_request(req: ChatRequest) -> JSONObject           # egress body for the upstream
     parse_chat_response(body: JSONObject) -> ChatResponse        # upstream reply → canonical
     render_chat_response(resp: ChatResponse) -> JSONObject       # canonical → client reply
