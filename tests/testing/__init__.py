@@ -1,0 +1,1 @@
+"""Tests of ferryman.testing, the fake provider servers."""
