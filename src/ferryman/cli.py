@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
-from uvicorn.supervisors import Multiprocess
 from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from ferryman import __version__
 from ferryman.api.app import create_app
@@ -84,7 +84,9 @@ def _print_problems(path: str, problems: list[tuple[str, str]]) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args.config).with_server(host=args.host, port=args.port, workers=args.workers)
+        settings = load_settings(args.config).with_server(
+            host=args.host, port=args.port, workers=args.workers
+        )
     except ConfigError as exc:
         _print_problems(args.config or "<embedded example>", exc.problems)
         return 1

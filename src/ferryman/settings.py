@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ferryman.errors import ConfigError
 
@@ -65,7 +73,9 @@ class Deployment(_Strict):
     weight: Annotated[int, Field(ge=0)] = 1
     timeouts: Timeouts = Field(default_factory=Timeouts)
     price: PriceOverride | None = None
-    name: str | None = Field(default=None, description="Label in logs and metrics; defaults to provider/model.")
+    name: str | None = Field(
+        default=None, description="Label in logs and metrics; defaults to provider/model."
+    )
 
     @field_validator("api_base")
     @classmethod
@@ -177,7 +187,9 @@ def _read_config_text(path: str | Path | None) -> str:
         raise ConfigError([("<file>", f"cannot read {path}: {exc.strerror}")]) from exc
 
 
-def _interpolate(node: object, path: str, environ: Mapping[str, str], problems: list[tuple[str, str]]) -> object:
+def _interpolate(
+    node: object, path: str, environ: Mapping[str, str], problems: list[tuple[str, str]]
+) -> object:
     """Replace `${NAME}` references in every string, recording unset variables with their key path."""
     if isinstance(node, dict):
         return {

@@ -20,7 +20,7 @@ def _stream_error(exc: FerrymanError) -> bytes:
 
 ANTHROPIC_FORMAT = ChatFormat(
     render_response=wire.render_chat_response,
-    make_renderer=wire.StreamRenderer,
+    make_renderer=lambda model, body: wire.StreamRenderer(model),
     render_stream_error=_stream_error,
 )
 

@@ -112,6 +112,8 @@ async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # noqa: S101 - registered for this class only
     if exc.status_code == 404:
         return error_response(NotFoundError(f"No route {request.url.path}", code="route_not_found"))
-    error = InvalidRequestError(str(exc.detail), code="method_not_allowed" if exc.status_code == 405 else None)
+    error = InvalidRequestError(
+        str(exc.detail), code="method_not_allowed" if exc.status_code == 405 else None
+    )
     error.status = exc.status_code
     return error_response(error)

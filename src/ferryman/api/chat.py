@@ -43,7 +43,7 @@ class ChatFormat:
     """What an ingress format contributes to the shared flow."""
 
     render_response: Callable[[ChatResponse], JSONObject]
-    make_renderer: Callable[[str], StreamRenderer]
+    make_renderer: Callable[[str, JSONObject], StreamRenderer]  # (client's model, client's body)
     render_stream_error: Callable[[FerrymanError], bytes]
 
 
@@ -60,13 +60,15 @@ async def serve_chat(
     """Run one chat request end to end and answer in the client's format."""
     state: AppState = request.app.state.ferryman
     principal = state.auth.authenticate(request)
-    chat_request = parse(await read_json_object(request, state.settings.server.max_body_bytes))
+    body = await read_json_object(request, state.settings.server.max_body_bytes)
+    chat_request = parse(body)
     record = new_record(request, chat_request.model)
     try:
         if chat_request.stream:
             events = await state.gateway.open_stream(chat_request, record)
-            body = _stream_body(state, record, events, fmt, chat_request.model, principal.key_alias)
-            return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+            renderer = fmt.make_renderer(chat_request.model, body)
+            frames = _stream_body(state, record, events, renderer, fmt, principal.key_alias)
+            return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
         response = await state.gateway.chat(chat_request, record)
     except FerrymanError as exc:
         finish_request(state, record, principal.key_alias, exc)
@@ -79,12 +81,11 @@ async def _stream_body(
     state: AppState,
     record: CallRecord,
     events: AsyncGenerator[StreamEvent, None],
+    renderer: StreamRenderer,
     fmt: ChatFormat,
-    model: str,
     key_alias: str,
 ) -> AsyncIterator[bytes]:
     """Render events as they arrive; an upstream failure mid-stream becomes an error frame."""
-    renderer = fmt.make_renderer(model)
     error: BaseException | None = None
     try:
         async for event in events:
@@ -121,7 +122,9 @@ def finish_request(
             "attempts": record.attempts,
             "latency_ms": round(record.latency * 1000, 2),
             "upstream_ms": round(record.upstream_seconds * 1000, 2),
-            "ttft_ms": None if record.time_to_first_token is None else round(record.time_to_first_token * 1000, 2),
+            "ttft_ms": None
+            if record.time_to_first_token is None
+            else round(record.time_to_first_token * 1000, 2),
             "input_tokens": usage.input_tokens if usage else None,
             "output_tokens": usage.output_tokens if usage else None,
             "cached_tokens": usage.cached_tokens if usage else None,

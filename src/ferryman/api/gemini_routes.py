@@ -22,7 +22,7 @@ def _stream_error(exc: FerrymanError) -> bytes:
 
 GEMINI_FORMAT = ChatFormat(
     render_response=wire.render_chat_response,
-    make_renderer=wire.StreamRenderer,
+    make_renderer=lambda model, body: wire.StreamRenderer(model),
     render_stream_error=_stream_error,
 )
 
@@ -45,6 +45,10 @@ def gemini_routes() -> list[BaseRoute]:
     for version in ("v1beta", "v1"):
         routes += [
             Route(f"/{version}/models/{{model}}:generateContent", generate_content, methods=["POST"]),
-            Route(f"/{version}/models/{{model}}:streamGenerateContent", stream_generate_content, methods=["POST"]),
+            Route(
+                f"/{version}/models/{{model}}:streamGenerateContent",
+                stream_generate_content,
+                methods=["POST"],
+            ),
         ]
     return routes

@@ -11,6 +11,7 @@ from ferryman.api.body import read_json_object
 from ferryman.api.chat import ChatFormat, finish_request, new_record, serve_chat
 from ferryman.api.errors import error_body
 from ferryman.api.state import AppState
+from ferryman.core.canonical import JSONObject
 from ferryman.errors import FerrymanError
 from ferryman.wire import openai as wire
 
@@ -20,9 +21,14 @@ def _stream_error(exc: FerrymanError) -> bytes:
     return b"data: " + error_body(exc) + b"\n\n"
 
 
+def _renderer(model: str, body: JSONObject) -> wire.StreamRenderer:
+    """OpenAI sends the final usage chunk only to clients that asked for it."""
+    return wire.StreamRenderer(model, include_usage=wire.stream_usage_requested(body))
+
+
 OPENAI_FORMAT = ChatFormat(
     render_response=wire.render_chat_response,
-    make_renderer=wire.StreamRenderer,
+    make_renderer=_renderer,
     render_stream_error=_stream_error,
 )
 
@@ -36,9 +42,8 @@ async def embeddings(request: Request) -> Response:
     """POST /v1/embeddings."""
     state: AppState = request.app.state.ferryman
     principal = state.auth.authenticate(request)
-    embedding_request = wire.parse_embedding_request(
-        await read_json_object(request, state.settings.server.max_body_bytes)
-    )
+    body = await read_json_object(request, state.settings.server.max_body_bytes)
+    embedding_request = wire.parse_embedding_request(body)
     record = new_record(request, embedding_request.model)
     try:
         response = await state.gateway.embed(embedding_request, record)
@@ -46,7 +51,8 @@ async def embeddings(request: Request) -> Response:
         finish_request(state, record, principal.key_alias, exc)
         raise
     finish_request(state, record, principal.key_alias)
-    return Response(orjson.dumps(wire.render_embedding_response(response)), media_type="application/json")
+    rendered = wire.render_embedding_response(response, encoding_format=wire.embedding_encoding(body))
+    return Response(orjson.dumps(rendered), media_type="application/json")
 
 
 async def list_models(request: Request) -> Response:

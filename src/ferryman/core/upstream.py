@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import ClassVar, Protocol
 
-from ferryman.core.canonical import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamEvent
+from ferryman.core.canonical import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    StreamEvent,
+)
 
 
 class Upstream(Protocol):

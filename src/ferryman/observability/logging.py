@@ -17,7 +17,9 @@ from typing import Any, TextIO
 
 import orjson
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("ferryman_request_id", default=None)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "ferryman_request_id", default=None
+)
 
 # Keys look like `sk-…`, `sk-ant-…`, `fm-…`, `AIza…`, or follow `Bearer `.
 _SECRET = re.compile(
@@ -56,7 +58,9 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Route every `ferryman.*` logger to `stream` (stdout) in the chosen format."""
     handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(name)s %(message)s")
+    )
     root = logging.getLogger("ferryman")
     root.handlers[:] = [handler]
     root.setLevel(level)

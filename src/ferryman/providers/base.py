@@ -12,7 +12,6 @@ boundary where transport failures become Ferryman errors:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Mapping
 from typing import ClassVar, Protocol
@@ -89,7 +88,7 @@ class HttpProvider:
                 raw = await response.read()
                 if response.status >= 400:
                     raise self.status_error(response.status, raw, response.headers)
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeoutError(f"{self.name} did not answer in time", provider=self.name) from exc
         except aiohttp.ClientError as exc:
             raise self.connection_error(exc) from exc
@@ -116,7 +115,7 @@ class HttpProvider:
                         yield item
                 for item in parser.finish():
                     yield item
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeoutError(f"{self.name} stopped answering", provider=self.name) from exc
         except aiohttp.ClientError as exc:
             raise self.connection_error(exc) from exc

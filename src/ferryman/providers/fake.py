@@ -75,7 +75,9 @@ class FakeProvider:
         dims = request.dimensions or DEFAULT_DIMENSIONS
         vectors = tuple(_vector(text, dims) for text in request.inputs)
         tokens = sum(_count_words(text) for text in request.inputs)
-        return EmbeddingResponse(model=self.deployment.model, vectors=vectors, usage=Usage(input_tokens=tokens))
+        return EmbeddingResponse(
+            model=self.deployment.model, vectors=vectors, usage=Usage(input_tokens=tokens)
+        )
 
     async def aclose(self) -> None:
         """Nothing to release."""

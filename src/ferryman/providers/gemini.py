@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import ClassVar
 from urllib.parse import quote
 
-from ferryman.core.canonical import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamEvent
+from ferryman.core.canonical import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    StreamEvent,
+    Usage,
+)
 from ferryman.providers.base import HttpProvider
 from ferryman.settings import Deployment
 from ferryman.wire import gemini as wire
@@ -42,4 +50,9 @@ class GeminiProvider(HttpProvider):
         """Embeddings through batchEmbedContents, one request per input text."""
         body = wire.build_embedding_request(request, model=self.deployment.model)
         data = await self.post_json(f"{self._model_url}:batchEmbedContents", body, self._headers)
-        return wire.parse_embedding_response(data, model=self.deployment.model)
+        response = wire.parse_embedding_response(data, model=self.deployment.model)
+        if response.usage.input_tokens == 0:
+            # Gemini reports no token counts for embeddings; estimate them so the cost is never $0.
+            estimate = sum(max(len(text) // 4, 1) for text in request.inputs)
+            response = replace(response, usage=Usage(input_tokens=estimate))
+        return response

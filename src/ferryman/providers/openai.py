@@ -12,7 +12,13 @@ from dataclasses import replace
 from typing import ClassVar
 from urllib.parse import quote
 
-from ferryman.core.canonical import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamEvent
+from ferryman.core.canonical import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    StreamEvent,
+)
 from ferryman.providers.base import HttpProvider
 from ferryman.settings import Deployment
 from ferryman.wire import openai as wire
@@ -22,6 +28,8 @@ class OpenAIProvider(HttpProvider):
     """A deployment reached through the OpenAI wire format."""
 
     name: ClassVar[str] = "openai"
+    # OpenAI's own API wants the newer field (its reasoning models reject `max_tokens`).
+    max_tokens_field: ClassVar[wire.MaxTokensField] = "max_completion_tokens"
 
     def __init__(self, deployment: Deployment) -> None:
         super().__init__(deployment)
@@ -48,13 +56,18 @@ class OpenAIProvider(HttpProvider):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         """One non-streamed chat completion."""
-        body = wire.build_chat_request(replace(request, model=self.deployment.model, stream=False))
+        body = wire.build_chat_request(
+            replace(request, model=self.deployment.model, stream=False),
+            max_tokens_field=self.max_tokens_field,
+        )
         data = await self.post_json(self.url("chat/completions"), body, self._headers)
         return wire.parse_chat_response(data)
 
     async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         """A streamed chat completion; the codec asks the upstream to include usage."""
-        body = wire.build_chat_request(replace(request, model=self.deployment.model, stream=True))
+        body = wire.build_chat_request(
+            replace(request, model=self.deployment.model, stream=True), max_tokens_field=self.max_tokens_field
+        )
         async for event in self.stream_events(
             self.url("chat/completions"), body, self._headers, wire.StreamParser()
         ):
@@ -68,6 +81,8 @@ class OpenAIProvider(HttpProvider):
 
 
 class OpenAICompatibleProvider(OpenAIProvider):
-    """The same wire format at any base URL; only the label in metrics and logs differs."""
+    """The same wire format at any base URL (vLLM, Ollama, Groq, LM Studio…)."""
 
     name: ClassVar[str] = "openai-compatible"
+    # Ollama and LM Studio only understand the older field name.
+    max_tokens_field: ClassVar[wire.MaxTokensField] = "max_tokens"

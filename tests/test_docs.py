@@ -1,0 +1,47 @@
+"""The documentation keeps up with the code: every config key documented, every relative link resolves."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ferryman.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_keys(model: type[BaseModel]) -> set[str]:
+    """Every field name in the settings tree, nested models included."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        keys.add(name)
+        for candidate in _model_types(field.annotation):
+            keys |= config_keys(candidate)
+    return keys
+
+
+def _model_types(annotation: object) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [t for arg in getattr(annotation, "__args__", ()) for t in _model_types(arg)]
+
+
+def test_every_config_key_is_documented() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"`([a-z_]+)`", text))
+    missing = config_keys(Settings) - documented
+    assert not missing, f"undocumented config keys: {sorted(missing)}"
+
+
+def test_relative_links_in_markdown_resolve() -> None:
+    broken: list[str] = []
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for path in files:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)} → {target}")
+    assert not broken, "broken links: " + ", ".join(broken)
