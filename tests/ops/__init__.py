@@ -1,0 +1,1 @@
+"""Tests of the operations kit: alert rules, Prometheus/Alertmanager configs, Grafana dashboard, runbook."""

@@ -1,0 +1,145 @@
+"""The alert rules and scrape config: promtool checks, promtool unit tests, and the rules' own contract."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from .metric_names import ALERTS_FILE, REPO_ROOT
+
+PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
+RULE_TESTS_DIR = PROMETHEUS_DIR / "tests"
+RUNBOOK = REPO_ROOT / "docs" / "runbook.md"
+
+# The seed's four rules (production-deployment-guide.md, "Alerting Rules"), copied here so a drift
+# in alerts.yaml is caught without reading the seed at test time.
+SEED_RULES: dict[str, dict[str, Any]] = {
+    "HighErrorRate": {
+        "expr": 'rate(ai_api_requests_total{status="error"}[5m]) / rate(ai_api_requests_total[5m]) > 0.05',
+        "for": "2m",
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "High error rate detected",
+            "description": "Error rate is {{ $value | humanizePercentage }}",
+        },
+    },
+    "HighLatency": {
+        "expr": "histogram_quantile(0.95, rate(ai_api_request_duration_seconds_bucket[5m]) ) > 10",
+        "for": "5m",
+        "labels": {"severity": "warning"},
+        "annotations": {"summary": "High API latency", "description": "P95 latency is {{ $value }}s"},
+    },
+    "HighAPICost": {
+        "expr": "rate(ai_api_cost_total[1h]) > 10",
+        "for": "10m",
+        "labels": {"severity": "critical"},
+        "annotations": {"summary": "API costs are high", "description": "Spending ${{ $value }}/hour"},
+    },
+    "ServiceDown": {
+        "expr": 'up{job="ai-api"} == 0',
+        "for": "1m",
+        "labels": {"severity": "critical"},
+        "annotations": {"summary": "AI API service is down"},
+    },
+}
+GATEWAY_ALERTS = {"UpstreamProviderFailing", "SlowTimeToFirstToken", "DependencyDegraded", "AuthFailureSpike"}
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
+_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120, cwd=REPO_ROOT)
+
+
+def _rules() -> dict[str, dict[str, Any]]:
+    document = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
+    return {rule["alert"]: rule for group in document["groups"] for rule in group["rules"] if "alert" in rule}
+
+
+def _seconds(duration: str) -> float:
+    parts = _DURATION_PART.findall(duration)
+    assert "".join(n + u for n, u in parts) == duration, f"unparsed duration {duration!r}"
+    return sum(int(number) * _SECONDS_PER_UNIT[unit] for number, unit in parts)
+
+
+def _alert_checks() -> list[tuple[str, float, bool]]:
+    """(alertname, eval time in seconds, expects alerts?) for every check in every rule-test file."""
+    checks = []
+    for test_file in sorted(RULE_TESTS_DIR.glob("*.yaml")):
+        for case in yaml.safe_load(test_file.read_text(encoding="utf-8"))["tests"]:
+            for check in case.get("alert_rule_test", []):
+                expected = bool(check.get("exp_alerts"))
+                checks.append((check["alertname"], _seconds(check["eval_time"]), expected))
+    return checks
+
+
+def test_promtool_check_rules_accepts_alerts_file(promtool: str) -> None:
+    result = _run(promtool, "check", "rules", str(ALERTS_FILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(_rules())} rules found" in result.stdout
+
+
+def test_promtool_rule_unit_tests_pass(promtool: str) -> None:
+    test_files = sorted(str(path) for path in RULE_TESTS_DIR.glob("*.yaml"))
+    assert test_files, "no promtool rule tests found"
+    result = _run(promtool, "test", "rules", *test_files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(test_files)
+
+
+def test_promtool_check_config_accepts_scrape_config(promtool: str) -> None:
+    result = _run(promtool, "check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scrape_config_scrapes_gateway_as_job_ai_api_and_loads_the_rules() -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8"))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["ai-api"]["metrics_path"] == "/metrics"
+    assert config["rule_files"] == ["alerts.yaml"]
+    assert config["alerting"]["alertmanagers"], "alerts must be sent to Alertmanager"
+
+
+@pytest.mark.parametrize("name", sorted(SEED_RULES))
+def test_seed_rule_is_kept_exactly(name: str) -> None:
+    rule, seed = _rules()[name], SEED_RULES[name]
+    assert " ".join(rule["expr"].split()) == seed["expr"]
+    assert rule["for"] == seed["for"]
+    assert rule["labels"] == seed["labels"]
+    extra_annotations = set(rule["annotations"]) - set(seed["annotations"])
+    assert {key: rule["annotations"][key] for key in seed["annotations"]} == seed["annotations"]
+    assert extra_annotations == {"runbook_url"}
+
+
+def test_every_required_alert_exists_with_a_routable_severity() -> None:
+    rules = _rules()
+    assert set(rules) == set(SEED_RULES) | GATEWAY_ALERTS
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in {"critical", "warning"}, name
+
+
+def test_every_alert_links_to_its_own_runbook_section() -> None:
+    headings = re.findall(r"^## (\S+)\s*$", RUNBOOK.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    anchors = {heading.lower() for heading in headings}
+    for name, rule in _rules().items():
+        assert rule["annotations"]["runbook_url"] == f"docs/runbook.md#{name.lower()}"
+        assert name.lower() in anchors, f"docs/runbook.md has no '## {name}' section"
+
+
+@pytest.mark.parametrize("name", sorted(set(SEED_RULES) | GATEWAY_ALERTS))
+def test_alert_has_a_firing_case_and_a_quiet_case_after_its_for_duration(name: str) -> None:
+    wait = _seconds(_rules()[name].get("for", "0s"))
+    checks = [(at, fires) for alert, at, fires in _alert_checks() if alert == name]
+    assert any(fires for _, fires in checks), f"no promtool case proves {name} fires"
+    # A quiet check before "for" has elapsed proves nothing: the alert could not have fired yet.
+    assert any(not fires and at > wait for at, fires in checks), f"no promtool case proves {name} stays quiet"
+
+
+def test_alerts_file_reserves_a_place_for_later_features() -> None:
+    text = ALERTS_FILE.read_text(encoding="utf-8")
+    for feature in ("budgets", "rate limits", "spend ledger", "circuit breakers"):
+        assert feature in text, f"alerts.yaml has no reserved place for {feature}"
