@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from opentelemetry.sdk.trace import TracerProvider
 
 from ferryman.api.app import create_app
 from ferryman.observability.metrics import Metrics
@@ -32,10 +33,12 @@ class RunningGateway:
 
 
 @contextmanager
-def serve_gateway(config: dict[str, Any]) -> Iterator[RunningGateway]:
+def serve_gateway(
+    config: dict[str, Any], tracer_provider: TracerProvider | None = None
+) -> Iterator[RunningGateway]:
     """Start a gateway for `config` (a config mapping) on a free port; stop it on exit."""
     metrics = Metrics.create()
-    app = create_app(settings_from_mapping(config), metrics=metrics)
+    app = create_app(settings_from_mapping(config), metrics=metrics, tracer_provider=tracer_provider)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, loop="asyncio", log_level="warning", lifespan="on")
     )

@@ -7,7 +7,9 @@ import asyncio
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -95,6 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
         # Each worker builds its own app from the same file; uvicorn supervises them.
         if args.config:
             os.environ["FERRYMAN_CONFIG"] = os.path.abspath(args.config)
+        _prepare_multiprocess_metrics()
         config = _uvicorn_config("ferryman.api.app:app_from_env", settings)
         supervisor = Multiprocess(config, sockets=[config.bind_socket()])
         supervisor.run()
@@ -102,6 +105,21 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     DrainingServer(_uvicorn_config(app, settings), app, settings.server.shutdown_delay_seconds).run()
     return 0
+
+
+def _prepare_multiprocess_metrics() -> None:
+    """Give the workers one empty directory to share metric values through, so /metrics adds them up.
+
+    Stale files from an earlier run would be added up too, so a configured directory is emptied first.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ferryman-metrics-")
+        return
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
 
 
 def _uvicorn_config(app: FastAPI | str, settings: Settings) -> uvicorn.Config:
@@ -137,15 +155,20 @@ class DrainingServer(uvicorn.Server):
         self._draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """First SIGTERM / SIGINT: drain; the next one: exit now."""
+        """First SIGTERM / SIGINT: drain, then exit 0; the next one: exit now, by the signal."""
         state = getattr(self._app.state, "ferryman", None)
-        if self._draining or state is None or self._delay <= 0 or sig not in (signal.SIGTERM, signal.SIGINT):
+        if self._draining or state is None or sig not in (signal.SIGTERM, signal.SIGINT):
             super().handle_exit(sig, frame)
             return
         self._draining = True
         state.draining = True
         loop = asyncio.get_event_loop()
-        loop.call_soon_threadsafe(loop.call_later, self._delay, super().handle_exit, sig, frame)
+        loop.call_soon_threadsafe(loop.call_later, self._delay, self._stop_accepting)
+
+    def _stop_accepting(self) -> None:
+        # Setting should_exit (rather than re-entering handle_exit) keeps the signal from being
+        # re-raised after shutdown: a completed drain is a clean exit, status 0.
+        self.should_exit = True
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@
     │   ├── PayloadTooLargeError    413: body over the configured cap
     │   └── RateLimitError          429: rate limit or budget; carries `retry_after`
     └── ProviderError               the upstream's fault or the path to it
-        ├── UpstreamStatusError     the upstream answered 4xx / 5xx; its status and message are kept
+        ├── UpstreamStatusError     the upstream answered 4xx / 5xx: a client-fault 4xx keeps its status
+        │                           and message; 5xx and refused upstream credentials become 502
         ├── UpstreamConnectionError 502: refused, reset, dropped mid-body, unparseable reply
         └── UpstreamTimeoutError    504: connect or read timeout
 
@@ -133,7 +134,10 @@ class UpstreamStatusError(ProviderError):
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.param = param
-        self.status = upstream_status if 400 <= upstream_status < 500 else 502
+        # The client's request keeps its meaning (400, 404, 413, 422, 429…), but an upstream that refuses
+        # the *gateway's* credentials is the gateway's fault: a 401 would wrongly blame the client's key.
+        client_fault = 400 <= upstream_status < 500 and upstream_status not in (401, 403, 407)
+        self.status = upstream_status if client_fault else 502
         self.type, self.code = _upstream_type_and_code(upstream_status)
 
     @property
@@ -161,9 +165,9 @@ def _upstream_type_and_code(status: int) -> tuple[str, str]:
     if status == 400:
         return "invalid_request_error", "upstream_bad_request"
     if status == 401:
-        return "authentication_error", "upstream_authentication_failed"
+        return "upstream_error", "upstream_authentication_failed"
     if status == 403:
-        return "permission_error", "upstream_permission_denied"
+        return "upstream_error", "upstream_permission_denied"
     if status == 404:
         return "invalid_request_error", "upstream_not_found"
     if status == 429:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -127,6 +128,45 @@ class LoggingSettings(_Strict):
     log_bodies: bool = False
 
 
+class TracingSettings(_Strict):
+    """OpenTelemetry tracing; off by default (and then free). OTLP reads the standard `OTEL_*` variables."""
+
+    enabled: bool = False
+    service_name: str = "ferryman"
+    exporter: Literal["otlp", "console"] = "otlp"
+
+
+class BudgetSettings(_Strict):
+    """Spending caps in USD per day and per month; enforced by the budget layer."""
+
+    daily_usd: Annotated[float, Field(ge=0)] | None = None
+    monthly_usd: Annotated[float, Field(ge=0)] | None = None
+
+
+class StaticKey(_Strict):
+    """A client key declared in the config file, so auth works without a database.
+
+    Give the secret itself (`key: ${APP_KEY}`) or only its SHA-256 (`key_sha256`, from `ferryman keys hash`),
+    so the file never holds a usable key.
+    """
+
+    alias: str = Field(min_length=1)
+    key: SecretStr | None = None
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    models: list[str] | None = Field(default=None, min_length=1)
+    rpm_limit: Annotated[int, Field(ge=1)] | None = None
+    tpm_limit: Annotated[int, Field(ge=1)] | None = None
+    max_parallel: Annotated[int, Field(ge=1)] | None = None
+    budget: BudgetSettings | None = None
+    expires_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_secret(self) -> StaticKey:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of key or key_sha256")
+        return self
+
+
 class Settings(_Strict):
     """The whole validated configuration, built once and passed down."""
 
@@ -135,7 +175,11 @@ class Settings(_Strict):
     redis_url: str | None = None
     server: ServerSettings = Field(default_factory=ServerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     models: list[ModelRoute] = Field(default_factory=list)
+    keys: list[StaticKey] = Field(default_factory=list)
+    auto_migrate: bool = True
+    key_cache_ttl_seconds: Annotated[float, Field(ge=0)] = 30.0
 
     @model_validator(mode="after")
     def _model_names_unique(self) -> Settings:
@@ -144,6 +188,14 @@ class Settings(_Strict):
             if route.name in seen:
                 raise ValueError(f"model name {route.name!r} is defined twice")
             seen.add(route.name)
+        return self
+
+    @model_validator(mode="after")
+    def _key_aliases_unique(self) -> Settings:
+        aliases = [key.alias for key in self.keys]
+        for alias in aliases:
+            if aliases.count(alias) > 1:
+                raise ValueError(f"key alias {alias!r} is defined twice")
         return self
 
     def with_server(self, **overrides: object) -> Settings:

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,18 +29,29 @@ from ferryman.core.routing import Router, Target
 from ferryman.core.upstream import Upstream
 from ferryman.errors import FerrymanError, InvalidRequestError, NotFoundError
 from ferryman.observability.metrics import Metrics
+from ferryman.observability.tracing import TRACER_NAME, TracingMiddleware, create_tracer_provider
 from ferryman.providers import create_provider
 from ferryman.settings import Deployment, Settings, load_settings
 
 log = logging.getLogger("ferryman.app")
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
-    """Build the app for `settings`; nothing connects until the lifespan starts."""
+def create_app(
+    settings: Settings, metrics: Metrics | None = None, tracer_provider: TracerProvider | None = None
+) -> FastAPI:
+    """Build the app for `settings`; nothing connects until the lifespan starts.
+
+    `tracer_provider` turns tracing on with that provider (tests pass one with an in-memory exporter);
+    otherwise `tracing.enabled` in the settings decides.
+    """
+    if tracer_provider is None and settings.tracing.enabled:
+        tracing = settings.tracing
+        tracer_provider = create_tracer_provider(tracing.service_name, tracing.exporter, __version__)
+    tracer = tracer_provider.get_tracer(TRACER_NAME, __version__) if tracer_provider is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = build_state(settings, metrics or Metrics.create())
+        state = build_state(settings, metrics or Metrics.create(), tracer)
         app.state.ferryman = state
         if not state.auth.enabled:
             log.warning("no master_key configured: the gateway accepts requests without a key")
@@ -47,6 +60,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         finally:
             for upstream in state.upstreams:
                 await upstream.aclose()
+            if tracer_provider is not None:
+                tracer_provider.shutdown()
 
     app = FastAPI(
         title="Ferryman",
@@ -57,6 +72,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.router.routes.extend([*openai_routes(), *anthropic_routes(), *gemini_routes(), *health_routes()])
+    if tracer is not None:
+        app.add_middleware(TracingMiddleware, tracer=tracer)  # inner: sees the request id set outside
     app.add_middleware(RequestIdMiddleware)
     app.add_exception_handler(FerrymanError, handle_ferryman_error)
     app.add_exception_handler(HTTPException, _handle_http_exception)
@@ -69,16 +86,16 @@ def app_from_env() -> FastAPI:
     return create_app(load_settings(os.environ.get("FERRYMAN_CONFIG") or None))
 
 
-def build_state(settings: Settings, metrics: Metrics) -> AppState:
+def build_state(settings: Settings, metrics: Metrics, tracer: Tracer | None = None) -> AppState:
     """Create every upstream client and the objects requests share."""
     upstreams: list[Upstream] = []
     routes: dict[str, list[Target]] = {}
     for route in settings.models:
         for deployment in route.deployments:
-            upstream = create_provider(deployment)
+            upstream = create_provider(deployment, propagate_trace=tracer is not None)
             upstreams.append(upstream)
             routes.setdefault(route.name, []).append(_target(upstream, deployment))
-    gateway = Gateway(Router(routes), metrics)
+    gateway = Gateway(Router(routes), metrics, tracer)
     master = settings.master_key.get_secret_value() if settings.master_key else None
     return AppState(
         settings=settings,

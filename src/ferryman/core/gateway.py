@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
+
+from opentelemetry.trace import Span, Tracer
 
 from ferryman.core.canonical import (
     ChatRequest,
@@ -29,6 +32,7 @@ from ferryman.core.canonical import (
 from ferryman.core.routing import Router, Target
 from ferryman.errors import ProviderError, UpstreamStatusError, UpstreamTimeoutError
 from ferryman.observability.metrics import Metrics
+from ferryman.observability.tracing import GEN_AI_SYSTEMS, end_span, span_in_context, start_client_span
 
 log = logging.getLogger("ferryman.gateway")
 
@@ -60,33 +64,40 @@ class CallRecord:
         return end - self.started
 
 
+class _Answer(Protocol):
+    """What a whole (non-streamed) upstream answer has in common: its usage."""
+
+    @property
+    def usage(self) -> Usage: ...
+
+
+AnswerT = TypeVar("AnswerT", bound=_Answer)
+
+
 class Gateway:
     """Routes canonical requests to upstreams, with fallbacks, and accounts for every call."""
 
-    def __init__(self, router: Router, metrics: Metrics) -> None:
+    def __init__(self, router: Router, metrics: Metrics, tracer: Tracer | None = None) -> None:
         self.router = router
         self.metrics = metrics
+        self.tracer = tracer
 
     async def chat(self, request: ChatRequest, record: CallRecord) -> ChatResponse:
         """A whole answer from the first deployment that gives one."""
-        last_error: ProviderError | None = None
-        for target in self.router.choose_order(request.model):
-            self._begin_attempt(record, target)
-            started = time.perf_counter()
-            try:
-                response = await target.upstream.chat(request)
-            except ProviderError as exc:
-                last_error = self._attempt_failed(record, target, exc)
-                if exc.retryable:
-                    continue
-                raise
-            finally:
-                record.upstream_seconds += time.perf_counter() - started
-                self.metrics.active.labels(target.provider).dec()
-            self._settle(record, target, response.usage)
-            return replace(response, model=request.model)
-        assert last_error is not None  # noqa: S101 - choose_order never returns an empty list
-        raise last_error
+        response = await self._first_answer(
+            request.model, record, lambda target: target.upstream.chat(request), _chat_attributes(request)
+        )
+        return replace(response, model=request.model)
+
+    async def embed(self, request: EmbeddingRequest, record: CallRecord) -> EmbeddingResponse:
+        """Embeddings from the first deployment that answers."""
+        response = await self._first_answer(
+            request.model,
+            record,
+            lambda target: target.upstream.embed(replace(request, model=target.upstream_model)),
+            {"gen_ai.operation.name": "embeddings"},
+        )
+        return replace(response, model=request.model)
 
     async def open_stream(
         self, request: ChatRequest, record: CallRecord
@@ -95,44 +106,53 @@ class Gateway:
         record.stream = True
         last_error: ProviderError | None = None
         for target in self.router.choose_order(request.model):
-            self._begin_attempt(record, target)
+            span = self._begin_attempt(record, target, _chat_attributes(request))
             events = target.upstream.stream_chat(request)
             started = time.perf_counter()
             try:
-                first = await anext(events)
+                with span_in_context(span):
+                    first = await anext(events)
             except (ProviderError, StopAsyncIteration) as exc:
                 record.upstream_seconds += time.perf_counter() - started
                 self.metrics.active.labels(target.provider).dec()
                 await events.aclose()
                 if isinstance(exc, StopAsyncIteration):
+                    end_span(span, {}, exc)
                     raise
-                last_error = self._attempt_failed(record, target, exc)
+                last_error = self._attempt_failed(record, target, exc, span)
                 if exc.retryable:
                     continue
                 raise
             record.upstream_seconds += time.perf_counter() - started
-            return self._relay(request, record, target, first, events)
+            return self._relay(request, record, target, first, events, span)
         assert last_error is not None  # noqa: S101 - choose_order never returns an empty list
         raise last_error
 
-    async def embed(self, request: EmbeddingRequest, record: CallRecord) -> EmbeddingResponse:
-        """Embeddings from the first deployment that answers."""
+    async def _first_answer(
+        self,
+        model: str,
+        record: CallRecord,
+        call: Callable[[Target], Awaitable[AnswerT]],
+        attributes: dict[str, str | int | float],
+    ) -> AnswerT:
+        """Try each deployment in order until one answers; fall back only on retryable failures."""
         last_error: ProviderError | None = None
-        for target in self.router.choose_order(request.model):
-            self._begin_attempt(record, target)
+        for target in self.router.choose_order(model):
+            span = self._begin_attempt(record, target, attributes)
             started = time.perf_counter()
             try:
-                response = await target.upstream.embed(replace(request, model=target.upstream_model))
+                with span_in_context(span):
+                    response = await call(target)
             except ProviderError as exc:
-                last_error = self._attempt_failed(record, target, exc)
+                last_error = self._attempt_failed(record, target, exc, span)
                 if exc.retryable:
                     continue
                 raise
             finally:
                 record.upstream_seconds += time.perf_counter() - started
                 self.metrics.active.labels(target.provider).dec()
-            self._settle(record, target, response.usage)
-            return replace(response, model=request.model)
+            self._settle(record, target, response.usage, span)
+            return response
         assert last_error is not None  # noqa: S101 - choose_order never returns an empty list
         raise last_error
 
@@ -157,6 +177,7 @@ class Gateway:
         target: Target,
         first: StreamEvent,
         events: AsyncGenerator[StreamEvent, None],
+        span: Span | None,
     ) -> AsyncGenerator[StreamEvent, None]:
         usage: Usage | None = None
         output_chars = 0
@@ -178,23 +199,44 @@ class Gateway:
                 except StopAsyncIteration:
                     event = None
                 except ProviderError as exc:
-                    self._attempt_failed(record, target, exc)
+                    self._attempt_failed(record, target, exc, span)
+                    span = None  # ended as failed; the settlement below must not end it again
                     raise
                 finally:
                     record.upstream_seconds += time.perf_counter() - waited
         finally:
             self.metrics.active.labels(target.provider).dec()
             await events.aclose()
-            self._settle(record, target, usage or _estimate_usage(request, output_chars, record))
+            self._settle(record, target, usage or _estimate_usage(request, output_chars, record), span)
 
-    def _begin_attempt(self, record: CallRecord, target: Target) -> None:
+    def _begin_attempt(
+        self, record: CallRecord, target: Target, attributes: dict[str, str | int | float]
+    ) -> Span | None:
         record.attempts += 1
         record.provider = target.provider
         record.deployment = target.deployment
         record.upstream_model = target.upstream_model
         self.metrics.active.labels(target.provider).inc()
+        if self.tracer is None:
+            return None
+        operation = attributes.get("gen_ai.operation.name", "chat")
+        return start_client_span(
+            self.tracer,
+            f"{operation} {target.upstream_model}",
+            {
+                **attributes,
+                "gen_ai.system": GEN_AI_SYSTEMS.get(target.provider, target.provider),
+                "gen_ai.request.model": target.upstream_model,
+                "ferryman.model": record.model,
+                "ferryman.deployment": target.deployment,
+                "ferryman.attempt": record.attempts,
+            },
+        )
 
-    def _attempt_failed(self, record: CallRecord, target: Target, exc: ProviderError) -> ProviderError:
+    def _attempt_failed(
+        self, record: CallRecord, target: Target, exc: ProviderError, span: Span | None
+    ) -> ProviderError:
+        end_span(span, {}, exc)
         self.metrics.upstream_errors.labels(target.provider, record.model, _error_class(exc)).inc()
         log.warning(
             "upstream attempt failed",
@@ -202,8 +244,16 @@ class Gateway:
         )
         return exc
 
-    def _settle(self, record: CallRecord, target: Target, usage: Usage) -> None:
+    def _settle(self, record: CallRecord, target: Target, usage: Usage, span: Span | None) -> None:
         record.usage = usage
+        end_span(
+            span,
+            {
+                "gen_ai.response.model": target.upstream_model,
+                "gen_ai.usage.input_tokens": usage.input_tokens,
+                "gen_ai.usage.output_tokens": usage.output_tokens,
+            },
+        )
         m = self.metrics
         m.tokens.labels(target.provider, record.model, "input").inc(usage.input_tokens)
         m.tokens.labels(target.provider, record.model, "output").inc(usage.output_tokens)
@@ -214,6 +264,18 @@ class Gateway:
             return
         record.cost = target.price.cost(usage)
         m.cost.labels(target.provider, record.model).inc(record.cost)
+
+
+def _chat_attributes(request: ChatRequest) -> dict[str, str | int | float]:
+    """The GenAI request attributes known before the call."""
+    attributes: dict[str, str | int | float] = {"gen_ai.operation.name": "chat"}
+    if request.max_tokens is not None:
+        attributes["gen_ai.request.max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        attributes["gen_ai.request.temperature"] = request.temperature
+    if request.top_p is not None:
+        attributes["gen_ai.request.top_p"] = request.top_p
+    return attributes
 
 
 def _estimate_usage(request: ChatRequest, output_chars: int, record: CallRecord) -> Usage:

@@ -18,11 +18,14 @@ PROVIDERS: dict[str, str] = {
 }
 
 
-def create_provider(deployment: Deployment) -> Upstream:
-    """Instantiate the provider class registered for `deployment.provider`."""
+def create_provider(deployment: Deployment, *, propagate_trace: bool = False) -> Upstream:
+    """Instantiate the provider class registered for `deployment.provider`.
+
+    With `propagate_trace`, HTTP providers send the current span's `traceparent` upstream.
+    """
     module_name, _, class_name = PROVIDERS[deployment.provider].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    provider: Upstream = cls(deployment)
+    provider: Upstream = cls(deployment, propagate_trace=propagate_trace)
     return provider
 
 

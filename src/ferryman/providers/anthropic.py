@@ -19,8 +19,8 @@ class AnthropicProvider(HttpProvider):
 
     name: ClassVar[str] = "anthropic"
 
-    def __init__(self, deployment: Deployment) -> None:
-        super().__init__(deployment)
+    def __init__(self, deployment: Deployment, *, propagate_trace: bool = False) -> None:
+        super().__init__(deployment, propagate_trace=propagate_trace)
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         headers.update(deployment.headers)
         if deployment.api_key:

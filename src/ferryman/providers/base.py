@@ -27,6 +27,8 @@ from ferryman.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from ferryman.observability.logging import scrub
+from ferryman.observability.tracing import inject_trace_headers
 from ferryman.providers._sse import iter_sse
 from ferryman.settings import Deployment
 
@@ -48,8 +50,9 @@ class HttpProvider:
 
     name: ClassVar[str] = "http"
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: Deployment, *, propagate_trace: bool = False) -> None:
         self.deployment = deployment
+        self._propagate_trace = propagate_trace
         timeouts = deployment.timeouts
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
@@ -81,6 +84,8 @@ class HttpProvider:
 
     async def post_json(self, url: str, body: JSONObject, headers: Mapping[str, str]) -> JSONObject:
         """POST `body` and return the JSON answer, mapping every failure to a Ferryman error."""
+        if self._propagate_trace:
+            headers = inject_trace_headers(dict(headers))
         try:
             async with self.session.post(
                 url, data=orjson.dumps(body), headers=headers, timeout=self._timeout
@@ -102,6 +107,8 @@ class HttpProvider:
         Closing this generator early (the client went away) closes the upstream response, which
         aborts the upstream request instead of letting it run to the end unread.
         """
+        if self._propagate_trace:
+            headers = inject_trace_headers(dict(headers))
         try:
             async with self.session.post(
                 url, data=orjson.dumps(body), headers=headers, timeout=self._stream_timeout
@@ -140,8 +147,13 @@ class HttpProvider:
         return UpstreamConnectionError(f"could not reach {self.name} upstream ({kind})", provider=self.name)
 
     def status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
-        """Keep the upstream's status and message, so a client sees what really went wrong."""
+        """Keep the upstream's status and message, so a client sees what really went wrong.
+
+        Providers echo credentials in some messages ("Incorrect API key provided: sk-…"): those are
+        scrubbed, or the gateway would hand its upstream key to any client.
+        """
         message, param = _error_message(raw)
+        message = scrub(message)
         return UpstreamStatusError(
             f"{self.name} upstream returned {status}: {message}",
             provider=self.name,

@@ -42,8 +42,8 @@ class FakeProvider:
 
     name: ClassVar[str] = "fake"
 
-    def __init__(self, deployment: Deployment) -> None:
-        self.deployment = deployment
+    def __init__(self, deployment: Deployment, *, propagate_trace: bool = False) -> None:
+        self.deployment = deployment  # in-process: there is no upstream to propagate a trace to
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         """A whole deterministic answer."""

@@ -25,8 +25,8 @@ class GeminiProvider(HttpProvider):
 
     name: ClassVar[str] = "gemini"
 
-    def __init__(self, deployment: Deployment) -> None:
-        super().__init__(deployment)
+    def __init__(self, deployment: Deployment, *, propagate_trace: bool = False) -> None:
+        super().__init__(deployment, propagate_trace=propagate_trace)
         headers = {"content-type": "application/json", **deployment.headers}
         if deployment.api_key:
             headers["x-goog-api-key"] = deployment.api_key.get_secret_value()

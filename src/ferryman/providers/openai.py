@@ -31,8 +31,8 @@ class OpenAIProvider(HttpProvider):
     # OpenAI's own API wants the newer field (its reasoning models reject `max_tokens`).
     max_tokens_field: ClassVar[wire.MaxTokensField] = "max_completion_tokens"
 
-    def __init__(self, deployment: Deployment) -> None:
-        super().__init__(deployment)
+    def __init__(self, deployment: Deployment, *, propagate_trace: bool = False) -> None:
+        super().__init__(deployment, propagate_trace=propagate_trace)
         self._headers = self._build_headers(deployment)
 
     @staticmethod

@@ -1,0 +1,139 @@
+"""Logs: one JSON line per request, the request id on every line, no bodies, no secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from ferryman.observability.logging import configure_logging, scrub
+from ferryman.testing import FakeOpenAI, Reply
+from tests.conftest import RunningGateway
+
+UPSTREAM_KEY = "sk-upstream-secret-abcdefghijkl"
+MASTER = "fm-master-key-0123456789abcdef"
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream=stream)
+    yield stream
+    logging.getLogger("ferryman").handlers.clear()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(gateway_factory: Any, fake: FakeOpenAI) -> RunningGateway:
+    deployment = {
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "api_base": fake.base_url,
+        "api_key": UPSTREAM_KEY,
+    }
+    return gateway_factory({"master_key": MASTER, "models": [{"name": "gpt", "deployments": [deployment]}]})  # type: ignore[no-any-return]
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def chat(gateway: RunningGateway, content: str, *, stream: bool = False, key: str = MASTER) -> httpx.Response:
+    body = {"model": "gpt", "stream": stream, "messages": [{"role": "user", "content": content}]}
+    return httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+
+
+def access_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [line for line in lines(stream) if line["logger"] == "ferryman.access"]
+
+
+def test_one_json_line_per_request_with_every_field(gateway: RunningGateway, log_stream: io.StringIO) -> None:
+    response = chat(gateway, "hello there")
+    (line,) = access_lines(log_stream)
+    assert line["request_id"] == response.headers["x-request-id"]
+    assert line["level"] == "info"
+    assert line["model"] == "gpt"
+    assert line["provider"] == "openai"
+    assert line["deployment"] == "openai/gpt-4o-mini"
+    assert line["key_alias"] == "master"
+    assert line["status"] == "success"
+    assert line["stream"] is False
+    assert line["attempts"] == 1
+    assert line["input_tokens"] == 2 and line["output_tokens"] == 3
+    assert line["cost_usd"] == pytest.approx((2 * 0.15 + 3 * 0.60) / 1e6)
+    assert line["latency_ms"] >= line["upstream_ms"] > 0
+    assert line["ttft_ms"] is None
+
+
+def test_streamed_request_logs_time_to_first_token(
+    gateway: RunningGateway, log_stream: io.StringIO, fake: FakeOpenAI
+) -> None:
+    fake.script.reply(Reply.text("a b c", chunks=3, chunk_delay=0.05))
+    assert chat(gateway, "x", stream=True).status_code == 200
+    (line,) = access_lines(log_stream)
+    assert line["stream"] is True
+    assert 0 < line["ttft_ms"] <= line["latency_ms"]
+    assert line["output_tokens"] == 3
+
+
+def test_request_id_is_on_every_line_of_the_request(
+    gateway: RunningGateway, log_stream: io.StringIO, fake: FakeOpenAI
+) -> None:
+    fake.script.reply(Reply.error(400, "nope"))
+    response = chat(gateway, "x")
+    assert response.status_code == 400
+    request_lines = lines(log_stream)
+    assert {line["logger"] for line in request_lines} >= {"ferryman.gateway", "ferryman.access"}
+    assert {line["request_id"] for line in request_lines} == {response.headers["x-request-id"]}
+    assert access_lines(log_stream)[0]["status"] == "error"
+
+
+def test_bodies_are_never_logged(gateway: RunningGateway, log_stream: io.StringIO) -> None:
+    chat(gateway, "my-very-private-prompt-text")
+    chat(gateway, "my-very-private-prompt-text", stream=True)
+    assert "my-very-private-prompt-text" not in log_stream.getvalue()
+    assert "echo:" not in log_stream.getvalue()
+
+
+def test_secrets_never_reach_the_logs(
+    gateway: RunningGateway, log_stream: io.StringIO, fake: FakeOpenAI
+) -> None:
+    fake.script.reply(Reply.error(401, f"Incorrect API key provided: {UPSTREAM_KEY}"))
+    refused = chat(gateway, "x")
+    assert refused.status_code == 502  # the gateway's upstream key is at fault, not the client's
+    assert UPSTREAM_KEY not in refused.text  # nor is the upstream key handed to the client
+    chat(gateway, "x", key="fm-wrong-key-00000000000000")
+    text = log_stream.getvalue()
+    assert UPSTREAM_KEY not in text
+    assert MASTER not in text
+    assert "fm-wrong-key-00000000000000" not in text
+    assert "[REDACTED]" in text
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "sk-proj-abcdefghijklmnop",
+        "sk-ant-api03-abcdefghijk",
+        "fm-abcdefghijklmnopqrst",
+        "AIzaSyA1234567890abcdefghijk",
+        "Bearer abc.def.ghijklmnop",
+    ],
+)
+def test_scrub_redacts_each_key_shape(secret: str) -> None:
+    assert secret not in scrub(f"failed with {secret} today")

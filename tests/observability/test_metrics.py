@@ -1,0 +1,135 @@
+"""Metric values after known traffic, across workers, and every metric the alerts and dashboard use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ferryman.testing import FakeGemini, Reply
+from tests.conftest import RunningGateway
+from tests.ops.metric_names import exported_metric_names_used
+from tests.processes import gateway_process
+
+FREE = {"input_per_mtok": 0, "output_per_mtok": 0}
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGemini]:
+    with FakeGemini() as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(gateway_factory: Any, fake: FakeGemini) -> RunningGateway:
+    deployment = {
+        "provider": "gemini",
+        "model": "gemini-2.5-flash",
+        "api_base": fake.base_url,
+        "api_key": "k",
+    }
+    return gateway_factory({"models": [{"name": "flash", "deployments": [deployment]}]})  # type: ignore[no-any-return]
+
+
+def chat(gateway: RunningGateway, *, stream: bool = False) -> httpx.Response:
+    body = {"model": "flash", "stream": stream, "messages": [{"role": "user", "content": "one two three"}]}
+    return httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=10)
+
+
+def scrape(gateway: RunningGateway) -> str:
+    response = httpx.get(gateway.url + "/metrics", timeout=10)
+    assert response.headers["content-type"].startswith("text/plain")
+    return response.text
+
+
+def test_counts_tokens_and_cost_after_known_traffic(gateway: RunningGateway, fake: FakeGemini) -> None:
+    for _ in range(3):
+        assert chat(gateway).status_code == 200
+    fake.script.reply(Reply.error(500, "boom"))
+    assert chat(gateway).status_code == 502
+    text = scrape(gateway)
+    assert value(text, "ai_api_requests_total", provider="gemini", status="success", model="flash") == 3
+    assert value(text, "ai_api_requests_total", provider="gemini", status="error", model="flash") == 1
+    assert value(text, "ai_api_tokens_total", provider="gemini", model="flash", type="input") == 9
+    assert (
+        value(text, "ai_api_tokens_total", provider="gemini", model="flash", type="output") == 3 * 4
+    )  # "echo: one two three"
+    expected_cost = 3 * (3 * 0.30 + 4 * 2.50) / 1e6
+    assert value(text, "ai_api_cost_total", provider="gemini", model="flash") == pytest.approx(expected_cost)
+    assert value(text, "ai_api_request_duration_seconds_count", provider="gemini", model="flash") == 4
+    assert value(text, "ai_api_gateway_overhead_seconds_count", provider="gemini") == 4
+    assert (
+        value(text, "ai_api_upstream_errors_total", provider="gemini", model="flash", error="status_5xx") == 1
+    )
+
+
+def test_active_gauge_returns_to_zero_after_streams(gateway: RunningGateway, fake: FakeGemini) -> None:
+    fake.script.reply(Reply.text("a b c", chunks=3, chunk_delay=0.3))
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        json={"model": "flash", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        timeout=10,
+    ) as response:
+        chunks = response.iter_bytes()
+        next(chunks)
+        assert value(scrape(gateway), "ai_api_active_requests", provider="gemini") == 1
+        for _ in chunks:
+            pass
+    text = scrape(gateway)
+    assert value(text, "ai_api_active_requests", provider="gemini") == 0
+    assert value(text, "ai_api_time_to_first_token_seconds_count", provider="gemini", model="flash") == 1
+
+
+def test_every_metric_the_alerts_and_dashboard_use_is_exported(
+    gateway: RunningGateway, fake: FakeGemini
+) -> None:
+    chat(gateway)
+    chat(gateway, stream=True)
+    fake.script.reply(Reply.error(503, "down"))
+    chat(gateway)
+    httpx.post(
+        gateway.url + "/v1/chat/completions", json={}, headers={"authorization": "Bearer x"}, timeout=10
+    )
+    exported = {family.name for family in text_string_to_metric_families(scrape(gateway))}
+    # prometheus_client names a counter's family without its `_total` suffix.
+    exported |= {name + "_total" for name in exported}
+    missing = exported_metric_names_used() - exported
+    assert not missing, f"alerts or dashboard use metrics the gateway does not export: {sorted(missing)}"
+
+
+def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
+    config = {
+        "models": [
+            {
+                "name": "fake-model",
+                "deployments": [{"provider": "fake", "model": "fake-model", "price": FREE}],
+            }
+        ]
+    }
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    with gateway_process(config, tmp_path, workers=2, env=env) as (_, url):
+        with httpx.Client(base_url=url, timeout=10) as client:
+            body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+            for _ in range(40):
+                # a fresh connection each time, so the kernel spreads them over both workers
+                assert httpx.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+            text = client.get("/metrics").text
+    assert value(text, "ai_api_requests_total", provider="fake", status="success", model="fake-model") == 40
+    assert len(list((tmp_path / "metrics").glob("counter_*.db"))) == 2  # both workers served and wrote

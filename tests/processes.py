@@ -1,0 +1,61 @@
+"""Running `ferryman serve` as a real process, the way operators run it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def gateway_process(
+    config: dict[str, Any], tmp_path: Path, *, workers: int = 1, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Start `ferryman serve` for `config`; yield the process and its base URL; stop it by PID."""
+    path = tmp_path / f"config-{free_port()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    command = [sys.executable, "-m", "ferryman.cli", "serve", "--config", str(path), "--port", str(port)]
+    command += ["--workers", str(workers)]
+    log = (tmp_path / f"gateway-{port}.log").open("wb")
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(url, process)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        log.close()
+
+
+def wait_until_live(url: str, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}")
+        try:
+            if httpx.get(url + "/health/live", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("gateway did not become live")
