@@ -1,0 +1,208 @@
+"""Turn one run's measurements into bench/RESULTS.md: a table per target and the verdict per goal."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from _measure import LoadPlan, TargetFailure, TargetResult
+from _targets import DIRECT_NAME, FERRYMAN_NAME, LITELLM_NAME
+
+_MIB = 1024**2
+
+# The goals from the issue that asked for this benchmark.
+RPS_RATIO_GOAL = 5.0
+P50_OVERHEAD_GOAL_MS = 1.5
+TTFB_OVERHEAD_GOAL_MS = 2.0
+# LiteLLM's requests/s at c=50 as the issue measured it on a 2-core machine. Our LiteLLM version may be
+# slower, which would flatter the measured ratio, so the report also divides by this fixed figure.
+LITELLM_REFERENCE_RPS = 110.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """One run: when, where, how, and what each target did (or why it could not be measured)."""
+
+    started: datetime
+    environment: tuple[tuple[str, str], ...]
+    plan: LoadPlan
+    auth: bool
+    outcomes: tuple[TargetResult | TargetFailure, ...]
+
+    def result(self, name: str) -> TargetResult | None:
+        """The measured result for target `name`, or None if it failed or was skipped."""
+        for outcome in self.outcomes:
+            if isinstance(outcome, TargetResult) and outcome.name == name:
+                return outcome
+        return None
+
+
+_Row = tuple[str, Callable[[TargetResult, TargetResult | None], str]]
+
+
+def _rows(plan: LoadPlan) -> Sequence[_Row]:
+    c = plan.concurrency
+    return (
+        (f"requests/s, c={c}", lambda r, _d: _num(r.concurrent.load.requests_per_s, 0)),
+        ("latency p50 / p99, c=1 (ms)", lambda r, _d: _pair(r.serial.load.p50_ms, r.serial.load.p99_ms)),
+        ("**p50 overhead vs direct, c=1 (ms)**", lambda r, d: _delta(r.serial.load.p50_ms, d, _serial_p50)),
+        (
+            f"latency p50 / p99, c={c} (ms)",
+            lambda r, _d: _pair(r.concurrent.load.p50_ms, r.concurrent.load.p99_ms),
+        ),
+        (f"CPU per request, c={c} (ms)", lambda r, _d: _num(r.concurrent.cpu_ms_per_request, 3)),
+        (f"streaming requests/s, c={c}", lambda r, _d: _num(r.stream_concurrent.load.requests_per_s, 0)),
+        (
+            f"streaming CPU per request, c={c} (ms)",
+            lambda r, _d: _num(r.stream_concurrent.cpu_ms_per_request, 3),
+        ),
+        ("streaming TTFB p50 / p99, sequential (ms)", lambda r, _d: _pair(r.ttfb.p50_ms, r.ttfb.p99_ms)),
+        ("**streaming TTFB p50 overhead vs direct (ms)**", lambda r, d: _delta(r.ttfb.p50_ms, d, _ttfb_p50)),
+        ("RSS after the run (MiB)", lambda r, _d: _num(r.rss_bytes / _MIB, 1)),
+        ("failed requests (all wrk phases)", lambda r, _d: str(_errors(r))),
+    )
+
+
+NOTES_MARKER = "<!-- Hand-written notes: run.py keeps everything below this line. -->"
+
+
+def render_markdown(report: RunReport, kept_notes: str = "") -> str:
+    """The whole RESULTS.md text; `kept_notes` (the previous file's hand-written tail) goes last."""
+    sections = [
+        "# Overhead benchmark results\n",
+        f"Written by `bench/run.py` on {report.started:%Y-%m-%d %H:%M %Z}; rerun it to refresh "
+        "(see `bench/README.md`). Every figure below comes from that one run.\n",
+        _render_environment(report),
+        _render_table(report),
+        _render_goals(report),
+        _render_failures(report),
+        _render_method(report),
+        f"{NOTES_MARKER}\n{kept_notes.strip()}\n" if kept_notes.strip() else "",
+    ]
+    return "\n".join(section for section in sections if section)
+
+
+def kept_notes(previous: str) -> str:
+    """The hand-written part of a previous RESULTS.md: whatever follows `NOTES_MARKER`."""
+    _, marker, notes = previous.partition(NOTES_MARKER)
+    return notes if marker else ""
+
+
+def _render_environment(report: RunReport) -> str:
+    lines = ["## Machine and versions\n"]
+    lines += [f"- {label}: {value}" for label, value in report.environment]
+    auth = (
+        "on (master key sent as Bearer to both gateways)" if report.auth else "off (no master_key configured)"
+    )
+    lines.append(f"- Gateway auth: {auth}")
+    return "\n".join(lines) + "\n"
+
+
+def _render_table(report: RunReport) -> str:
+    measured = [o for o in report.outcomes if isinstance(o, TargetResult)]
+    if not measured:
+        return ""
+    direct = report.result(DIRECT_NAME)
+    header = "| | " + " | ".join(r.name for r in measured) + " |"
+    rule = "|---|" + "---:|" * len(measured)
+    body = [
+        f"| {label} | " + " | ".join(cell(r, direct) for r in measured) + " |"
+        for label, cell in _rows(report.plan)
+    ]
+    return "\n".join(["## Results\n", header, rule, *body]) + "\n"
+
+
+def _render_goals(report: RunReport) -> str:
+    ferryman = report.result(FERRYMAN_NAME)
+    if ferryman is None:
+        return ""
+    direct, litellm = report.result(DIRECT_NAME), report.result(LITELLM_NAME)
+    lines = ["## Goals\n", "| goal | target | measured | verdict |", "|---|---|---:|---|"]
+    c = report.plan.concurrency
+    rps = ferryman.concurrent.load.requests_per_s
+    if litellm is not None:
+        ratio = rps / litellm.concurrent.load.requests_per_s
+        lines.append(_goal_row(f"requests/s at c={c}, Ferryman ÷ LiteLLM", RPS_RATIO_GOAL, ratio, "x", True))
+    reference = f"requests/s at c={c}, Ferryman ÷ {LITELLM_REFERENCE_RPS:g} (the issue's LiteLLM figure)"
+    lines.append(_goal_row(reference, RPS_RATIO_GOAL, rps / LITELLM_REFERENCE_RPS, "x", True))
+    if direct is not None:
+        p50 = ferryman.serial.load.p50_ms - direct.serial.load.p50_ms
+        lines.append(_goal_row("p50 overhead at c=1", P50_OVERHEAD_GOAL_MS, p50, " ms", False))
+        ttfb = ferryman.ttfb.p50_ms - direct.ttfb.p50_ms
+        lines.append(_goal_row("streaming TTFB overhead (p50)", TTFB_OVERHEAD_GOAL_MS, ttfb, " ms", False))
+    return "\n".join(lines) + "\n"
+
+
+def _goal_row(label: str, goal: float, measured: float, unit: str, higher_is_better: bool) -> str:
+    met = measured >= goal if higher_is_better else measured <= goal
+    sign = "≥" if higher_is_better else "≤"
+    if met:
+        verdict = "met"
+    elif higher_is_better:
+        verdict = f"**missed**: {goal / measured:.2f}x short"
+    else:
+        verdict = f"**missed** by {measured - goal:.2f}{unit}"
+    return f"| {label} | {sign} {goal:g}{unit} | {measured:.2f}{unit} | {verdict} |"
+
+
+def _render_failures(report: RunReport) -> str:
+    failures = [o for o in report.outcomes if isinstance(o, TargetFailure)]
+    if not failures:
+        return ""
+    lines = ["## Not measured\n"]
+    for failure in failures:
+        lines += [
+            f"- **{failure.name}**:",
+            "",
+            "  ```",
+            *(f"  {x}" for x in failure.reason.splitlines()),
+            "  ```",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _render_method(report: RunReport) -> str:
+    plan = report.plan
+    return (
+        "## How it was measured\n\n"
+        f"- Upstream: nginx (1 worker) serving a fixed chat.completion JSON and a fixed OpenAI SSE stream "
+        "(usage chunk, `data: [DONE]`) from `bench/fixtures/`; *direct* sends the load straight to it.\n"
+        f"- Load: wrk, {plan.wrk_threads} thread, keep-alive, {plan.duration_s:g} s per run after a "
+        f"{plan.warmup_s:g} s warm-up, POST bodies from `bench/post.lua`; c=1 and c={plan.concurrency} "
+        f"non-streaming, then c={plan.concurrency} streaming.\n"
+        f"- TTFB: {plan.ttfb_requests} sequential streaming requests on one kept-alive aiohttp connection "
+        "(after 20 warm-up requests), timed from writing the request to the first body bytes.\n"
+        "- CPU per request: utime+stime of the target's whole process tree (from `/proc/<pid>/stat`) "
+        "over one wrk run, divided by the requests wrk completed. RSS: VmRSS of the tree after all phases.\n"
+        "- Each gateway runs one worker process. wrk, the TTFB client, nginx and the gateway share the "
+        "same cores, so absolute figures are lower than on a dedicated box; compare columns, not machines.\n"
+    )
+
+
+def _serial_p50(result: TargetResult) -> float:
+    return result.serial.load.p50_ms
+
+
+def _ttfb_p50(result: TargetResult) -> float:
+    return result.ttfb.p50_ms
+
+
+def _delta(value: float, direct: TargetResult | None, metric: Callable[[TargetResult], float]) -> str:
+    if direct is None:
+        return "n/a"
+    return f"{value - metric(direct):+.2f}"
+
+
+def _errors(result: TargetResult) -> int:
+    phases = (result.serial, result.concurrent, result.stream_concurrent)
+    return sum(phase.load.errors for phase in phases)
+
+
+def _num(value: float, digits: int) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _pair(first: float, second: float) -> str:
+    return f"{_num(first, 2)} / {_num(second, 2)}"
