@@ -39,9 +39,10 @@ from _targets import (
     start_nginx,
 )
 
+
 @pytest.fixture
 def nginx_installed() -> None:
-    """nginx must be there (scripts/install-test-services.sh installs it): a missing tool fails, never skips."""
+    """nginx must be there (install-test-services.sh installs it): a missing tool fails, never skips."""
     assert shutil.which("nginx"), "nginx is missing: run scripts/install-test-services.sh"
 
 
