@@ -1,7 +1,9 @@
 """Server-sent events framing: turn an upstream byte stream into `(event, data)` pairs.
 
-Only the fields the providers use are kept (`event`, `data`); comments and `id` / `retry` lines are
-skipped. Multi-line `data:` fields are joined with newlines, as the SSE specification says.
+Reads whatever the socket has (not line by line) and splits whole events out of it, so a burst of
+events costs one read. Only the fields the providers use are kept (`event`, `data`); comments and
+`id` / `retry` lines are skipped. Multi-line `data:` fields are joined with newlines and CRLF framing
+(Gemini's) is accepted, as the SSE specification says.
 """
 
 from __future__ import annotations
@@ -9,23 +11,35 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 
 
-async def iter_sse(lines: AsyncIterable[bytes]) -> AsyncIterator[tuple[str | None, str]]:
-    """Yield `(event name or None, data)` for each dispatched event in `lines` (each ending in `\\n`)."""
-    event: str | None = None
+async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[str | None, str]]:
+    """Yield `(event name or None, data)` for each event in `chunks` (split at arbitrary points)."""
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        if b"\r" in chunk or buffer.endswith(b"\r"):
+            buffer = buffer.replace(b"\r\n", b"\n")
+        while (end := buffer.find(b"\n\n")) >= 0:
+            block, buffer = buffer[:end], buffer[end + 2 :]
+            event = _parse_event(block)
+            if event is not None:
+                yield event
+    event = _parse_event(buffer)
+    if event is not None:
+        yield event
+
+
+def _parse_event(block: bytes) -> tuple[str | None, str] | None:
+    """One event's fields; None for a block with no data (a comment or keep-alive)."""
+    name: str | None = None
     data: list[str] = []
-    async for raw in lines:
-        line = raw.rstrip(b"\r\n")
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = None, []
-            continue
+    for line in block.split(b"\n"):
         if line.startswith(b"data:"):
             data.append(_field_value(line, 5))
         elif line.startswith(b"event:"):
-            event = _field_value(line, 6)
-    if data:
-        yield event, "\n".join(data)
+            name = _field_value(line, 6)
+    if not data:
+        return None
+    return name, "\n".join(data)
 
 
 def _field_value(line: bytes, prefix_len: int) -> str:

@@ -115,7 +115,7 @@ class HttpProvider:
             ) as response:
                 if response.status >= 400:
                     raise self.status_error(response.status, await response.read(), response.headers)
-                async for event, data in iter_sse(response.content):
+                async for event, data in iter_sse(response.content.iter_any()):
                     if data == "[DONE]":
                         break
                     for item in parser.feed(event, self.decode_json(data.encode())):
