@@ -102,6 +102,18 @@ def gateway(fakes: dict[str, FakeServer]) -> Iterator[RunningGateway]:
                 ],
             },
             {
+                "name": "compat-route",
+                "deployments": [
+                    {
+                        "provider": "openai-compatible",
+                        "model": "llama3",
+                        "api_base": fakes["openai"].base_url,
+                        "api_key": "up-openai",
+                        "price": {"input_per_mtok": 0, "output_per_mtok": 0},
+                    }
+                ],
+            },
+            {
                 "name": "fallback-route",
                 "deployments": [
                     {
@@ -353,6 +365,21 @@ def test_openai_sdk_azure_style_deployment(
     assert recorded.path == "/openai/deployments/my-gpt4o/chat/completions"
     assert recorded.query["api-version"] == "2024-10-21"
     assert recorded.headers["api-key"] == "up-openai"
+
+
+def test_openai_compatible_servers_get_the_older_max_tokens_field(
+    openai_client: openai.OpenAI, fakes: dict[str, FakeServer]
+) -> None:
+    openai_client.chat.completions.create(
+        model="compat-route", messages=[{"role": "user", "content": "hi"}], max_tokens=12
+    )
+    compatible = fakes["openai"].last_request.body
+    assert compatible["model"] == "llama3"
+    assert compatible["max_tokens"] == 12 and "max_completion_tokens" not in compatible
+    openai_client.chat.completions.create(
+        model="gpt-route", messages=[{"role": "user", "content": "hi"}], max_tokens=12
+    )
+    assert fakes["openai"].last_request.body["max_completion_tokens"] == 12
 
 
 def test_openai_sdk_embeddings(openai_client: openai.OpenAI, fakes: dict[str, FakeServer]) -> None:

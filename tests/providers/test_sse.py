@@ -12,7 +12,7 @@ from ferryman.providers._sse import iter_sse
 
 STREAM = (
     b": keep-alive comment\n\n"
-    b"event: message_start\ndata: {\"a\": 1}\n\n"
+    b'event: message_start\ndata: {"a": 1}\n\n'
     b"data: line one\ndata: line two\n\n"
     b"id: 7\nretry: 100\ndata: [DONE]\n\n"
 )
