@@ -1,6 +1,8 @@
 """Wire formats: pure translation between each provider's JSON and the canonical types.
 
-One module per format (`openai`, `anthropic`, `gemini`). Each is used from both sides: `api/` parses a
+One public module per format (`openai`, `anthropic`, `gemini`), which re-exports its streams
+(`*_stream`) and, for OpenAI, its embeddings (`openai_embeddings`); `_fields` holds the typed field
+readers and the path-aware `Malformed` error all three share. Each is used from both sides: `api/` parses a
 client's request and renders the answer in the format the client spoke; `providers/` builds the upstream
 body and parses the upstream's answer. No I/O, no HTTP, no framework imports: only `ferryman.core.canonical`
 and `ferryman.errors`. Every module exposes the same functions:
