@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from ferryman.api.app import create_app
 from ferryman.observability.metrics import Metrics
 from ferryman.settings import settings_from_mapping
+from tests.store.fixtures import database_url, postgres_admin, postgres_database, redis_url  # noqa: F401 - shared fixtures
 
 
 class RunningGateway:

@@ -1,9 +1,11 @@
-"""The `ferryman` command: `serve` the gateway, `check-config` a file before deploying it."""
+"""The `ferryman` command: `serve` the gateway, `check-config` a file before deploying it, and
+`db` / `keys` / `teams` to migrate the database and administer keys (see `ferryman.cli_keys`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -18,10 +20,12 @@ from uvicorn.supervisors import Multiprocess
 
 from ferryman import __version__
 from ferryman.api.app import create_app
+from ferryman.cli_keys import add_admin_commands, run_admin_command
 from ferryman.core.pricing import price_for
 from ferryman.errors import ConfigError
 from ferryman.observability.logging import configure_logging
 from ferryman.settings import Settings, load_settings
+from ferryman.store.migrate import SchemaBehindError, ensure_schema
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command in ("db", "keys", "teams"):
+        return run_admin_command(args)
+    if args.command == "openapi":
+        return _openapi(args.config, args.output)
     parser.print_help()
     return 2
 
@@ -47,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (overrides server.workers)")
     check = commands.add_parser("check-config", help="validate a config file; non-zero exit on any error")
     check.add_argument("file")
+    add_admin_commands(commands)
+    openapi = commands.add_parser("openapi", help="print the OpenAPI schema of the whole API as JSON")
+    openapi.add_argument("--config", help="YAML config file; omit to use the embedded example")
+    openapi.add_argument("--output", help="write the schema to this file instead of stdout")
     return parser
 
 
@@ -84,6 +96,21 @@ def _print_problems(path: str, problems: list[tuple[str, str]]) -> None:
         print(f"  {key_path}: {message}", file=sys.stderr)
 
 
+def _openapi(config: str | None, output: str | None) -> int:
+    """The document `/openapi.json` serves, without starting a server (for client generators and CI)."""
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        _print_problems(config or "<embedded example>", exc.problems)
+        return 1
+    text = json.dumps(create_app(settings).openapi(), indent=2) + "\n"
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config).with_server(
@@ -93,6 +120,15 @@ def _serve(args: argparse.Namespace) -> int:
         _print_problems(args.config or "<embedded example>", exc.problems)
         return 1
     configure_logging(settings.logging.level, settings.logging.format)
+    if settings.database_url:
+        try:  # migrate once here, before any worker starts; or refuse a schema behind head
+            hint = args.config or "FILE"
+            asyncio.run(
+                ensure_schema(settings.database_url, auto_migrate=settings.auto_migrate, config_hint=hint)
+            )
+        except SchemaBehindError as exc:
+            print(f"ferryman: {exc.message}", file=sys.stderr)
+            return 1
     if settings.server.workers > 1:
         # Each worker builds its own app from the same file; uvicorn supervises them.
         if args.config:
@@ -103,8 +139,9 @@ def _serve(args: argparse.Namespace) -> int:
         supervisor.run()
         return 0
     app = create_app(settings)
-    DrainingServer(_uvicorn_config(app, settings), app, settings.server.shutdown_delay_seconds).run()
-    return 0
+    server = DrainingServer(_uvicorn_config(app, settings), app, settings.server.shutdown_delay_seconds)
+    server.run()
+    return 0 if server.started else 1  # a failed start-up (lifespan error, port taken) is a failure
 
 
 def _prepare_multiprocess_metrics() -> None:

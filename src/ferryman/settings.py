@@ -146,13 +146,13 @@ class BudgetSettings(_Strict):
 class StaticKey(_Strict):
     """A client key declared in the config file, so auth works without a database.
 
-    Give the secret itself (`key: ${APP_KEY}`) or only its SHA-256 (`key_sha256`, from `ferryman keys hash`),
+    Give the secret itself (`key: ${APP_KEY}`) or only its SHA-256 (`key_hash`, from `ferryman keys hash`),
     so the file never holds a usable key.
     """
 
     alias: str = Field(min_length=1)
     key: SecretStr | None = None
-    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    key_hash: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     models: list[str] | None = Field(default=None, min_length=1)
     rpm_limit: Annotated[int, Field(ge=1)] | None = None
     tpm_limit: Annotated[int, Field(ge=1)] | None = None
@@ -162,8 +162,8 @@ class StaticKey(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one_secret(self) -> StaticKey:
-        if (self.key is None) == (self.key_sha256 is None):
-            raise ValueError("give exactly one of key or key_sha256")
+        if (self.key is None) == (self.key_hash is None):
+            raise ValueError("give exactly one of key or key_hash")
         return self
 
 

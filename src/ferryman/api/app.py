@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 from starlette.exceptions import HTTPException
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ferryman import __version__
+from ferryman.api.admin import admin_router, handle_validation_error
 from ferryman.api.anthropic_routes import anthropic_routes
 from ferryman.api.auth import Authenticator
 from ferryman.api.errors import error_response, handle_ferryman_error, handle_unexpected_error
@@ -22,6 +24,7 @@ from ferryman.api.gemini_routes import gemini_routes
 from ferryman.api.health import health_routes
 from ferryman.api.middleware import RequestIdMiddleware
 from ferryman.api.openai_routes import openai_routes
+from ferryman.api.openapi import install_openapi
 from ferryman.api.state import AppState
 from ferryman.core.gateway import Gateway
 from ferryman.core.pricing import Price, price_for
@@ -32,6 +35,7 @@ from ferryman.observability.metrics import Metrics
 from ferryman.observability.tracing import TRACER_NAME, TracingMiddleware, create_tracer_provider
 from ferryman.providers import create_provider
 from ferryman.settings import Deployment, Settings, load_settings
+from ferryman.store.service import KeyService
 
 log = logging.getLogger("ferryman.app")
 
@@ -51,7 +55,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = build_state(settings, metrics or Metrics.create(), tracer)
+        keys = await KeyService.open(settings)  # migrates (or checks) the schema first
+        state = build_state(settings, metrics or Metrics.create(), tracer, keys)
         app.state.ferryman = state
         if not state.auth.enabled:
             log.warning("no master_key configured: the gateway accepts requests without a key")
@@ -62,6 +67,7 @@ def create_app(
                 await upstream.aclose()
             if tracer_provider is not None:
                 tracer_provider.shutdown()
+            await keys.aclose()
 
     app = FastAPI(
         title="Ferryman",
@@ -72,12 +78,15 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.router.routes.extend([*openai_routes(), *anthropic_routes(), *gemini_routes(), *health_routes()])
+    app.include_router(admin_router())
     if tracer is not None:
         app.add_middleware(TracingMiddleware, tracer=tracer)  # inner: sees the request id set outside
     app.add_middleware(RequestIdMiddleware)
     app.add_exception_handler(FerrymanError, handle_ferryman_error)
     app.add_exception_handler(HTTPException, _handle_http_exception)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(Exception, handle_unexpected_error)
+    install_openapi(app)  # the Starlette hot-path routes, documented by hand
     return app
 
 
@@ -86,7 +95,9 @@ def app_from_env() -> FastAPI:
     return create_app(load_settings(os.environ.get("FERRYMAN_CONFIG") or None))
 
 
-def build_state(settings: Settings, metrics: Metrics, tracer: Tracer | None = None) -> AppState:
+def build_state(
+    settings: Settings, metrics: Metrics, tracer: Tracer | None = None, keys: KeyService | None = None
+) -> AppState:
     """Create every upstream client and the objects requests share."""
     upstreams: list[Upstream] = []
     routes: dict[str, list[Target]] = {}
@@ -100,9 +111,10 @@ def build_state(settings: Settings, metrics: Metrics, tracer: Tracer | None = No
     return AppState(
         settings=settings,
         metrics=metrics,
-        auth=Authenticator(master, metrics),
+        auth=Authenticator(master, metrics, keys),
         gateway=gateway,
         upstreams=upstreams,
+        keys=keys,
     )
 
 

@@ -59,9 +59,10 @@ async def serve_chat(
 ) -> Response:
     """Run one chat request end to end and answer in the client's format."""
     state: AppState = request.app.state.ferryman
-    principal = state.auth.authenticate(request)
+    principal = await state.auth.authenticate(request)
     body = await read_json_object(request, state.settings.server.max_body_bytes)
     chat_request = parse(body)
+    state.auth.authorize_model(principal, chat_request.model)
     record = new_record(request, chat_request.model)
     try:
         if chat_request.stream:

@@ -41,9 +41,10 @@ async def chat_completions(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     """POST /v1/embeddings."""
     state: AppState = request.app.state.ferryman
-    principal = state.auth.authenticate(request)
+    principal = await state.auth.authenticate(request)
     body = await read_json_object(request, state.settings.server.max_body_bytes)
     embedding_request = wire.parse_embedding_request(body)
+    state.auth.authorize_model(principal, embedding_request.model)
     record = new_record(request, embedding_request.model)
     try:
         response = await state.gateway.embed(embedding_request, record)
@@ -56,13 +57,14 @@ async def embeddings(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    """GET /v1/models: the model names this gateway serves."""
+    """GET /v1/models: the model names this gateway serves that the caller may use."""
     state: AppState = request.app.state.ferryman
-    state.auth.authenticate(request)
+    principal = await state.auth.authenticate(request)
     created = int(state.started_at)
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "ferryman"}
         for name in state.gateway.router.model_names
+        if principal.allows_model(name)
     ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 

@@ -10,6 +10,7 @@ from ferryman.core.gateway import Gateway
 from ferryman.core.upstream import Upstream
 from ferryman.observability.metrics import Metrics
 from ferryman.settings import Settings
+from ferryman.store.service import KeyService
 
 
 @dataclass(slots=True)
@@ -23,3 +24,4 @@ class AppState:
     upstreams: list[Upstream]
     started_at: float = field(default_factory=time.time)
     draining: bool = False
+    keys: KeyService | None = None

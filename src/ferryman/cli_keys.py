@@ -1,0 +1,246 @@
+"""`ferryman db …`, `ferryman keys …` and `ferryman teams …`: the admin API for people without curl.
+
+The commands talk to the database directly (and publish revocations to Redis when it is configured, so
+running replicas drop a revoked key at once). Options mirror the admin API's body fields; output is the
+same JSON the API returns. A new key's secret is printed once, at creation or rotation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ferryman.api.admin import (
+    KeyBody,
+    KeyList,
+    TeamBody,
+    TeamList,
+    key_changes,
+    key_created,
+    key_out,
+    team_changes,
+    team_out,
+)
+from ferryman.errors import ConfigError, FerrymanError
+from ferryman.settings import Settings, load_settings
+from ferryman.store.database import open_engine
+from ferryman.store.migrate import current_revision, head_revision, upgrade_schema
+from ferryman.store.records import KeySettings, TeamSettings
+from ferryman.store.service import KeyService
+
+Operation = Callable[[KeyService, argparse.Namespace], Awaitable[BaseModel]]
+
+
+def add_admin_commands(commands: Any) -> None:
+    """Register `db`, `keys` and `teams` on the main parser's subcommands."""
+    db = commands.add_parser("db", help="database schema migrations").add_subparsers(
+        dest="action", required=True
+    )
+    upgrade = _with_config(
+        db.add_parser("upgrade", help="apply pending migrations (under the migration lock)")
+    )
+    upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
+    _with_config(db.add_parser("status", help="show the schema revision and the newest one; 1 if behind"))
+    _add_key_commands(
+        commands.add_parser("keys", help="virtual keys").add_subparsers(dest="action", required=True)
+    )
+    _add_team_commands(
+        commands.add_parser("teams", help="teams").add_subparsers(dest="action", required=True)
+    )
+
+
+def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", required=True, help="the YAML config file naming database_url")
+    return parser
+
+
+def _add_rule_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--alias")
+    parser.add_argument("--models", help="comma-separated model names or `*` patterns")
+    parser.add_argument("--all-models", action="store_true", help="remove the model allow-list")
+    parser.add_argument("--rpm-limit", type=int)
+    parser.add_argument("--tpm-limit", type=int)
+    parser.add_argument("--max-parallel", type=int)
+    parser.add_argument("--daily-budget-usd", type=float)
+    parser.add_argument("--monthly-budget-usd", type=float)
+    parser.add_argument("--metadata", help="a JSON object")
+    parser.add_argument("--blocked", action="store_true", default=None, help="refuse the key or team")
+    parser.add_argument("--unblocked", dest="blocked", action="store_false", help="accept it again")
+
+
+def _add_key_commands(keys: Any) -> None:
+    for name in ("create", "update"):
+        parser = _with_config(keys.add_parser(name, help=f"{name} a key"))
+        if name == "update":
+            parser.add_argument("id")
+        _add_rule_options(parser)
+        parser.add_argument("--team-id")
+        parser.add_argument("--expires-at", help="ISO 8601 instant, e.g. 2026-01-01T00:00:00Z")
+    listing = _with_config(keys.add_parser("list", help="list keys"))
+    listing.add_argument("--team-id")
+    listing.add_argument("--include-revoked", action="store_true")
+    for name, text in (
+        ("show", "show a key"),
+        ("rotate", "new secret, same key"),
+        ("revoke", "revoke for good"),
+    ):
+        _with_config(keys.add_parser(name, help=text)).add_argument("id")
+    keys.add_parser("hash", help="print the SHA-256 of a key read from stdin (for `keys:` in the config)")
+
+
+def _add_team_commands(teams: Any) -> None:
+    for name in ("create", "update"):
+        parser = _with_config(teams.add_parser(name, help=f"{name} a team"))
+        if name == "update":
+            parser.add_argument("id")
+        _add_rule_options(parser)
+    _with_config(teams.add_parser("list", help="list teams"))
+    for name in ("show", "delete"):
+        _with_config(teams.add_parser(name, help=f"{name} a team")).add_argument("id")
+
+
+def run_admin_command(args: argparse.Namespace) -> int:
+    """Run a `db`, `keys` or `teams` command; 0 on success, 1 on a refused operation, 2 on bad input."""
+    if args.command == "keys" and args.action == "hash":
+        secret = sys.stdin.readline().strip()
+        print(hashlib.sha256(secret.encode()).hexdigest())
+        return 0
+    try:
+        settings = load_settings(args.config)
+        if not settings.database_url:
+            raise ConfigError([("database_url", "this command needs a database")])
+        if args.command == "db":
+            return asyncio.run(_db_command(settings, args))
+        operation = _KEY_OPERATIONS[args.action] if args.command == "keys" else _TEAM_OPERATIONS[args.action]
+        result = asyncio.run(_with_service(settings, operation, args))
+    except ConfigError as exc:
+        for path, message in exc.problems:
+            print(f"{args.config}: {path}: {message}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        for error in exc.errors():
+            print(f"error: {'.'.join(str(p) for p in error['loc'])}: {error['msg']}", file=sys.stderr)
+        return 2
+    except FerrymanError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    print(result.model_dump_json(indent=2))
+    return 0
+
+
+async def _db_command(settings: Settings, args: argparse.Namespace) -> int:
+    url = str(settings.database_url)
+    if args.action == "upgrade":
+        await upgrade_schema(url, args.revision)
+    engine = open_engine(url)
+    try:
+        current = await current_revision(engine)
+    finally:
+        await engine.dispose()
+    head = head_revision()
+    print(f"schema revision: {current or '(empty)'}; newest: {head}")
+    return 0 if current == head or args.action == "upgrade" else 1
+
+
+async def _with_service(settings: Settings, operation: Operation, args: argparse.Namespace) -> BaseModel:
+    service = await KeyService.open(settings, listen=False)
+    try:
+        return await operation(service, args)
+    finally:
+        await service.aclose()
+
+
+def _rule_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line, as an admin API body (absent options stay absent)."""
+    body: dict[str, Any] = {}
+    for option in ("alias", "rpm_limit", "tpm_limit", "max_parallel", "blocked", "team_id", "expires_at"):
+        value = getattr(args, option, None)
+        if value is not None:
+            body[option] = value
+    if args.all_models:
+        body["models"] = None
+    elif args.models is not None:
+        body["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    budget = {
+        name: value
+        for name, value in (("daily_usd", args.daily_budget_usd), ("monthly_usd", args.monthly_budget_usd))
+        if value is not None
+    }
+    if budget:
+        body["budget"] = budget
+    if args.metadata is not None:
+        body["metadata"] = json.loads(args.metadata)
+    return body
+
+
+async def _create_key(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    body = KeyBody.model_validate(_rule_fields(args))
+    return key_created(await service.create_key(key_changes(body)(KeySettings())))
+
+
+async def _update_key(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    return key_out(await service.update_key(args.id, key_changes(KeyBody.model_validate(_rule_fields(args)))))
+
+
+async def _list_keys(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    records = await service.repository.list_keys(team_id=args.team_id, include_revoked=args.include_revoked)
+    return KeyList(data=[key_out(r) for r in records])
+
+
+async def _show_key(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    return key_out(await service.repository.get_key(args.id))
+
+
+async def _rotate_key(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    return key_created(await service.rotate_key(args.id))
+
+
+async def _revoke_key(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    return key_out(await service.revoke_key(args.id))
+
+
+async def _create_team(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    body = TeamBody.model_validate(_rule_fields(args))
+    return team_out(await service.repository.create_team(team_changes(body)(TeamSettings())))
+
+
+async def _update_team(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    return team_out(
+        await service.update_team(args.id, team_changes(TeamBody.model_validate(_rule_fields(args))))
+    )
+
+
+async def _list_teams(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    return TeamList(data=[team_out(r) for r in await service.repository.list_teams()])
+
+
+async def _show_team(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    return team_out(await service.repository.get_team(args.id))
+
+
+async def _delete_team(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    return team_out(await service.delete_team(args.id))
+
+
+_KEY_OPERATIONS: dict[str, Operation] = {
+    "create": _create_key,
+    "update": _update_key,
+    "list": _list_keys,
+    "show": _show_key,
+    "rotate": _rotate_key,
+    "revoke": _revoke_key,
+}
+_TEAM_OPERATIONS: dict[str, Operation] = {
+    "create": _create_team,
+    "update": _update_team,
+    "list": _list_teams,
+    "show": _show_team,
+    "delete": _delete_team,
+}

@@ -1,0 +1,161 @@
+"""The key store as the rest of the gateway sees it: resolve a presented key, and administer keys and teams.
+
+`KeyService.open` wires the pieces a configuration asks for — static keys, the SQL repository, the grant
+cache, Redis invalidation and the last-used recorder — and `aclose` releases them. Admin operations
+publish an invalidation notice after they commit, so no replica keeps honouring a changed key.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ferryman.errors import InvalidRequestError
+from ferryman.settings import Settings
+from ferryman.store.cache import GrantCache
+from ferryman.store.credentials import generate_key, hash_key
+from ferryman.store.database import open_engine
+from ferryman.store.invalidation import ALL_KEYS, InvalidationBus, LocalInvalidation, RedisInvalidation
+from ferryman.store.last_used import LastUsedRecorder
+from ferryman.store.migrate import ensure_schema
+from ferryman.store.records import IssuedKey, KeyGrant, KeyRecord, KeySettings, TeamRecord
+from ferryman.store.repository import KeyChange, KeyRepository, TeamChange
+from ferryman.store.static_keys import static_grants
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The answer to "whose key is this?": the grant, or `None` for a key nobody issued."""
+
+    grant: KeyGrant | None
+
+
+class KeyService:
+    """Static and database keys behind one cached lookup, plus the admin operations on them."""
+
+    def __init__(
+        self,
+        *,
+        static: Mapping[str, KeyGrant],
+        cache: GrantCache,
+        bus: InvalidationBus,
+        engine: AsyncEngine | None = None,
+        recorder_interval: float = 60.0,
+    ) -> None:
+        self._static = static
+        self._cache = cache
+        self._bus = bus
+        self.engine = engine
+        self._repository = KeyRepository(engine) if engine is not None else None
+        self._recorder = LastUsedRecorder(self._repository, recorder_interval) if self._repository else None
+
+    @classmethod
+    async def open(cls, settings: Settings, *, listen: bool = True) -> KeyService:
+        """Everything `settings` configures, after migrating (or, with `auto_migrate: false`, checking)
+        the schema; `listen=False` (the CLI) publishes invalidation notices but hears none."""
+        if settings.database_url:
+            await ensure_schema(settings.database_url, auto_migrate=settings.auto_migrate)
+        cache = GrantCache(ttl=settings.key_cache_ttl_seconds)
+        bus: InvalidationBus = LocalInvalidation(cache)
+        if settings.redis_url:
+            bus = await RedisInvalidation.connect(settings.redis_url, cache, listen=listen)
+        engine = open_engine(settings.database_url) if settings.database_url else None
+        service = cls(static=static_grants(settings.keys), cache=cache, bus=bus, engine=engine)
+        if service._recorder is not None and listen:
+            service._recorder.start()
+        return service
+
+    @property
+    def enforces_keys(self) -> bool:
+        """Whether any client key can exist (then a key is required on every request)."""
+        return bool(self._static) or self._repository is not None
+
+    @property
+    def cache(self) -> GrantCache:
+        """The grant cache (exposed for tests and operators' introspection)."""
+        return self._cache
+
+    async def resolve(self, secret: str) -> Lookup:
+        """Find the grant for a presented key: cache first, then config, then one SQL query."""
+        digest = hash_key(secret)
+        hit = self._cache.get(digest)
+        if hit is not None:
+            grant = hit.grant
+        else:
+            generation = self._cache.generation
+            grant = self._static.get(digest)
+            if grant is None and self._repository is not None:
+                grant = await self._repository.grant_for_hash(digest)
+            self._cache.put(digest, grant, generation)
+        if grant is None or not hmac.compare_digest(grant.key_hash, digest):
+            return Lookup(None)
+        return Lookup(grant)
+
+    def note_use(self, grant: KeyGrant) -> None:
+        """Count a successful use towards `last_used_at` (batched; never a write per request)."""
+        if self._recorder is not None and not grant.key_id.startswith("static:"):
+            self._recorder.note(grant.key_id)
+
+    @property
+    def repository(self) -> KeyRepository:
+        """The SQL repository, or a clear 400 when no database is configured."""
+        if self._repository is None:
+            error = InvalidRequestError(
+                "Virtual keys and teams need a database: set database_url in the config.",
+                code="database_not_configured",
+            )
+            error.status = 501
+            raise error
+        return self._repository
+
+    async def create_key(self, settings: KeySettings) -> IssuedKey:
+        """Issue a new key; its secret is in the result and nowhere else."""
+        secret = generate_key()
+        return IssuedKey(secret, await self.repository.create_key(settings, secret))
+
+    async def update_key(self, key_id: str, change: KeyChange) -> KeyRecord:
+        """Change a key's settings; every replica forgets its cached grant."""
+        record, digest = await self.repository.update_key(key_id, change)
+        await self._bus.publish(digest)
+        return record
+
+    async def rotate_key(self, key_id: str) -> IssuedKey:
+        """A new secret for the same key; the old secret stops working on every replica."""
+        secret = generate_key()
+        record, old_digest = await self.repository.rotate_key(key_id, secret)
+        await self._bus.publish(old_digest)
+        return IssuedKey(secret, record)
+
+    async def revoke_key(self, key_id: str) -> KeyRecord:
+        """Revoke a key for good, everywhere."""
+        record, digest = await self.repository.revoke_key(key_id)
+        await self._bus.publish(digest)
+        return record
+
+    async def update_team(self, team_id: str, change: TeamChange) -> TeamRecord:
+        """Change a team; cached grants of its keys are dropped everywhere."""
+        record = await self.repository.update_team(team_id, change)
+        await self._bus.publish(ALL_KEYS)
+        return record
+
+    async def delete_team(self, team_id: str) -> TeamRecord:
+        """Delete a team; its keys stop working everywhere."""
+        record = await self.repository.delete_team(team_id)
+        await self._bus.publish(ALL_KEYS)
+        return record
+
+    async def flush_last_used(self) -> None:
+        """Write pending last-used timestamps now (shutdown, tests)."""
+        if self._recorder is not None:
+            await self._recorder.flush()
+
+    async def aclose(self) -> None:
+        """Flush, stop listening, close connections."""
+        if self._recorder is not None:
+            await self._recorder.aclose()
+        await self._bus.aclose()
+        if self.engine is not None:
+            await self.engine.dispose()

@@ -1,0 +1,40 @@
+"""Keys declared in the config file (`keys:`), turned into grants indexed by key hash."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC
+
+from ferryman.settings import StaticKey
+from ferryman.store.credentials import hash_key
+from ferryman.store.records import KeyGrant, Limits
+
+
+def static_grants(keys: Iterable[StaticKey]) -> Mapping[str, KeyGrant]:
+    """Hash → grant for every configured key; ids are `static:<alias>`."""
+    grants: dict[str, KeyGrant] = {}
+    for key in keys:
+        digest = hash_key(key.key.get_secret_value()) if key.key is not None else str(key.key_hash).lower()
+        grants[digest] = _grant(key, digest)
+    return grants
+
+
+def _grant(key: StaticKey, digest: str) -> KeyGrant:
+    budget = key.budget
+    expires = key.expires_at
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    return KeyGrant(
+        key_id=f"static:{key.alias}",
+        key_hash=digest,
+        alias=key.alias,
+        key_models=None if key.models is None else tuple(key.models),
+        key_limits=Limits(
+            rpm_limit=key.rpm_limit,
+            tpm_limit=key.tpm_limit,
+            max_parallel=key.max_parallel,
+            daily_budget_usd=budget.daily_usd if budget else None,
+            monthly_budget_usd=budget.monthly_usd if budget else None,
+        ),
+        expires_at=expires,
+    )

@@ -1,0 +1,276 @@
+"""The admin API on SQLite and on a real PostgreSQL: keys and teams, master key only, bad bodies named."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from ferryman.store.database import open_engine
+from tests.conftest import RunningGateway, serve_gateway
+
+MASTER = "admin-master-key-for-tests"
+FAKE = {"name": "fake-model", "deployments": [{"provider": "fake", "model": "fake-model"}]}
+CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def gateway(database_url: str) -> Iterator[RunningGateway]:
+    with serve_gateway({"master_key": MASTER, "database_url": database_url, "models": [FAKE]}) as running:
+        yield running
+
+
+@pytest.fixture
+def admin(gateway: RunningGateway) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=gateway.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10
+    ) as client:
+        yield client
+
+
+def chat(gateway: RunningGateway, key: str) -> httpx.Response:
+    return httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json=CHAT,
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+
+
+def create_key(admin: httpx.Client, **body: Any) -> dict[str, Any]:
+    response = admin.post("/admin/keys", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def assert_bad_request(response: httpx.Response, param: str) -> None:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert param in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def test_create_key_returns_the_secret_once_and_echoes_every_field(admin: httpx.Client) -> None:
+    body = {
+        "alias": "billing-app",
+        "models": ["fake-model", "gpt-*"],
+        "expires_at": "2999-01-01T00:00:00Z",
+        "metadata": {"owner": "ana", "tags": ["a", 1]},
+        "rpm_limit": 60,
+        "tpm_limit": 10000,
+        "max_parallel": 4,
+        "budget": {"daily_usd": 5.5, "monthly_usd": 100},
+    }
+    created = create_key(admin, **body)
+    secret = created["key"]
+    assert secret.startswith("fm-") and len(secret) == 46
+    assert created["key_prefix"] == secret[:11]
+    assert created["alias"] == "billing-app"
+    assert created["models"] == ["fake-model", "gpt-*"]
+    assert created["expires_at"].startswith("2999-01-01T00:00:00")
+    assert created["metadata"] == {"owner": "ana", "tags": ["a", 1]}
+    assert (created["rpm_limit"], created["tpm_limit"], created["max_parallel"]) == (60, 10000, 4)
+    assert created["budget"] == {"daily_usd": 5.5, "monthly_usd": 100.0}
+    assert created["revoked"] is False and created["last_used_at"] is None
+    shown = admin.get(f"/admin/keys/{created['id']}").json()
+    assert "key" not in shown and secret not in str(shown)
+    assert shown["budget"] == created["budget"]
+
+
+def test_keys_are_stored_as_sha256_only(admin: httpx.Client, database_url: str) -> None:
+    created = create_key(admin, alias="hash-check")
+
+    async def row() -> tuple[Any, ...]:
+        engine = open_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                result = await conn.execute(
+                    text("SELECT * FROM api_keys WHERE id = :id"), {"id": created["id"]}
+                )
+                return tuple(result.one())
+        finally:
+            await engine.dispose()
+
+    stored = asyncio.run(row())
+    assert hashlib.sha256(created["key"].encode()).hexdigest() in stored
+    assert not any(created["key"] in str(value) for value in stored)
+
+
+def test_list_and_filter_keys(admin: httpx.Client) -> None:
+    team = admin.post("/admin/teams", json={"alias": "listing"}).json()
+    first = create_key(admin, alias="one", team_id=team["id"])
+    second = create_key(admin, alias="two", team_id=team["id"])
+    listed = admin.get("/admin/keys", params={"team_id": team["id"]}).json()["data"]
+    assert [k["id"] for k in listed] == [first["id"], second["id"]]
+    assert all("key" not in k for k in listed)
+
+
+def test_patch_changes_only_the_fields_sent_and_null_clears(
+    admin: httpx.Client, gateway: RunningGateway
+) -> None:
+    created = create_key(
+        admin, alias="patch-me", models=["other"], rpm_limit=5, budget={"daily_usd": 1, "monthly_usd": 9}
+    )
+    assert chat(gateway, created["key"]).status_code == 403
+    patched = admin.patch(f"/admin/keys/{created['id']}", json={"models": None, "budget": {"daily_usd": 2}})
+    assert patched.status_code == 200, patched.text
+    body = patched.json()
+    assert body["models"] is None
+    assert body["budget"] == {"daily_usd": 2.0, "monthly_usd": 9.0}
+    assert body["alias"] == "patch-me" and body["rpm_limit"] == 5
+    assert chat(gateway, created["key"]).status_code == 200  # the change applies at once on this replica
+
+
+def test_block_and_unblock(admin: httpx.Client, gateway: RunningGateway) -> None:
+    created = create_key(admin, alias="blockable")
+    assert chat(gateway, created["key"]).status_code == 200
+    admin.patch(f"/admin/keys/{created['id']}", json={"blocked": True})
+    assert chat(gateway, created["key"]).status_code == 401
+    admin.patch(f"/admin/keys/{created['id']}", json={"blocked": False})
+    assert chat(gateway, created["key"]).status_code == 200
+
+
+def test_rotate_keeps_identity_and_kills_the_old_secret(admin: httpx.Client, gateway: RunningGateway) -> None:
+    created = create_key(admin, alias="rotating", rpm_limit=7)
+    assert chat(gateway, created["key"]).status_code == 200
+    rotated = admin.post(f"/admin/keys/{created['id']}/rotate")
+    assert rotated.status_code == 200, rotated.text
+    new = rotated.json()
+    assert new["id"] == created["id"] and new["rpm_limit"] == 7 and new["alias"] == "rotating"
+    assert new["key"] != created["key"] and new["key"].startswith("fm-")
+    assert chat(gateway, created["key"]).status_code == 401
+    assert chat(gateway, new["key"]).status_code == 200
+
+
+def test_revoke_refuses_the_key_and_keeps_the_record(admin: httpx.Client, gateway: RunningGateway) -> None:
+    created = create_key(admin, alias="revocable")
+    assert chat(gateway, created["key"]).status_code == 200
+    revoked = admin.delete(f"/admin/keys/{created['id']}")
+    assert revoked.status_code == 200 and revoked.json()["revoked"] is True
+    assert chat(gateway, created["key"]).status_code == 401
+    assert admin.get(f"/admin/keys/{created['id']}").json()["revoked_at"] is not None
+    assert created["id"] not in [k["id"] for k in admin.get("/admin/keys").json()["data"]]
+    everything = admin.get("/admin/keys", params={"include_revoked": "true"}).json()["data"]
+    assert created["id"] in [k["id"] for k in everything]
+    assert admin.post(f"/admin/keys/{created['id']}/rotate").status_code == 404
+    assert admin.patch(f"/admin/keys/{created['id']}", json={"alias": "x"}).status_code == 404
+
+
+def test_team_crud_and_the_stricter_rule(admin: httpx.Client, gateway: RunningGateway) -> None:
+    body = {"alias": "research", "models": ["fake-*"], "rpm_limit": 100, "budget": {"monthly_usd": 50}}
+    created = admin.post("/admin/teams", json=body)
+    assert created.status_code == 201, created.text
+    team = created.json()
+    assert (team["alias"], team["models"], team["rpm_limit"]) == ("research", ["fake-*"], 100)
+    assert team["budget"] == {"daily_usd": None, "monthly_usd": 50.0}
+    assert admin.get(f"/admin/teams/{team['id']}").json() == team
+    assert team["id"] in [t["id"] for t in admin.get("/admin/teams").json()["data"]]
+    key = create_key(admin, team_id=team["id"], models=["*"])
+    assert chat(gateway, key["key"]).status_code == 200
+    narrowed = admin.patch(f"/admin/teams/{team['id']}", json={"models": ["gpt-*"]})
+    assert narrowed.status_code == 200 and narrowed.json()["rpm_limit"] == 100
+    refused = chat(gateway, key["key"])
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+    assert admin.delete(f"/admin/teams/{team['id']}").status_code == 200
+    assert admin.get(f"/admin/teams/{team['id']}").status_code == 404
+    assert chat(gateway, key["key"]).status_code == 401
+
+
+def test_blocked_team_blocks_its_keys(admin: httpx.Client, gateway: RunningGateway) -> None:
+    team = admin.post("/admin/teams", json={"alias": "paused"}).json()
+    key = create_key(admin, team_id=team["id"])
+    assert chat(gateway, key["key"]).status_code == 200
+    admin.patch(f"/admin/teams/{team['id']}", json={"blocked": True})
+    assert chat(gateway, key["key"]).status_code == 401
+
+
+def test_unknown_ids_are_404(admin: httpx.Client) -> None:
+    for method, path in [
+        ("GET", "/admin/keys/nope"),
+        ("PATCH", "/admin/keys/nope"),
+        ("POST", "/admin/keys/nope/rotate"),
+        ("DELETE", "/admin/keys/nope"),
+        ("GET", "/admin/teams/nope"),
+        ("PATCH", "/admin/teams/nope"),
+        ("DELETE", "/admin/teams/nope"),
+    ]:
+        response = admin.request(method, path, json={} if method == "PATCH" else None)
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.json()["error"]["code"] in {"key_not_found", "team_not_found"}
+
+
+def test_key_in_unknown_team_is_400_naming_team_id(admin: httpx.Client) -> None:
+    assert_bad_request(admin.post("/admin/keys", json={"team_id": "missing"}), "team_id")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"rpm_limit": -1}, "rpm_limit"),
+        ({"rpm_limit": "many"}, "rpm_limit"),
+        ({"budget": {"daily_usd": "lots"}}, "budget.daily_usd"),
+        ({"budget": {"weekly_usd": 1}}, "budget.weekly_usd"),
+        ({"models": []}, "models"),
+        ({"models": "fake-model"}, "models"),
+        ({"expires_at": "next tuesday"}, "expires_at"),
+        ({"metadata": [1, 2]}, "metadata"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_malformed_key_bodies_are_400_naming_the_field(
+    admin: httpx.Client, body: dict[str, Any], param: str
+) -> None:
+    assert_bad_request(admin.post("/admin/keys", json=body), param)
+
+
+def test_malformed_team_patch_is_400(admin: httpx.Client) -> None:
+    team = admin.post("/admin/teams", json={"alias": "strict"}).json()
+    assert_bad_request(admin.patch(f"/admin/teams/{team['id']}", json={"max_parallel": 0}), "max_parallel")
+
+
+def test_invalid_json_body_is_400_not_500(admin: httpx.Client) -> None:
+    response = admin.post("/admin/keys", content=b'{"alias": ', headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_admin_needs_the_master_key(admin: httpx.Client, gateway: RunningGateway) -> None:
+    client_key = create_key(admin, alias="not-an-admin")["key"]
+    forbidden = httpx.get(gateway.url + "/admin/keys", headers={"authorization": f"Bearer {client_key}"})
+    assert forbidden.status_code == 403
+    assert forbidden.json()["error"]["code"] == "admin_required"
+    assert httpx.get(gateway.url + "/admin/keys").status_code == 401
+    assert (
+        httpx.get(gateway.url + "/admin/teams", headers={"authorization": "Bearer fm-wrong"}).status_code
+        == 401
+    )
+    create = httpx.post(gateway.url + "/admin/keys", json={}, headers={"x-api-key": client_key})
+    assert create.status_code == 403
+
+
+def test_openapi_documents_the_admin_api(gateway: RunningGateway) -> None:
+    schema = httpx.get(gateway.url + "/openapi.json").json()
+    paths = schema["paths"]
+    assert set(paths["/admin/keys"]) == {"get", "post"}
+    assert set(paths["/admin/keys/{key_id}"]) == {"get", "patch", "delete"}
+    assert "post" in paths["/admin/keys/{key_id}/rotate"]
+    assert set(paths["/admin/teams/{team_id}"]) == {"get", "patch", "delete"}
+    key_body = schema["components"]["schemas"]["KeyBody"]["properties"]
+    assert {
+        "alias",
+        "team_id",
+        "models",
+        "expires_at",
+        "metadata",
+        "rpm_limit",
+        "tpm_limit",
+        "max_parallel",
+        "budget",
+    } <= set(key_body)
+    assert "key" in schema["components"]["schemas"]["KeyCreated"]["properties"]

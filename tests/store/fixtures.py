@@ -1,0 +1,172 @@
+"""Real PostgreSQL and Redis for the tests: the configured or local ones when reachable, else throwaway ones.
+
+`DATABASE_URL` / `REDIS_URL` win when set; otherwise the usual local ports are tried; otherwise a private
+instance is started in a temporary directory (PostgreSQL with `initdb` + `pg_ctl`, as the `postgres` user
+when we are root, because initdb refuses root). Nothing is ever skipped: if no server can be found or
+started, the fixture fails with the reason. Each test module gets its own fresh database, dropped after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from sqlalchemy.engine import make_url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@contextmanager
+def throwaway_postgres(directory: Path) -> Iterator[str]:
+    """Start a private PostgreSQL on a free port; yields its admin URL (plain `postgresql://`)."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins:
+        pytest.fail("no PostgreSQL reachable and no initdb found: run scripts/install-test-services.sh")
+    initdb, pg_ctl = Path(bins[-1], "initdb"), Path(bins[-1], "pg_ctl")
+    data, port = directory / "data", free_port()
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres")
+    subprocess.run(
+        _as_postgres_user([str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        _as_postgres_user(
+            [str(pg_ctl), "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w", "start"]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            _as_postgres_user([str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"]),
+            check=False,
+            capture_output=True,
+        )
+
+
+@contextmanager
+def postgres_admin_url(directory: Path) -> Iterator[str]:
+    """A PostgreSQL server we may create databases on, as a plain `postgresql://` URL."""
+    configured = os.environ.get("DATABASE_URL", "")
+    if configured.startswith("postgresql"):
+        yield make_url(configured).set(drivername="postgresql").render_as_string(hide_password=False)
+    elif reachable("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+    else:
+        with throwaway_postgres(directory) as url:
+            yield url
+
+
+async def _execute(admin_url: str, statement: str) -> None:
+    connection = await asyncpg.connect(admin_url)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextmanager
+def fresh_postgres_database(admin_url: str) -> Iterator[str]:
+    """`CREATE DATABASE ferryman_test_<random>`; yields its SQLAlchemy URL; drops it afterwards."""
+    name = f"ferryman_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_execute(admin_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield (
+            make_url(admin_url)
+            .set(drivername="postgresql+asyncpg", database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        asyncio.run(_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def redis_server_url() -> Iterator[str]:
+    """`REDIS_URL`, else a local Redis on 6379, else a throwaway `redis-server` on a free port."""
+    configured = os.environ.get("REDIS_URL")
+    if configured:
+        yield configured
+        return
+    if reachable("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    if shutil.which("redis-server") is None:
+        pytest.fail("no Redis reachable and no redis-server found: run scripts/install-test-services.sh")
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not reachable("127.0.0.1", port):
+            if time.monotonic() > deadline or process.poll() is not None:
+                pytest.fail("redis-server did not start")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server for the whole run."""
+    with postgres_admin_url(tmp_path_factory.mktemp("postgres")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis for the whole run."""
+    with redis_server_url() as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh, empty database for this test module: SQLite, then a real PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'ferryman.db'}"
+        return
+    with fresh_postgres_database(request.getfixturevalue("postgres_admin")) as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_database(postgres_admin: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test."""
+    with fresh_postgres_database(postgres_admin) as url:
+        yield url

@@ -1,0 +1,99 @@
+"""Migrations on SQLite and a real PostgreSQL: from empty, from the previous revision with data in it,
+concurrently from several replicas, and refused (with the command to run) when `auto_migrate` is off."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, DateTime, bindparam, inspect, text
+
+from ferryman.store.database import open_engine
+from ferryman.store.migrate import (
+    SchemaBehindError,
+    current_revision,
+    ensure_schema,
+    head_revision,
+    upgrade_schema,
+)
+from ferryman.store.tables import Base
+from tests.store.fixtures import fresh_postgres_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'ferryman.db'}"
+        return
+    with fresh_postgres_database(request.getfixturevalue("postgres_admin")) as url:
+        yield url
+
+
+async def revision(url: str) -> str | None:
+    engine = open_engine(url)
+    try:
+        return await current_revision(engine)
+    finally:
+        await engine.dispose()
+
+
+def schema_drift(connection: Connection) -> list[object]:
+    return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+
+
+async def test_upgrade_from_empty_reaches_head_and_matches_the_models(empty_database: str) -> None:
+    assert await revision(empty_database) is None
+    await upgrade_schema(empty_database)
+    assert await revision(empty_database) == head_revision() == "0002"
+    engine = open_engine(empty_database)
+    try:
+        async with engine.connect() as conn:
+            assert await conn.run_sync(schema_drift) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_from_the_previous_revision_keeps_data(empty_database: str) -> None:
+    await upgrade_schema(empty_database, "0001")
+    assert await revision(empty_database) == "0001"
+    engine = open_engine(empty_database)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, key_hash, key_prefix, metadata, blocked, created_at, updated_at) "
+                    "VALUES ('k1', :hash, 'fm-abcdefgh', '{}', false, :now, :now)"
+                ).bindparams(bindparam("now", type_=DateTime(timezone=True))),
+                {"hash": "a" * 64, "now": datetime(2025, 1, 1, tzinfo=UTC)},
+            )
+        await upgrade_schema(empty_database)
+        assert await revision(empty_database) == "0002"
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(text("SELECT key_hash, last_used_at FROM api_keys WHERE id = 'k1'"))
+            ).one()
+            indexes = await conn.run_sync(lambda sync: inspect(sync).get_indexes("api_keys"))
+        assert tuple(row) == ("a" * 64, None)
+        assert "ix_api_keys_team_id" in {index["name"] for index in indexes}
+    finally:
+        await engine.dispose()
+
+
+async def test_replicas_migrating_at_once_are_serialised(empty_database: str) -> None:
+    await asyncio.gather(*(upgrade_schema(empty_database) for _ in range(3)))
+    assert await revision(empty_database) == head_revision()
+
+
+async def test_schema_behind_with_auto_migrate_off_names_the_command(empty_database: str) -> None:
+    await upgrade_schema(empty_database, "0001")
+    with pytest.raises(SchemaBehindError) as refused:
+        await ensure_schema(empty_database, auto_migrate=False, config_hint="prod.yaml")
+    assert "ferryman db upgrade --config prod.yaml" in refused.value.message
+    assert await revision(empty_database) == "0001"  # nothing was changed
+    await ensure_schema(empty_database, auto_migrate=True)
+    await ensure_schema(empty_database, auto_migrate=False)  # at head: accepted
