@@ -15,7 +15,7 @@ import pytest
 from ferryman import __version__
 from ferryman.testing import FakeOpenAI, Reply
 from tests.conftest import RunningGateway
-from tests.processes import gateway_process
+from tests.processes import free_port, gateway_process
 
 FREE = {"input_per_mtok": 0, "output_per_mtok": 0}
 
@@ -30,10 +30,36 @@ def test_live_ready_and_summary(gateway_factory: Any) -> None:
     assert summary["status"] == "ok"
     assert summary["version"] == __version__
     assert summary["uptime_seconds"] >= 0
-    assert summary["deployments"] == [
-        {"model": "m", "deployment": "fake/m", "provider": "fake", "state": "configured"}
-    ]
     assert summary["redis"].startswith("not configured")
+    (deployment,) = summary["deployments"]
+    assert deployment["state"] == "unknown"  # no traffic yet
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=5)
+    (deployment,) = httpx.get(gateway.url + "/health", timeout=5).json()["deployments"]
+    assert deployment == {
+        "model": "m",
+        "deployment": "fake/m",
+        "provider": "fake",
+        "state": "healthy",
+        "successes": 1,
+        "failures": 0,
+        "consecutive_failures": 0,
+        "last_error": None,
+    }
+
+
+def test_a_deployment_that_keeps_failing_shows_as_failing(gateway_factory: Any) -> None:
+    refused = {"provider": "openai", "model": "gpt-4o-mini", "api_base": f"http://127.0.0.1:{free_port()}/v1"}
+    gateway: RunningGateway = gateway_factory({"models": [{"name": "gpt", "deployments": [refused]}]})
+    body = {"model": "gpt", "messages": [{"role": "user", "content": "x"}]}
+    states = []
+    for _ in range(3):
+        httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=5)
+        (deployment,) = httpx.get(gateway.url + "/health", timeout=5).json()["deployments"]
+        states.append(deployment["state"])
+    assert states == ["degraded", "degraded", "failing"]
+    assert deployment["last_error"] == "connection"
+    assert deployment["consecutive_failures"] == 3
 
 
 def test_readiness_fails_while_draining(gateway_factory: Any) -> None:

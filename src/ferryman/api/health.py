@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from ferryman import __version__
 from ferryman.api.state import AppState
+from ferryman.core.routing import Target
 from ferryman.observability.metrics import CONTENT_TYPE
 
 
@@ -37,9 +38,9 @@ async def health(request: Request) -> Response:
     state: AppState = request.app.state.ferryman
     settings = state.settings
     deployments = [
-        {"model": name, "deployment": t.deployment, "provider": t.provider, "state": "configured"}
+        _deployment_summary(state, name, target)
         for name in state.gateway.router.model_names
-        for t in state.gateway.router.targets(name)
+        for target in state.gateway.router.targets(name)
     ]
     body = {
         "status": "draining" if state.draining else "ok",
@@ -51,6 +52,21 @@ async def health(request: Request) -> Response:
         "deployments": deployments,
     }
     return _json(body, status=503 if state.draining else 200)
+
+
+def _deployment_summary(state: AppState, model: str, target: Target) -> dict[str, object]:
+    """One deployment's identity and upstream record (error classes only: messages may quote prompts)."""
+    status = state.gateway.health.status(target.deployment)
+    return {
+        "model": model,
+        "deployment": target.deployment,
+        "provider": target.provider,
+        "state": status.state,
+        "successes": status.successes,
+        "failures": status.failures,
+        "consecutive_failures": status.consecutive_failures,
+        "last_error": status.last_error,
+    }
 
 
 async def metrics(request: Request) -> Response:

@@ -29,6 +29,7 @@ from ferryman.core.canonical import (
     Usage,
     UsageReport,
 )
+from ferryman.core.deployment_health import DeploymentHealth
 from ferryman.core.routing import Router, Target
 from ferryman.errors import ProviderError, UpstreamStatusError, UpstreamTimeoutError
 from ferryman.observability.metrics import Metrics
@@ -81,6 +82,7 @@ class Gateway:
         self.router = router
         self.metrics = metrics
         self.tracer = tracer
+        self.health = DeploymentHealth()
 
     async def chat(self, request: ChatRequest, record: CallRecord) -> ChatResponse:
         """A whole answer from the first deployment that gives one."""
@@ -181,6 +183,7 @@ class Gateway:
     ) -> AsyncGenerator[StreamEvent, None]:
         usage: Usage | None = None
         output_chars = 0
+        upstream_ok = True
         try:
             event: StreamEvent | None = first
             while event is not None:
@@ -200,14 +203,15 @@ class Gateway:
                     event = None
                 except ProviderError as exc:
                     self._attempt_failed(record, target, exc, span)
-                    span = None  # ended as failed; the settlement below must not end it again
+                    span, upstream_ok = None, False  # failed: the settlement below must not undo that
                     raise
                 finally:
                     record.upstream_seconds += time.perf_counter() - waited
         finally:
             self.metrics.active.labels(target.provider).dec()
             await events.aclose()
-            self._settle(record, target, usage or _estimate_usage(request, output_chars, record), span)
+            usage = usage or _estimate_usage(request, output_chars, record)
+            self._settle(record, target, usage, span, upstream_ok=upstream_ok)
 
     def _begin_attempt(
         self, record: CallRecord, target: Target, attributes: dict[str, str | int | float]
@@ -237,15 +241,23 @@ class Gateway:
         self, record: CallRecord, target: Target, exc: ProviderError, span: Span | None
     ) -> ProviderError:
         end_span(span, {}, exc)
-        self.metrics.upstream_errors.labels(target.provider, record.model, _error_class(exc)).inc()
+        error_class = _error_class(exc)
+        self.metrics.upstream_errors.labels(target.provider, record.model, error_class).inc()
+        if exc.retryable:
+            self.health.record_failure(target.deployment, error_class)
         log.warning(
             "upstream attempt failed",
             extra={"deployment": target.deployment, "error": exc.message, "retryable": exc.retryable},
         )
         return exc
 
-    def _settle(self, record: CallRecord, target: Target, usage: Usage, span: Span | None) -> None:
+    def _settle(
+        self, record: CallRecord, target: Target, usage: Usage, span: Span | None, *, upstream_ok: bool = True
+    ) -> None:
+        """Account for what an attempt used (even a broken stream's partial usage is spent money)."""
         record.usage = usage
+        if upstream_ok:
+            self.health.record_success(target.deployment)
         end_span(
             span,
             {
