@@ -30,6 +30,7 @@ from pydantic import (
 from ferryman.errors import ConfigError
 
 ProviderName = Literal["openai", "openai-compatible", "anthropic", "gemini", "fake"]
+DependencyName = Literal["database", "redis"]
 
 DEFAULT_API_BASES: Mapping[str, str] = {
     "openai": "https://api.openai.com/v1",
@@ -167,6 +168,24 @@ class StaticKey(_Strict):
         return self
 
 
+class HealthSettings(_Strict):
+    """Which dependencies readiness requires, and how often they are checked.
+
+    A dependency not listed in `required` is *degradable*: when it is down, `/health` and the
+    `ai_api_dependency_up` gauge say so but the replica stays ready. Redis is degradable by default:
+    without it, key revocations reach other replicas by cache expiry instead of at once.
+    """
+
+    required: list[DependencyName] = Field(default_factory=lambda: list[DependencyName](["database"]))
+    check_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+
+
+class MetricsSettings(_Strict):
+    """`/metrics` exposure: open by default (scrapers rarely hold secrets), or behind a bearer token."""
+
+    token: SecretStr | None = None
+
+
 class Settings(_Strict):
     """The whole validated configuration, built once and passed down."""
 
@@ -176,6 +195,8 @@ class Settings(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     models: list[ModelRoute] = Field(default_factory=list)
     keys: list[StaticKey] = Field(default_factory=list)
     auto_migrate: bool = True

@@ -133,3 +133,20 @@ def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
             text = client.get("/metrics").text
     assert value(text, "ai_api_requests_total", provider="fake", status="success", model="fake-model") == 40
     assert len(list((tmp_path / "metrics").glob("counter_*.db"))) == 2  # both workers served and wrote
+
+
+def test_metrics_behind_a_token(gateway_factory: Any) -> None:
+    config = {
+        "metrics": {"token": "scrape-secret-123"},
+        "models": [{"name": "m", "deployments": [{"provider": "fake", "model": "m", "price": FREE}]}],
+    }
+    gateway: RunningGateway = gateway_factory(config)
+    assert httpx.get(gateway.url + "/metrics", timeout=5).status_code == 401
+    wrong = httpx.get(gateway.url + "/metrics", headers={"authorization": "Bearer nope"}, timeout=5)
+    assert wrong.status_code == 401
+    assert "scrape-secret-123" not in wrong.text
+    right = httpx.get(
+        gateway.url + "/metrics", headers={"authorization": "Bearer scrape-secret-123"}, timeout=5
+    )
+    assert right.status_code == 200
+    assert "ai_api_requests_total" in right.text

@@ -19,6 +19,7 @@ from ferryman import __version__
 from ferryman.api.admin import admin_router, handle_validation_error
 from ferryman.api.anthropic_routes import anthropic_routes
 from ferryman.api.auth import Authenticator
+from ferryman.api.dependencies import DependencyWatch
 from ferryman.api.errors import error_response, handle_ferryman_error, handle_unexpected_error
 from ferryman.api.gemini_routes import gemini_routes
 from ferryman.api.health import health_routes
@@ -60,9 +61,11 @@ def create_app(
         app.state.ferryman = state
         if not state.auth.enabled:
             log.warning("no master_key configured: the gateway accepts requests without a key")
+        await state.dependencies.start()
         try:
             yield
         finally:
+            await state.dependencies.aclose()
             for upstream in state.upstreams:
                 await upstream.aclose()
             if tracer_provider is not None:
@@ -115,7 +118,17 @@ def build_state(
         gateway=gateway,
         upstreams=upstreams,
         keys=keys,
+        dependencies=DependencyWatch(
+            keys.check_dependencies if keys is not None else _no_dependencies,
+            metrics,
+            settings.health.required,
+            settings.health.check_interval_seconds,
+        ),
     )
+
+
+async def _no_dependencies() -> dict[str, bool]:
+    return {}
 
 
 def _target(upstream: Upstream, deployment: Deployment) -> Target:

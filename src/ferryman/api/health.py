@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 
 import orjson
@@ -13,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from ferryman import __version__
 from ferryman.api.state import AppState
 from ferryman.core.routing import Target
+from ferryman.errors import AuthenticationError
 from ferryman.observability.metrics import CONTENT_TYPE
 
 
@@ -26,32 +28,44 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: 503 while draining, so load balancers stop sending new requests first."""
+    """Readiness: 503 while draining (so load balancers stop sending new requests first) or while a
+    required dependency is down; a degradable one that is down is reported but keeps the replica ready."""
     state: AppState = request.app.state.ferryman
     if state.draining:
         return _json({"status": "draining"}, status=503)
-    return _json({"status": "ready"})
+    if not state.dependencies.ready:
+        return _json({"status": "unready", "dependencies": state.dependencies.status}, status=503)
+    return _json({"status": "ready", "dependencies": state.dependencies.status})
 
 
 async def health(request: Request) -> Response:
     """A summary: version, uptime, dependencies and every deployment."""
     state: AppState = request.app.state.ferryman
-    settings = state.settings
     deployments = [
         _deployment_summary(state, name, target)
         for name in state.gateway.router.model_names
         for target in state.gateway.router.targets(name)
     ]
     body = {
-        "status": "draining" if state.draining else "ok",
+        "status": _overall_status(state),
         "version": __version__,
         "uptime_seconds": round(time.time() - state.started_at, 3),
-        "redis": "configured" if settings.redis_url else "not configured (in-process state)",
-        "database": "configured" if settings.database_url else "not configured",
+        "redis": state.dependencies.describe("redis"),
+        "database": state.dependencies.describe("database"),
         "auth": "enabled" if state.auth.enabled else "disabled (no master_key)",
         "deployments": deployments,
     }
-    return _json(body, status=503 if state.draining else 200)
+    healthy = not state.draining and state.dependencies.ready
+    return _json(body, status=200 if healthy else 503)
+
+
+def _overall_status(state: AppState) -> str:
+    """`draining`, `unready` (a required dependency is down), `degraded` (a degradable one is), or `ok`."""
+    if state.draining:
+        return "draining"
+    if not state.dependencies.ready:
+        return "unready"
+    return "ok" if all(state.dependencies.status.values()) else "degraded"
 
 
 def _deployment_summary(state: AppState, model: str, target: Target) -> dict[str, object]:
@@ -70,8 +84,13 @@ def _deployment_summary(state: AppState, model: str, target: Target) -> dict[str
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition."""
+    """Prometheus text exposition; with `metrics.token` set, only for scrapers that send it as Bearer."""
     state: AppState = request.app.state.ferryman
+    token = state.settings.metrics.token
+    if token is not None:
+        sent = request.headers.get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token.get_secret_value()}".encode()):
+            raise AuthenticationError("/metrics needs the metrics token as `Authorization: Bearer <token>`.")
     return Response(state.metrics.render_latest(), media_type=CONTENT_TYPE)
 
 

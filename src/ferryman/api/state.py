@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from ferryman.api.auth import Authenticator
+from ferryman.api.dependencies import DependencyWatch
 from ferryman.core.gateway import Gateway
 from ferryman.core.upstream import Upstream
 from ferryman.observability.metrics import Metrics
@@ -22,6 +23,7 @@ class AppState:
     auth: Authenticator
     gateway: Gateway
     upstreams: list[Upstream]
+    dependencies: DependencyWatch
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     keys: KeyService | None = None

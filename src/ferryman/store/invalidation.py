@@ -88,6 +88,10 @@ class RedisInvalidation:
         except (RedisError, OSError) as exc:
             log.error("key invalidation not published; other replicas catch up by cache TTL: %s", exc)
 
+    async def ping(self) -> None:
+        """Raise unless Redis answers (the dependency check behind `/health`)."""
+        await self._redis.ping()
+
     async def aclose(self) -> None:
         """Cancel the listener and close the connection pool."""
         if self._listener is not None:

@@ -7,10 +7,15 @@ publish an invalidation notice after they commit, so no replica keeps honouring 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ferryman.errors import InvalidRequestError
@@ -24,6 +29,9 @@ from ferryman.store.migrate import ensure_schema
 from ferryman.store.records import IssuedKey, KeyGrant, KeyRecord, KeySettings, TeamRecord
 from ferryman.store.repository import KeyChange, KeyRepository, TeamChange
 from ferryman.store.static_keys import static_grants
+
+log = logging.getLogger("ferryman.store")
+DEPENDENCY_CHECK_TIMEOUT = 2.0  # seconds; shorter than the readiness probe's period
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +155,20 @@ class KeyService:
         await self._bus.publish(ALL_KEYS)
         return record
 
+    async def check_dependencies(self) -> dict[str, bool]:
+        """Whether each configured dependency (`database`, `redis`) answers within two seconds."""
+        results: dict[str, bool] = {}
+        if self.engine is not None:
+            results["database"] = await _answers(self._ping_database())
+        if isinstance(self._bus, RedisInvalidation):
+            results["redis"] = await _answers(self._bus.ping())
+        return results
+
+    async def _ping_database(self) -> None:
+        assert self.engine is not None  # noqa: S101 - only called when a database is configured
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
     async def flush_last_used(self) -> None:
         """Write pending last-used timestamps now (shutdown, tests)."""
         if self._recorder is not None:
@@ -159,3 +181,14 @@ class KeyService:
         await self._bus.aclose()
         if self.engine is not None:
             await self.engine.dispose()
+
+
+async def _answers(check: Awaitable[None]) -> bool:
+    """True when `check` completes in time; any failure to answer is False, and logged."""
+    try:
+        async with asyncio.timeout(DEPENDENCY_CHECK_TIMEOUT):
+            await check
+    except (TimeoutError, SQLAlchemyError, RedisError, OSError) as exc:
+        log.warning("dependency check failed: %s", type(exc).__name__)
+        return False
+    return True
