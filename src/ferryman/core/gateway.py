@@ -221,6 +221,7 @@ class Gateway:
         record.deployment = target.deployment
         record.upstream_model = target.upstream_model
         self.metrics.active.labels(target.provider).inc()
+        self.metrics.upstream_attempts.labels(target.provider, record.model).inc()
         if self.tracer is None:
             return None
         operation = attributes.get("gen_ai.operation.name", "chat")

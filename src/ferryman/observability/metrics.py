@@ -44,6 +44,7 @@ class Metrics:
     time_to_first_token: Histogram
     overhead: Histogram
     upstream_errors: Counter
+    upstream_attempts: Counter
     auth_failures: Counter
     dependency_up: Gauge
     unpriced: Counter
@@ -93,6 +94,12 @@ class Metrics:
                 "ai_api_upstream_errors_total",
                 "Upstream failures by class",
                 ["provider", "model", "error"],
+                registry=reg,
+            ),
+            upstream_attempts=Counter(
+                "ai_api_upstream_attempts_total",
+                "Calls made to upstreams, fallbacks included: the denominator of upstream error ratios",
+                ["provider", "model"],
                 registry=reg,
             ),
             auth_failures=Counter(
