@@ -71,6 +71,7 @@ def test_one_json_line_per_request_with_every_field(gateway: RunningGateway, log
     assert line["provider"] == "openai"
     assert line["deployment"] == "openai/gpt-4o-mini"
     assert line["key_alias"] == "master"
+    assert line["team_id"] is None  # the master key belongs to no team
     assert line["status"] == "success"
     assert line["stream"] is False
     assert line["attempts"] == 1

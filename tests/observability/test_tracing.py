@@ -100,6 +100,9 @@ def test_request_and_attempt_spans_with_genai_attributes(
     spans = spans_by_kind(exporter)
     (server,) = spans[SpanKind.SERVER]
     (attempt,) = spans[SpanKind.CLIENT]
+    (auth,) = [s for s in spans[SpanKind.INTERNAL] if s.name == "auth"]
+    assert auth.parent is not None and auth.parent.span_id == server.context.span_id
+    assert (auth.attributes or {})["ferryman.key_alias"] == "anonymous"
     assert server.name == "POST /v1/chat/completions"
     assert server.attributes is not None and server.attributes["http.response.status_code"] == 200
     assert server.attributes["ferryman.request_id"] == response.headers["x-request-id"]

@@ -114,7 +114,7 @@ def build_state(
     return AppState(
         settings=settings,
         metrics=metrics,
-        auth=Authenticator(master, metrics, keys),
+        auth=Authenticator(master, metrics, keys, tracer),
         gateway=gateway,
         upstreams=upstreams,
         keys=keys,

@@ -15,6 +15,7 @@ import hmac
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from opentelemetry.trace import Tracer
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
@@ -91,10 +92,17 @@ def principal_for(grant: KeyGrant) -> Principal:
 class Authenticator:
     """Checks presented keys: the master key first, then the key store (config keys and database keys)."""
 
-    def __init__(self, master_key: str | None, metrics: Metrics, keys: KeyService | None = None) -> None:
+    def __init__(
+        self,
+        master_key: str | None,
+        metrics: Metrics,
+        keys: KeyService | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
         self._master = master_key.encode() if master_key else None
         self._metrics = metrics
         self._keys = keys
+        self._tracer = tracer
 
     @property
     def enabled(self) -> bool:
@@ -103,6 +111,16 @@ class Authenticator:
 
     async def authenticate(self, request: Request) -> Principal:
         """The caller, or AuthenticationError (one message for every bad key: no oracle)."""
+        if self._tracer is None:
+            return await self._authenticate(request)
+        with self._tracer.start_as_current_span("auth") as span:
+            principal = await self._authenticate(request)
+            span.set_attribute("ferryman.key_alias", principal.key_alias)
+            if principal.team_id is not None:
+                span.set_attribute("ferryman.team_id", principal.team_id)
+            return principal
+
+    async def _authenticate(self, request: Request) -> Principal:
         if not self.enabled:
             return ANONYMOUS
         key = presented_key(request)

@@ -16,6 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from ferryman.api.auth import Principal
 from ferryman.api.body import read_json_object
 from ferryman.api.state import AppState
 from ferryman.core.canonical import ChatRequest, ChatResponse, JSONObject, StreamEvent
@@ -68,13 +69,13 @@ async def serve_chat(
         if chat_request.stream:
             events = await state.gateway.open_stream(chat_request, record)
             renderer = fmt.make_renderer(chat_request.model, body)
-            frames = _stream_body(state, record, events, renderer, fmt, principal.key_alias)
+            frames = _stream_body(state, record, events, renderer, fmt, principal)
             return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
         response = await state.gateway.chat(chat_request, record)
     except FerrymanError as exc:
-        finish_request(state, record, principal.key_alias, exc)
+        finish_request(state, record, principal, exc)
         raise
-    finish_request(state, record, principal.key_alias)
+    finish_request(state, record, principal)
     return Response(orjson.dumps(fmt.render_response(response)), media_type="application/json")
 
 
@@ -84,7 +85,7 @@ async def _stream_body(
     events: AsyncGenerator[StreamEvent, None],
     renderer: StreamRenderer,
     fmt: ChatFormat,
-    key_alias: str,
+    principal: Principal,
 ) -> AsyncIterator[bytes]:
     """Render events as they arrive; an upstream failure mid-stream becomes an error frame."""
     error: BaseException | None = None
@@ -102,11 +103,11 @@ async def _stream_body(
         raise
     finally:
         await events.aclose()
-        finish_request(state, record, key_alias, error)
+        finish_request(state, record, principal, error)
 
 
 def finish_request(
-    state: AppState, record: CallRecord, key_alias: str, error: BaseException | None = None
+    state: AppState, record: CallRecord, principal: Principal, error: BaseException | None = None
 ) -> None:
     """Record metrics and write the request's one log line."""
     state.gateway.finish(record, error)
@@ -116,7 +117,8 @@ def finish_request(
             "model": record.model,
             "provider": record.provider,
             "deployment": record.deployment,
-            "key_alias": key_alias,
+            "key_alias": principal.key_alias,
+            "team_id": principal.team_id,
             "status": record.status,
             "error": record.error,
             "stream": record.stream,

@@ -49,9 +49,9 @@ async def embeddings(request: Request) -> Response:
     try:
         response = await state.gateway.embed(embedding_request, record)
     except FerrymanError as exc:
-        finish_request(state, record, principal.key_alias, exc)
+        finish_request(state, record, principal, exc)
         raise
-    finish_request(state, record, principal.key_alias)
+    finish_request(state, record, principal)
     rendered = wire.render_embedding_response(response, encoding_format=wire.embedding_encoding(body))
     return Response(orjson.dumps(rendered), media_type="application/json")
 
