@@ -45,3 +45,26 @@ def test_relative_links_in_markdown_resolve() -> None:
             if not (path.parent / target).exists():
                 broken.append(f"{path.relative_to(ROOT)} → {target}")
     assert not broken, "broken links: " + ", ".join(broken)
+
+
+def test_readme_references_every_deployment_file_and_doc() -> None:
+    readme = (ROOT / "README.md").read_text()
+    expected = [
+        "Dockerfile",
+        ".dockerignore",
+        "docker-compose.yml",
+        ".env.example",
+        "deploy/helm/ferryman",
+        "deploy/prometheus/alerts.yaml",
+        "deploy/alertmanager/alertmanager.yml",
+        "deploy/grafana",
+        *(
+            f"deploy/k8s/{p.name}"
+            for p in (ROOT / "deploy/k8s").iterdir()
+            if p.is_dir() and p.name != "components"
+        ),
+        *(f".github/workflows/{p.name}" for p in (ROOT / ".github/workflows").glob("*.yml")),
+        *(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")),
+    ]
+    missing = [path for path in expected if f"]({path})" not in readme]
+    assert not missing, f"README does not link: {missing}"
