@@ -31,6 +31,7 @@ REQUIRED_PANELS = [
     ("Spend in range by provider and model", "ai_api_cost_total"),
     ("Active requests", "ai_api_active_requests"),
     ("Upstream errors", "ai_api_upstream_errors_total"),
+    ("Upstream error ratio per provider (attempts)", "ai_api_upstream_attempts_total"),
     ("Auth failures", "ai_api_auth_failures_total"),
     ("Dependency health", "ai_api_dependency_up"),
     ("Unpriced requests", "ai_api_unpriced_requests_total"),
@@ -74,6 +75,23 @@ def test_latency_panels_show_p50_p95_and_p99(dashboard: dict[str, Any]) -> None:
 def test_tokens_and_cost_are_broken_down_by_provider_and_model(dashboard: dict[str, Any]) -> None:
     for title in ("Tokens / s", "Cost per hour", "Spend in range by provider"):
         assert "by (provider, model" in _queries(_panel_titled(dashboard, title)), title
+
+
+def test_upstream_error_ratio_panel_divides_like_the_alert(dashboard: dict[str, Any]) -> None:
+    # Per attempt, 4xx left out: the panel shows what UpstreamProviderFailing compares with 25%.
+    # Dividing by ai_api_requests_total would hide a primary whose fallback answers every request.
+    queries = _queries(_panel_titled(dashboard, "Upstream error ratio per provider"))
+    numerator, _, denominator = queries.partition(" / ")
+    assert 'ai_api_upstream_errors_total{error!="status_4xx"' in numerator
+    assert "ai_api_upstream_attempts_total" in denominator
+    assert "ai_api_requests_total" not in queries
+
+
+def test_provider_and_model_variables_list_every_provider_called(dashboard: dict[str, Any]) -> None:
+    # A primary that fails every call never answers a request, so only its attempts name it.
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    for name in ("provider", "model"):
+        assert "ai_api_upstream_attempts_total" in variables[name]["query"]["query"], name
 
 
 def test_later_features_have_a_reserved_row(dashboard: dict[str, Any]) -> None:

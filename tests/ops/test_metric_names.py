@@ -14,6 +14,7 @@ EXPECTED = {
     "ai_api_time_to_first_token_seconds",
     "ai_api_gateway_overhead_seconds",
     "ai_api_upstream_errors_total",
+    "ai_api_upstream_attempts_total",
     "ai_api_auth_failures_total",
     "ai_api_dependency_up",
     "ai_api_unpriced_requests_total",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,6 +61,21 @@ SEED_EXPRESSIONS_CORRECTED: dict[str, tuple[str, str]] = {
         "rate(ai_api_cost_total[1h]) > 10",
         'rate() is per second, so this is $10 a second (~$36,000 an hour) while the description says "/hour"',
     ),
+}
+# UpstreamProviderFailing's former expression. Its denominator carries the provider that answered, so a
+# primary failing behind a fallback had no series and the alert never fired (and a partly failing one
+# looked worse than it was). The promtool cases that describe a fallback must fail against it.
+UPSTREAM_REQUESTS_DENOMINATOR_EXPR = """(
+  sum by (provider) (rate(ai_api_upstream_errors_total{error!="status_4xx"}[5m]))
+  /
+  sum by (provider) (rate(ai_api_requests_total[5m]))
+) > 0.25
+and
+sum by (provider) (increase(ai_api_upstream_errors_total{error!="status_4xx"}[5m])) >= 5
+"""
+UPSTREAM_FALLBACK_CASES = {
+    "fires for a primary that fails every attempt while its fallback answers every request",
+    "stays quiet for a primary failing under a quarter of its attempts behind a fallback",
 }
 GATEWAY_ALERTS = {"UpstreamProviderFailing", "SlowTimeToFirstToken", "DependencyDegraded", "AuthFailureSpike"}
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
@@ -189,3 +205,39 @@ def test_alerts_file_reserves_a_place_for_later_features() -> None:
     text = ALERTS_FILE.read_text(encoding="utf-8")
     for feature in ("budgets", "rate limits", "spend ledger", "circuit breakers"):
         assert feature in text, f"alerts.yaml has no reserved place for {feature}"
+
+
+def _with_expr(alert: str, expr: str) -> dict[str, Any]:
+    """alerts.yaml as a document, with one alert's expression replaced."""
+    document: dict[str, Any] = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
+    rules = [rule for group in document["groups"] for rule in group["rules"] if rule.get("alert") == alert]
+    assert len(rules) == 1, alert
+    rules[0]["expr"] = expr
+    return document
+
+
+def _failed_case_names(promtool_output: str) -> set[str]:
+    return set(re.findall(r"^\s*name: (.+),\s*$", promtool_output, flags=re.MULTILINE))
+
+
+def test_upstream_alert_divides_by_attempts_not_by_answered_requests() -> None:
+    expr = _normalised_expr("UpstreamProviderFailing")
+    assert "rate(ai_api_upstream_attempts_total[5m])" in expr
+    assert "ai_api_requests_total" not in expr, "the answering provider's requests hide a failing primary"
+
+
+def test_upstream_fallback_cases_fail_against_the_requests_denominator(promtool: str, tmp_path: Path) -> None:
+    # A primary that always fails behind a fallback has no ai_api_requests_total series: the old
+    # division returned nothing and the alert never fired. The fallback cases must catch that.
+    old_rules = tmp_path / "alerts.yaml"
+    old_rules.write_text(
+        yaml.safe_dump(_with_expr("UpstreamProviderFailing", UPSTREAM_REQUESTS_DENOMINATOR_EXPR)),
+        encoding="utf-8",
+    )
+    tests = yaml.safe_load((RULE_TESTS_DIR / "upstream_provider_failing.yaml").read_text(encoding="utf-8"))
+    tests["rule_files"] = [str(old_rules)]
+    test_file = tmp_path / "upstream_provider_failing.yaml"
+    test_file.write_text(yaml.safe_dump(tests), encoding="utf-8")
+    result = _run(promtool, "test", "rules", str(test_file))
+    assert result.returncode != 0, "no promtool case catches the requests denominator"
+    assert _failed_case_names(result.stdout + result.stderr) == UPSTREAM_FALLBACK_CASES
