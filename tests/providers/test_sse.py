@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ferryman.providers._sse import iter_sse
+from ferryman.providers._sse import iter_sse_batches
 
 STREAM = (
     b": keep-alive comment\n\n"
@@ -28,7 +28,7 @@ async def chunks_of(data: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
 
 
 async def collect(data: bytes, cuts: list[int]) -> list[tuple[str | None, str]]:
-    return [event async for event in iter_sse(chunks_of(data, cuts))]
+    return [event async for batch in iter_sse_batches(chunks_of(data, cuts)) for event in batch]
 
 
 async def test_whole_stream_in_one_read() -> None:
@@ -54,3 +54,9 @@ def test_any_split_gives_the_same_events(cuts: list[int], crlf: bool) -> None:
 @pytest.mark.parametrize("block", [b"event: ping\n\n", b": only a comment\n\n"])
 async def test_events_without_data_are_skipped(block: bytes) -> None:
     assert await collect(block + b"data: x\n\n", []) == [(None, "x")]
+
+
+async def test_events_completed_by_one_read_come_as_one_batch() -> None:
+    batches = [batch async for batch in iter_sse_batches(chunks_of(STREAM, [len(STREAM) - 5]))]
+    assert batches == [EXPECTED[:2], EXPECTED[2:]]
+    assert all(batches)

@@ -21,6 +21,7 @@ from ferryman.api.body import read_json_object
 from ferryman.api.state import AppState
 from ferryman.core.canonical import ChatRequest, ChatResponse, JSONObject, StreamEvent
 from ferryman.core.gateway import CallRecord
+from ferryman.core.upstream import StreamBatch
 from ferryman.errors import FerrymanError
 from ferryman.observability.logging import log_request
 
@@ -67,9 +68,9 @@ async def serve_chat(
     record = new_record(request, chat_request.model)
     try:
         if chat_request.stream:
-            events = await state.gateway.open_stream(chat_request, record)
+            batches = await state.gateway.open_stream(chat_request, record)
             renderer = fmt.make_renderer(chat_request.model, body)
-            frames = _stream_body(state, record, events, renderer, fmt, principal)
+            frames = _stream_body(state, record, batches, renderer, fmt, principal)
             return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
         response = await state.gateway.chat(chat_request, record)
     except FerrymanError as exc:
@@ -82,18 +83,19 @@ async def serve_chat(
 async def _stream_body(
     state: AppState,
     record: CallRecord,
-    events: AsyncGenerator[StreamEvent, None],
+    batches: AsyncGenerator[StreamBatch, None],
     renderer: StreamRenderer,
     fmt: ChatFormat,
     principal: Principal,
 ) -> AsyncIterator[bytes]:
-    """Render events as they arrive; an upstream failure mid-stream becomes an error frame."""
+    """Render events as they arrive, one write per batch; an upstream failure mid-stream becomes an
+    error frame."""
     error: BaseException | None = None
     try:
-        async for event in events:
-            frame = renderer.render(event)
-            if frame:
-                yield frame
+        async for batch in batches:
+            frames = b"".join([renderer.render(event) for event in batch])
+            if frames:
+                yield frames
         yield renderer.close()
     except FerrymanError as exc:
         error = exc
@@ -102,7 +104,7 @@ async def _stream_body(
         error = exc
         raise
     finally:
-        await events.aclose()
+        await batches.aclose()
         finish_request(state, record, principal, error)
 
 

@@ -22,7 +22,6 @@ from ferryman.core.canonical import (
     ChatResponse,
     EmbeddingRequest,
     EmbeddingResponse,
-    StreamEvent,
     TextDelta,
     ToolCallDelta,
     ToolCallStart,
@@ -31,6 +30,7 @@ from ferryman.core.canonical import (
 )
 from ferryman.core.deployment_health import DeploymentHealth
 from ferryman.core.routing import Router, Target
+from ferryman.core.upstream import StreamBatch
 from ferryman.errors import ProviderError, UpstreamStatusError, UpstreamTimeoutError
 from ferryman.observability.metrics import Metrics
 from ferryman.observability.tracing import GEN_AI_SYSTEMS, end_span, span_in_context, start_client_span
@@ -103,21 +103,21 @@ class Gateway:
 
     async def open_stream(
         self, request: ChatRequest, record: CallRecord
-    ) -> AsyncGenerator[StreamEvent, None]:
+    ) -> AsyncGenerator[StreamBatch, None]:
         """Start a stream on the first deployment whose first event arrives; see the module docstring."""
         record.stream = True
         last_error: ProviderError | None = None
         for target in self.router.choose_order(request.model):
             span = self._begin_attempt(record, target, _chat_attributes(request))
-            events = target.upstream.stream_chat(request)
+            batches = target.upstream.stream_chat(request)
             started = time.perf_counter()
             try:
                 with span_in_context(span):
-                    first = await anext(events)
+                    first = await anext(batches)
             except (ProviderError, StopAsyncIteration) as exc:
                 record.upstream_seconds += time.perf_counter() - started
                 self.metrics.active.labels(target.provider).dec()
-                await events.aclose()
+                await batches.aclose()
                 if isinstance(exc, StopAsyncIteration):
                     end_span(span, {}, exc)
                     raise
@@ -126,7 +126,7 @@ class Gateway:
                     continue
                 raise
             record.upstream_seconds += time.perf_counter() - started
-            return self._relay(request, record, target, first, events, span)
+            return self._relay(request, record, target, first, batches, span)
         assert last_error is not None  # noqa: S101 - choose_order never returns an empty list
         raise last_error
 
@@ -177,30 +177,28 @@ class Gateway:
         request: ChatRequest,
         record: CallRecord,
         target: Target,
-        first: StreamEvent,
-        events: AsyncGenerator[StreamEvent, None],
+        first: StreamBatch,
+        batches: AsyncGenerator[StreamBatch, None],
         span: Span | None,
-    ) -> AsyncGenerator[StreamEvent, None]:
+    ) -> AsyncGenerator[StreamBatch, None]:
         usage: Usage | None = None
         output_chars = 0
         upstream_ok = True
         try:
-            event: StreamEvent | None = first
-            while event is not None:
-                if isinstance(event, UsageReport):
-                    usage = event.usage
-                elif isinstance(event, TextDelta | ToolCallStart | ToolCallDelta):
-                    if record.time_to_first_token is None:
-                        record.time_to_first_token = time.perf_counter() - record.started
-                        m = self.metrics.time_to_first_token
-                        m.labels(target.provider, request.model).observe(record.time_to_first_token)
-                    output_chars += len(event.text) if isinstance(event, TextDelta) else 0
-                yield event
+            batch: StreamBatch | None = first
+            while batch is not None:
+                for event in batch:
+                    if isinstance(event, UsageReport):
+                        usage = event.usage
+                    elif isinstance(event, TextDelta | ToolCallStart | ToolCallDelta):
+                        self._first_token(record, target)
+                        output_chars += len(event.text) if isinstance(event, TextDelta) else 0
+                yield batch
                 waited = time.perf_counter()
                 try:
-                    event = await anext(events)
+                    batch = await anext(batches)
                 except StopAsyncIteration:
-                    event = None
+                    batch = None
                 except ProviderError as exc:
                     self._attempt_failed(record, target, exc, span)
                     span, upstream_ok = None, False  # failed: the settlement below must not undo that
@@ -209,9 +207,16 @@ class Gateway:
                     record.upstream_seconds += time.perf_counter() - waited
         finally:
             self.metrics.active.labels(target.provider).dec()
-            await events.aclose()
+            await batches.aclose()
             usage = usage or _estimate_usage(request, output_chars, record)
             self._settle(record, target, usage, span, upstream_ok=upstream_ok)
+
+    def _first_token(self, record: CallRecord, target: Target) -> None:
+        """Note the time to first token, once per request."""
+        if record.time_to_first_token is None:
+            record.time_to_first_token = time.perf_counter() - record.started
+            histogram = self.metrics.time_to_first_token.labels(target.provider, record.model)
+            histogram.observe(record.time_to_first_token)
 
     def _begin_attempt(
         self, record: CallRecord, target: Target, attributes: dict[str, str | int | float]

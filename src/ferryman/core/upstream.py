@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from typing import ClassVar, Protocol
+from collections.abc import AsyncGenerator, Sequence
+from typing import ClassVar, Protocol, TypeAlias
 
 from ferryman.core.canonical import (
     ChatRequest,
@@ -12,6 +12,10 @@ from ferryman.core.canonical import (
     EmbeddingResponse,
     StreamEvent,
 )
+
+StreamBatch: TypeAlias = Sequence[StreamEvent]
+"""Events that arrived together (one socket read): relayed together, as one write to the client.
+Never empty; a slow upstream's batches hold one event each, so batching never delays an event."""
 
 
 class Upstream(Protocol):
@@ -23,8 +27,8 @@ class Upstream(Protocol):
         """Send a chat request and return the whole answer."""
         ...
 
-    def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-        """Send a chat request and yield canonical events as the upstream streams them."""
+    def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamBatch, None]:
+        """Send a chat request and yield canonical events as the upstream streams them, in batches."""
         ...
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:

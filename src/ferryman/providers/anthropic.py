@@ -6,7 +6,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import ClassVar
 
-from ferryman.core.canonical import ChatRequest, ChatResponse, StreamEvent
+from ferryman.core.canonical import ChatRequest, ChatResponse
+from ferryman.core.upstream import StreamBatch
 from ferryman.providers.base import HttpProvider
 from ferryman.settings import Deployment
 from ferryman.wire import anthropic as wire
@@ -33,8 +34,8 @@ class AnthropicProvider(HttpProvider):
         body = wire.build_chat_request(replace(request, model=self.deployment.model, stream=False))
         return wire.parse_chat_response(await self.post_json(self._url, body, self._headers))
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamBatch, None]:
         """A streamed message; Anthropic always reports usage in its stream events."""
         body = wire.build_chat_request(replace(request, model=self.deployment.model, stream=True))
-        async for event in self.stream_events(self._url, body, self._headers, wire.StreamParser()):
-            yield event
+        async for batch in self.stream_events(self._url, body, self._headers, wire.StreamParser()):
+            yield batch

@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 
 from ferryman.core.canonical import EmbeddingRequest, EmbeddingResponse, JSONObject, StreamEvent
+from ferryman.core.upstream import StreamBatch
 from ferryman.errors import (
     FerrymanError,
     InvalidRequestError,
@@ -29,7 +30,7 @@ from ferryman.errors import (
 )
 from ferryman.observability.logging import scrub
 from ferryman.observability.tracing import inject_trace_headers
-from ferryman.providers._sse import iter_sse
+from ferryman.providers._sse import SSEEvent, iter_sse_batches
 from ferryman.settings import Deployment
 
 
@@ -101,8 +102,8 @@ class HttpProvider:
 
     async def stream_events(
         self, url: str, body: JSONObject, headers: Mapping[str, str], parser: StreamParser
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """POST `body` and yield canonical events parsed from the SSE answer, chunk by chunk.
+    ) -> AsyncGenerator[StreamBatch, None]:
+        """POST `body` and yield the canonical events parsed from each read of the SSE answer.
 
         Closing this generator early (the client went away) closes the upstream response, which
         aborts the upstream request instead of letting it run to the end unread.
@@ -115,17 +116,28 @@ class HttpProvider:
             ) as response:
                 if response.status >= 400:
                     raise self.status_error(response.status, await response.read(), response.headers)
-                async for event, data in iter_sse(response.content.iter_any()):
-                    if data == "[DONE]":
+                async for sse_batch in iter_sse_batches(response.content.iter_any()):
+                    batch, done = self._parse_batch(sse_batch, parser)
+                    if batch:
+                        yield batch
+                    if done:
                         break
-                    for item in parser.feed(event, self.decode_json(data.encode())):
-                        yield item
-                for item in parser.finish():
-                    yield item
+                tail = parser.finish()
+                if tail:
+                    yield tail
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"{self.name} stopped answering", provider=self.name) from exc
         except aiohttp.ClientError as exc:
             raise self.connection_error(exc) from exc
+
+    def _parse_batch(self, sse_batch: list[SSEEvent], parser: StreamParser) -> tuple[list[StreamEvent], bool]:
+        """Canonical events of one read, and whether the `[DONE]` sentinel ended the stream."""
+        batch: list[StreamEvent] = []
+        for event, data in sse_batch:
+            if data == "[DONE]":
+                return batch, True
+            batch.extend(parser.feed(event, self.decode_json(data.encode())))
+        return batch, False
 
     def decode_json(self, raw: bytes) -> JSONObject:
         """Parse an upstream JSON object; anything else is a broken upstream."""

@@ -32,6 +32,7 @@ from ferryman.core.canonical import (
     Usage,
     UsageReport,
 )
+from ferryman.core.upstream import StreamBatch
 from ferryman.settings import Deployment
 
 DEFAULT_DIMENSIONS = 8
@@ -57,18 +58,19 @@ class FakeProvider:
             created=int(time.time()),
         )
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-        """The same answer, one word per text delta."""
+    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamBatch, None]:
+        """The same answer, one word per text delta; the start first, then everything else at once."""
         message, finish = _answer(request)
-        yield StreamStart(id=_response_id(request), model=self.deployment.model, created=int(time.time()))
+        yield [StreamStart(id=_response_id(request), model=self.deployment.model, created=int(time.time()))]
         words = message.text.split(" ") if message.text else []
-        for i, word in enumerate(words):
-            yield TextDelta(word if i == 0 else f" {word}")
+        rest: list[StreamEvent] = [TextDelta(word if i == 0 else f" {word}") for i, word in enumerate(words)]
         for index, call in enumerate(message.tool_calls):
-            yield ToolCallStart(index=index, id=call.id, name=call.name)
-            yield ToolCallDelta(index=index, arguments=call.arguments)
-        yield Finish(finish)
-        yield UsageReport(_usage(request, message))
+            rest += [
+                ToolCallStart(index=index, id=call.id, name=call.name),
+                ToolCallDelta(index, call.arguments),
+            ]
+        rest += [Finish(finish), UsageReport(_usage(request, message))]
+        yield rest
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """One unit-length-ish vector per input, derived from the text's SHA-256."""

@@ -12,9 +12,9 @@ from ferryman.core.canonical import (
     ChatResponse,
     EmbeddingRequest,
     EmbeddingResponse,
-    StreamEvent,
     Usage,
 )
+from ferryman.core.upstream import StreamBatch
 from ferryman.providers.base import HttpProvider
 from ferryman.settings import Deployment
 from ferryman.wire import gemini as wire
@@ -39,12 +39,12 @@ class GeminiProvider(HttpProvider):
         data = await self.post_json(f"{self._model_url}:generateContent", body, self._headers)
         return wire.parse_chat_response(data)
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamBatch, None]:
         """streamGenerateContent as server-sent events; every chunk carries cumulative usage."""
         url = f"{self._model_url}:streamGenerateContent?alt=sse"
         body = wire.build_chat_request(request)
-        async for event in self.stream_events(url, body, self._headers, wire.StreamParser()):
-            yield event
+        async for batch in self.stream_events(url, body, self._headers, wire.StreamParser()):
+            yield batch
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Embeddings through batchEmbedContents, one request per input text."""

@@ -17,8 +17,8 @@ from ferryman.core.canonical import (
     ChatResponse,
     EmbeddingRequest,
     EmbeddingResponse,
-    StreamEvent,
 )
+from ferryman.core.upstream import StreamBatch
 from ferryman.providers.base import HttpProvider
 from ferryman.settings import Deployment
 from ferryman.wire import openai as wire
@@ -63,15 +63,15 @@ class OpenAIProvider(HttpProvider):
         data = await self.post_json(self.url("chat/completions"), body, self._headers)
         return wire.parse_chat_response(data)
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamBatch, None]:
         """A streamed chat completion; the codec asks the upstream to include usage."""
         body = wire.build_chat_request(
             replace(request, model=self.deployment.model, stream=True), max_tokens_field=self.max_tokens_field
         )
-        async for event in self.stream_events(
+        async for batch in self.stream_events(
             self.url("chat/completions"), body, self._headers, wire.StreamParser()
         ):
-            yield event
+            yield batch
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Embeddings through `/embeddings`."""
