@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,29 +45,34 @@ def _as_postgres_user(command: list[str]) -> list[str]:
 
 
 @contextmanager
-def throwaway_postgres(directory: Path) -> Iterator[str]:
-    """Start a private PostgreSQL on a free port; yields its admin URL (plain `postgresql://`)."""
+def throwaway_postgres() -> Iterator[str]:
+    """Start a private PostgreSQL on a free port; yields its admin URL (plain `postgresql://`).
+
+    Its directory is made with `mkdtemp` directly under the system temp dir (world-traversable), not
+    under pytest's root-only `tmp_path`: as root, initdb runs as `postgres`, which must reach it.
+    """
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     if not bins:
         pytest.fail("no PostgreSQL reachable and no initdb found: run scripts/install-test-services.sh")
     initdb, pg_ctl = Path(bins[-1], "initdb"), Path(bins[-1], "pg_ctl")
+    directory = Path(tempfile.mkdtemp(prefix="ferryman-pg-"))
     data, port = directory / "data", free_port()
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres")
-    subprocess.run(
-        _as_postgres_user([str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        _as_postgres_user(
-            [str(pg_ctl), "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w", "start"]
-        ),
-        check=True,
-        capture_output=True,
-    )
     try:
+        subprocess.run(
+            _as_postgres_user([str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]),
+            check=True,
+            capture_output=True,
+        )
+        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            _as_postgres_user(
+                [str(pg_ctl), "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w", "start"]
+            ),
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run(
@@ -74,18 +80,36 @@ def throwaway_postgres(directory: Path) -> Iterator[str]:
             check=False,
             capture_output=True,
         )
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def can_log_in(url: str) -> bool:
+    """Whether `url` accepts a login (a packaged cluster that wants a password does not count)."""
+
+    async def attempt() -> None:
+        connection = await asyncpg.connect(url, timeout=2)
+        await connection.close()
+
+    try:
+        asyncio.run(attempt())
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    return True
 
 
 @contextmanager
-def postgres_admin_url(directory: Path) -> Iterator[str]:
+def postgres_admin_url() -> Iterator[str]:
     """A PostgreSQL server we may create databases on, as a plain `postgresql://` URL."""
     configured = os.environ.get("DATABASE_URL", "")
     if configured.startswith("postgresql"):
         yield make_url(configured).set(drivername="postgresql").render_as_string(hide_password=False)
-    elif reachable("127.0.0.1", 5432):
-        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+    elif reachable("127.0.0.1", 5432) and can_log_in(LOCAL_POSTGRES):
+        yield LOCAL_POSTGRES
     else:
-        with throwaway_postgres(directory) as url:
+        with throwaway_postgres() as url:
             yield url
 
 
@@ -118,10 +142,16 @@ def redis_server_url() -> Iterator[str]:
     configured = os.environ.get("REDIS_URL")
     if configured:
         yield configured
-        return
-    if reachable("127.0.0.1", 6379):
+    elif reachable("127.0.0.1", 6379):
         yield "redis://127.0.0.1:6379/0"
-        return
+    else:
+        with throwaway_redis() as url:
+            yield url
+
+
+@contextmanager
+def throwaway_redis() -> Iterator[str]:
+    """A private `redis-server` on a free loopback port, stopped (by PID) afterwards."""
     if shutil.which("redis-server") is None:
         pytest.fail("no Redis reachable and no redis-server found: run scripts/install-test-services.sh")
     port = free_port()
@@ -142,9 +172,9 @@ def redis_server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_admin() -> Iterator[str]:
     """A PostgreSQL server for the whole run."""
-    with postgres_admin_url(tmp_path_factory.mktemp("postgres")) as url:
+    with postgres_admin_url() as url:
         yield url
 
 
