@@ -138,3 +138,27 @@ def test_secrets_never_reach_the_logs(
 )
 def test_scrub_redacts_each_key_shape(secret: str) -> None:
     assert secret not in scrub(f"failed with {secret} today")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bodies_are_logged_only_when_asked_and_still_scrubbed(
+    gateway_factory: Any, fake: FakeOpenAI, log_stream: io.StringIO, stream: bool
+) -> None:
+    deployment = {
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "api_base": fake.base_url,
+        "api_key": UPSTREAM_KEY,
+    }
+    gateway: RunningGateway = gateway_factory(
+        {
+            "master_key": MASTER,
+            "logging": {"log_bodies": True},
+            "models": [{"name": "gpt", "deployments": [deployment]}],
+        }
+    )
+    chat(gateway, "please remember sk-leaked-secret-0123456789 for me", stream=stream)
+    (line,) = access_lines(log_stream)
+    assert "please remember" in line["request_body"]
+    assert "echo: please remember" in line["response_body"]
+    assert "sk-leaked-secret-0123456789" not in log_stream.getvalue()

@@ -79,6 +79,9 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        # Ferryman traces itself (observability/tracing.py: off by default and then free); FastAPI's
+        # native telemetry would look up the global OTel providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.router.routes.extend([*openai_routes(), *anthropic_routes(), *gemini_routes(), *health_routes()])
     app.include_router(admin_router())

@@ -49,6 +49,14 @@ class ChatFormat:
     render_stream_error: Callable[[FerrymanError], bytes]
 
 
+@dataclass(slots=True)
+class LoggedBodies:
+    """A request's body and its answer as sent, kept only when `logging.log_bodies` is on."""
+
+    request: JSONObject
+    response: str = ""
+
+
 def new_record(request: Request, model: str) -> CallRecord:
     """A fresh record for this request, timed from now."""
     return CallRecord(
@@ -66,18 +74,22 @@ async def serve_chat(
     chat_request = parse(body)
     state.auth.authorize_model(principal, chat_request.model)
     record = new_record(request, chat_request.model)
+    bodies = LoggedBodies(body) if state.settings.logging.log_bodies else None
     try:
         if chat_request.stream:
             batches = await state.gateway.open_stream(chat_request, record)
             renderer = fmt.make_renderer(chat_request.model, body)
-            frames = _stream_body(state, record, batches, renderer, fmt, principal)
+            frames = _stream_body(state, record, batches, renderer, fmt, principal, bodies)
             return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
         response = await state.gateway.chat(chat_request, record)
     except FerrymanError as exc:
-        finish_request(state, record, principal, exc)
+        finish_request(state, record, principal, exc, bodies)
         raise
-    finish_request(state, record, principal)
-    return Response(orjson.dumps(fmt.render_response(response)), media_type="application/json")
+    payload = orjson.dumps(fmt.render_response(response))
+    if bodies is not None:
+        bodies.response = payload.decode()
+    finish_request(state, record, principal, None, bodies)
+    return Response(payload, media_type="application/json")
 
 
 async def _stream_body(
@@ -87,6 +99,7 @@ async def _stream_body(
     renderer: StreamRenderer,
     fmt: ChatFormat,
     principal: Principal,
+    bodies: LoggedBodies | None,
 ) -> AsyncIterator[bytes]:
     """Render events as they arrive, one write per batch; an upstream failure mid-stream becomes an
     error frame."""
@@ -95,6 +108,8 @@ async def _stream_body(
         async for batch in batches:
             frames = b"".join([renderer.render(event) for event in batch])
             if frames:
+                if bodies is not None:
+                    bodies.response += frames.decode()
                 yield frames
         yield renderer.close()
     except FerrymanError as exc:
@@ -105,34 +120,41 @@ async def _stream_body(
         raise
     finally:
         await batches.aclose()
-        finish_request(state, record, principal, error)
+        finish_request(state, record, principal, error, bodies)
 
 
 def finish_request(
-    state: AppState, record: CallRecord, principal: Principal, error: BaseException | None = None
+    state: AppState,
+    record: CallRecord,
+    principal: Principal,
+    error: BaseException | None = None,
+    bodies: LoggedBodies | None = None,
 ) -> None:
-    """Record metrics and write the request's one log line."""
+    """Record metrics and write the request's one log line (with the bodies only when asked for;
+    the log formatter scrubs credentials out of them like out of every other string)."""
     state.gateway.finish(record, error)
     usage = record.usage
-    log_request(
-        {
-            "model": record.model,
-            "provider": record.provider,
-            "deployment": record.deployment,
-            "key_alias": principal.key_alias,
-            "team_id": principal.team_id,
-            "status": record.status,
-            "error": record.error,
-            "stream": record.stream,
-            "attempts": record.attempts,
-            "latency_ms": round(record.latency * 1000, 2),
-            "upstream_ms": round(record.upstream_seconds * 1000, 2),
-            "ttft_ms": None
-            if record.time_to_first_token is None
-            else round(record.time_to_first_token * 1000, 2),
-            "input_tokens": usage.input_tokens if usage else None,
-            "output_tokens": usage.output_tokens if usage else None,
-            "cached_tokens": usage.cached_tokens if usage else None,
-            "cost_usd": record.cost,
-        }
-    )
+    fields: dict[str, object] = {
+        "model": record.model,
+        "provider": record.provider,
+        "deployment": record.deployment,
+        "key_alias": principal.key_alias,
+        "team_id": principal.team_id,
+        "status": record.status,
+        "error": record.error,
+        "stream": record.stream,
+        "attempts": record.attempts,
+        "latency_ms": round(record.latency * 1000, 2),
+        "upstream_ms": round(record.upstream_seconds * 1000, 2),
+        "ttft_ms": None
+        if record.time_to_first_token is None
+        else round(record.time_to_first_token * 1000, 2),
+        "input_tokens": usage.input_tokens if usage else None,
+        "output_tokens": usage.output_tokens if usage else None,
+        "cached_tokens": usage.cached_tokens if usage else None,
+        "cost_usd": record.cost,
+    }
+    if bodies is not None:
+        fields["request_body"] = orjson.dumps(bodies.request).decode()
+        fields["response_body"] = bodies.response
+    log_request(fields)
