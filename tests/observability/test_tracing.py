@@ -172,3 +172,48 @@ def test_tracing_off_installs_nothing_and_sends_no_traceparent(gateway_factory: 
         )
         assert "traceparent" not in upstream.last_request.headers
         assert running.state.gateway.tracer is None
+
+
+def test_otlp_exporter_sends_spans_where_the_otel_variables_say(
+    gateway_factory: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tracing.enabled` with the OTLP exporter posts protobuf spans to `OTEL_EXPORTER_OTLP_ENDPOINT`."""
+    import http.server
+    import threading
+
+    received: list[tuple[str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append((self.path, body))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=collector.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.server_port}")
+        fake_model = {"provider": "fake", "model": "m", "price": {"input_per_mtok": 0, "output_per_mtok": 0}}
+        config = {
+            "tracing": {"enabled": True, "service_name": "ferryman-otlp-test"},
+            "models": [{"name": "m", "deployments": [fake_model]}],
+        }
+        with serve_gateway(config) as running:
+            body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+            assert httpx.post(running.url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+        # the lifespan's shutdown flushed the batch processor
+        assert received, "no spans reached the OTLP collector"
+        path, payload = received[0]
+        assert path == "/v1/traces"
+        assert b"ferryman-otlp-test" in payload
+        assert b"chat m" in payload
+    finally:
+        collector.shutdown()
+        collector.server_close()
