@@ -73,6 +73,7 @@ def test_one_json_line_per_request_with_every_field(gateway: RunningGateway, log
     assert line["key_alias"] == "master"
     assert line["team_id"] is None  # the master key belongs to no team
     assert line["status"] == "success"
+    assert line["http_status"] == 200
     assert line["stream"] is False
     assert line["attempts"] == 1
     assert line["input_tokens"] == 2 and line["output_tokens"] == 3
@@ -162,3 +163,28 @@ def test_bodies_are_logged_only_when_asked_and_still_scrubbed(
     assert "please remember" in line["request_body"]
     assert "echo: please remember" in line["response_body"]
     assert "sk-leaked-secret-0123456789" not in log_stream.getvalue()
+
+
+def test_refused_requests_get_their_line_too(gateway: RunningGateway, log_stream: io.StringIO) -> None:
+    refused = chat(gateway, "x", key="fm-not-a-real-key-00000000")
+    bad = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        content=b"{",
+        headers={"authorization": f"Bearer {MASTER}"},
+        timeout=10,
+    )
+    unknown = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+        headers={"authorization": f"Bearer {MASTER}"},
+        timeout=10,
+    )
+    lines_by_id = {line["request_id"]: line for line in access_lines(log_stream)}
+    assert len(lines_by_id) == 3
+    first = lines_by_id[refused.headers["x-request-id"]]
+    assert (first["status"], first["http_status"], first["error"]) == ("error", 401, "AuthenticationError")
+    assert first["key_alias"] == "anonymous"
+    second = lines_by_id[bad.headers["x-request-id"]]
+    assert (second["http_status"], second["error"], second["model"]) == (400, "InvalidRequestError", "")
+    third = lines_by_id[unknown.headers["x-request-id"]]
+    assert (third["http_status"], third["model"], third["key_alias"]) == (404, "nope", "master")

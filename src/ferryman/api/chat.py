@@ -16,7 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ferryman.api.auth import Principal
+from ferryman.api.auth import ANONYMOUS, Principal
 from ferryman.api.body import read_json_object
 from ferryman.api.state import AppState
 from ferryman.core.canonical import ChatRequest, ChatResponse, JSONObject, StreamEvent
@@ -58,7 +58,7 @@ class LoggedBodies:
 
 
 def new_record(request: Request, model: str) -> CallRecord:
-    """A fresh record for this request, timed from now."""
+    """A fresh record for this request, timed from now (`model` may be filled in once parsed)."""
     return CallRecord(
         request_id=request.scope["state"]["request_id"], model=model, started=time.perf_counter()
     )
@@ -69,13 +69,15 @@ async def serve_chat(
 ) -> Response:
     """Run one chat request end to end and answer in the client's format."""
     state: AppState = request.app.state.ferryman
-    principal = await state.auth.authenticate(request)
-    body = await read_json_object(request, state.settings.server.max_body_bytes)
-    chat_request = parse(body)
-    state.auth.authorize_model(principal, chat_request.model)
-    record = new_record(request, chat_request.model)
-    bodies = LoggedBodies(body) if state.settings.logging.log_bodies else None
+    record = new_record(request, model="")
+    principal, bodies = ANONYMOUS, None
     try:
+        principal = await state.auth.authenticate(request)
+        body = await read_json_object(request, state.settings.server.max_body_bytes)
+        chat_request = parse(body)
+        record.model = chat_request.model
+        state.auth.authorize_model(principal, chat_request.model)
+        bodies = LoggedBodies(body) if state.settings.logging.log_bodies else None
         if chat_request.stream:
             batches = await state.gateway.open_stream(chat_request, record)
             renderer = fmt.make_renderer(chat_request.model, body)
@@ -142,6 +144,8 @@ def finish_request(
         "team_id": principal.team_id,
         "status": record.status,
         "error": record.error,
+        # a stream that fails mid-way was sent as 200; this is the status its error event carries
+        "http_status": 200 if error is None else error.status if isinstance(error, FerrymanError) else None,
         "stream": record.stream,
         "attempts": record.attempts,
         "latency_ms": round(record.latency * 1000, 2),

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from ferryman.api.auth import ANONYMOUS
 from ferryman.api.body import read_json_object
 from ferryman.api.chat import ChatFormat, finish_request, new_record, serve_chat
 from ferryman.api.errors import error_body
@@ -41,12 +42,14 @@ async def chat_completions(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     """POST /v1/embeddings."""
     state: AppState = request.app.state.ferryman
-    principal = await state.auth.authenticate(request)
-    body = await read_json_object(request, state.settings.server.max_body_bytes)
-    embedding_request = wire.parse_embedding_request(body)
-    state.auth.authorize_model(principal, embedding_request.model)
-    record = new_record(request, embedding_request.model)
+    record = new_record(request, model="")
+    principal = ANONYMOUS
     try:
+        principal = await state.auth.authenticate(request)
+        body = await read_json_object(request, state.settings.server.max_body_bytes)
+        embedding_request = wire.parse_embedding_request(body)
+        record.model = embedding_request.model
+        state.auth.authorize_model(principal, embedding_request.model)
         response = await state.gateway.embed(embedding_request, record)
     except FerrymanError as exc:
         finish_request(state, record, principal, exc)
