@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Coroutine, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from tests.conftest import RunningGateway, serve_gateway
 MASTER = "admin-master-key-for-tests"
 FAKE = {"name": "fake-model", "deployments": [{"provider": "fake", "model": "fake-model"}]}
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,52 @@ def test_keys_are_stored_as_sha256_only(admin: httpx.Client, database_url: str) 
     stored = asyncio.run(row())
     assert hashlib.sha256(created["key"].encode()).hexdigest() in stored
     assert not any(created["key"] in str(value) for value in stored)
+
+
+def on_gateway_loop(gateway: RunningGateway, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` on the gateway's own event loop (its engine and pools belong to that loop)."""
+    loop = gateway.server.servers[0].get_loop()
+    return asyncio.run_coroutine_threadsafe(work, loop).result(timeout=10)
+
+
+def stored_last_used(database_url: str, key_id: str) -> datetime | None:
+    """`api_keys.last_used_at` of one key, read straight from the database."""
+
+    async def read() -> Any:
+        engine = open_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                query = text("SELECT last_used_at FROM api_keys WHERE id = :id")
+                return (await conn.execute(query, {"id": key_id})).scalar_one()
+        finally:
+            await engine.dispose()
+
+    value = asyncio.run(read())
+    return datetime.fromisoformat(value) if isinstance(value, str) else value  # SQLite keeps text
+
+
+def test_last_used_at_is_set_after_use_once_the_recorder_flushes(
+    admin: httpx.Client, gateway: RunningGateway
+) -> None:
+    used, idle = create_key(admin, alias="used"), create_key(admin, alias="idle")
+    before = datetime.now(UTC)
+    assert chat(gateway, used["key"]).status_code == 200
+    on_gateway_loop(gateway, gateway.state.keys.flush_last_used())  # the batch the minute timer writes
+    shown = admin.get(f"/admin/keys/{used['id']}").json()
+    assert shown["last_used_at"] is not None
+    last_used = datetime.fromisoformat(shown["last_used_at"])
+    assert before - timedelta(seconds=1) <= last_used <= datetime.now(UTC) + timedelta(seconds=1)
+    assert admin.get(f"/admin/keys/{idle['id']}").json()["last_used_at"] is None  # only keys used
+
+
+def test_pending_last_used_writes_are_flushed_at_shutdown(admin: httpx.Client, database_url: str) -> None:
+    created = create_key(admin, alias="used-then-shutdown")
+    config = {"master_key": MASTER, "database_url": database_url, "models": [FAKE]}
+    with serve_gateway(config) as replica:  # a replica that is about to stop, on the same database
+        assert chat(replica, created["key"]).status_code == 200
+        # Noted in memory only: its recorder's first batch is a minute away.
+        assert stored_last_used(database_url, created["id"]) is None
+    assert stored_last_used(database_url, created["id"]) is not None
 
 
 def test_list_and_filter_keys(admin: httpx.Client) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import pytest
 
+from ferryman.settings import ServerSettings
 from tests.conftest import RunningGateway
 
 FAKE = {"name": "fake-model", "deployments": [{"provider": "fake", "model": "fake-model"}]}
@@ -100,6 +103,23 @@ def test_body_over_the_cap_without_content_length_is_413(gateway: RunningGateway
     assert_error(response, 413)
 
 
+def test_default_body_cap_is_10_mib_and_inclusive(gateway_factory: Any) -> None:
+    cap = 10 * 1024 * 1024
+    assert ServerSettings().max_body_bytes == cap
+    default = gateway_factory({"models": [FAKE]})  # no `server` section: the default cap applies
+    message = b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}]}'
+    at_cap = message + b" " * (cap - len(message))  # JSON allows trailing whitespace
+    assert post(default, "/v1/chat/completions", at_cap).status_code == 200
+    assert_error(post(default, "/v1/chat/completions", at_cap + b" "), 413)
+
+    def streamed_without_length() -> Iterator[bytes]:
+        yield at_cap
+        yield b" "
+
+    response = httpx.post(default.url + "/v1/chat/completions", content=streamed_without_length(), timeout=10)
+    assert_error(response, 413)
+
+
 def test_upstream_connection_refused_is_502(gateway: RunningGateway) -> None:
     body = b'{"model": "refused", "messages": [{"role": "user", "content": "x"}]}'
     assert_error(post(gateway, "/v1/chat/completions", body), 502, code="upstream_unreachable")
@@ -180,6 +200,37 @@ class TestAuth:
         gemini = b'{"contents": [{"role": "user", "parts": [{"text": "x"}]}]}'
         url = "/v1beta/models/fake-model:generateContent?key=sk-master-123456789"
         assert post(secured, url, gemini).status_code == 200
+
+    MESSAGES = b'{"model": "fake-model", "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}'
+
+    @pytest.mark.parametrize("header", ["authorization", "x-api-key"])
+    def test_anthropic_messages_take_either_key_header_and_any_version(
+        self, secured: RunningGateway, header: str
+    ) -> None:
+        def credential(key: str) -> dict[str, str]:
+            return {header: f"Bearer {key}" if header == "authorization" else key}
+
+        for version in ("2023-06-01", "2099-12-31", "not-a-date", None):
+            headers = credential("sk-master-123456789")
+            if version is not None:
+                headers["anthropic-version"] = version
+            response = post(secured, "/v1/messages", self.MESSAGES, **headers)
+            assert response.status_code == 200, (version, response.text)
+            assert response.json()["type"] == "message"
+        wrong = credential("sk-wrong-000000000")
+        assert_error(post(secured, "/v1/messages", self.MESSAGES, **wrong), 401, code="invalid_api_key")
+
+    def test_anthropic_sdk_with_a_bearer_token(
+        self, secured: RunningGateway, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)  # else the SDK sends x-api-key too
+        with anthropic.Anthropic(
+            base_url=secured.url, auth_token="sk-master-123456789", max_retries=0
+        ) as client:
+            message = client.messages.create(
+                model="fake-model", max_tokens=16, messages=[{"role": "user", "content": "Hello"}]
+            )
+        assert message.content[0].type == "text" and "Hello" in message.content[0].text
 
     def test_auth_failures_are_counted(self, secured: RunningGateway) -> None:
         post(secured, "/v1/chat/completions", self.BODY)

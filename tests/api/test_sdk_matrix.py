@@ -661,6 +661,11 @@ def test_client_disconnect_mid_stream_stops_the_relay(
     else:
         pytest.fail("the gateway kept relaying after the client left")
     assert _metric(gateway, 'ai_api_active_requests{provider="openai"}') == 0
+    # The upstream itself saw the gateway hang up: it stopped being read long before its 40th chunk.
+    delivery = fakes["openai"].last_request.delivery
+    assert delivery.wait(2), "the upstream request was still running 2 s after the client left"
+    assert delivery.client_disconnected, f"upstream answer ended as {delivery.outcome!r}"
+    assert delivery.events_sent < 15, f"the upstream sent {delivery.events_sent} of 40 chunks"
 
 
 def _metric(gateway: RunningGateway, sample: str) -> float:

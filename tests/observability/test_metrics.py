@@ -98,20 +98,55 @@ def test_active_gauge_returns_to_zero_after_streams(gateway: RunningGateway, fak
 
 
 def test_every_metric_the_alerts_and_dashboard_use_is_exported(
-    gateway: RunningGateway, fake: FakeGemini
+    gateway_factory: Any, fake: FakeGemini, tmp_path: Path
 ) -> None:
-    chat(gateway)
-    chat(gateway, stream=True)
-    fake.script.reply(Reply.error(503, "down"))
-    chat(gateway)
-    httpx.post(
-        gateway.url + "/v1/chat/completions", json={}, headers={"authorization": "Bearer x"}, timeout=10
+    """Each family is on the page and has samples from traffic that exercises it, not just `# HELP`.
+
+    The gateway has a database (so `ai_api_dependency_up` has something to report), a master key (so a
+    bad key is an auth failure) and a model with no price (so requests can be unpriced).
+    """
+    deployment = {
+        "provider": "gemini",
+        "model": "gemini-2.5-flash",
+        "api_base": fake.base_url,
+        "api_key": "k",
+    }
+    unpriced = {"name": "house", "deployments": [{"provider": "fake", "model": "house-model-without-price"}]}
+    gateway: RunningGateway = gateway_factory(
+        {
+            "master_key": "sk-metrics-master",
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'ferryman.db'}",
+            "models": [{"name": "flash", "deployments": [deployment]}, unpriced],
+        }
     )
-    exported = {family.name for family in text_string_to_metric_families(scrape(gateway))}
+    key = {"authorization": "Bearer sk-metrics-master"}
+
+    def post(body: dict[str, Any], headers: dict[str, str]) -> int:
+        return httpx.post(
+            gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=10
+        ).status_code
+
+    hello = [{"role": "user", "content": "one two three"}]
+    assert post({"model": "flash", "messages": hello}, key) == 200
+    assert post({"model": "flash", "messages": hello, "stream": True}, key) == 200  # time to first token
+    fake.script.reply(Reply.error(503, "down"))
+    assert post({"model": "flash", "messages": hello}, key) == 502  # an upstream error
+    assert post({}, {"authorization": "Bearer x"}) == 401  # an auth failure
+    assert post({"model": "house", "messages": hello}, key) == 200  # an unpriced request
+    families = {family.name: family for family in text_string_to_metric_families(scrape(gateway))}
+    exported = set(families)
     # prometheus_client names a counter's family without its `_total` suffix.
     exported |= {name + "_total" for name in exported}
     missing = exported_metric_names_used() - exported
     assert not missing, f"alerts or dashboard use metrics the gateway does not export: {sorted(missing)}"
+    for name in sorted(exported_metric_names_used()):
+        family = families.get(name) or families[name.removesuffix("_total")]
+        assert family.samples, f"{name} is declared but has no sample after the traffic that exercises it"
+        if family.type in {"counter", "histogram"}:
+            # A gauge may rightly read 0 (nothing in flight); a counter or histogram the traffic
+            # exercised has counted something. `_created` is a timestamp, not a count.
+            counted = [s for s in family.samples if not s.name.endswith("_created") and s.value > 0]
+            assert counted, f"{name} has samples but counted nothing"
 
 
 def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ boundary where transport failures become Ferryman errors:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Mapping
 from typing import ClassVar, Protocol
@@ -32,6 +33,8 @@ from ferryman.observability.logging import scrub
 from ferryman.observability.tracing import inject_trace_headers
 from ferryman.providers._sse import SSEEvent, iter_sse_batches
 from ferryman.settings import Deployment
+
+_DRAIN_SECONDS = 0.1  # after `[DONE]`, how long the end of the body may take to come (see _drain_for_reuse)
 
 
 class StreamParser(Protocol):
@@ -125,6 +128,7 @@ class HttpProvider:
                 tail = parser.finish()
                 if tail:
                     yield tail
+                await _drain_for_reuse(response)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"{self.name} stopped answering", provider=self.name) from exc
         except aiohttp.ClientError as exc:
@@ -173,6 +177,19 @@ class HttpProvider:
             retry_after=_retry_after(headers),
             param=param,
         )
+
+
+async def _drain_for_reuse(response: aiohttp.ClientResponse) -> None:
+    """Read the rest of a body whose stream has already ended (at `[DONE]`), waiting only briefly.
+
+    aiohttp puts a connection back in the pool only when its body was read to the end, and the
+    chunked terminator often arrives just after `[DONE]`: without this, many OpenAI-format streams
+    would cost a new upstream connection. An upstream that keeps the body open past the wait gets its
+    connection closed, as before.
+    """
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            await response.content.read()
 
 
 def _error_message(raw: bytes) -> tuple[str, str | None]:

@@ -81,10 +81,23 @@ is one stream event in the provider's framing (for Anthropic, `message_start` an
 `path`, `query`, case-insensitive `headers`, parsed JSON `body`, `raw_body` and `stream`), including
 refused ones; `fake.last_request`, `fake.clear_requests()`, `fake.reset()` (requests and script).
 
+Two more fields show what only the upstream can see. `connection` numbers the TCP connection the
+request came on (1, 2, … in the order the fake first saw them), so a client that keeps connections
+alive sends many requests with one number. `delivery` (a `Delivery`, filled in as the answer goes out)
+tells how the answer went: `events_sent` (stream events handed to the connection), `outcome` (None
+while sending, then `"complete"`, `"dropped"` by a scripted `Reply.drop`, `"disconnected"` when the
+client hung up first, or `"stopped"` with the fake), `client_disconnected`, and `wait(timeout)`::
+
+    fake.script.reply(Reply.text("word " * 40, chunks=40, chunk_delay=0.1))
+    ...                                              # the client reads two events and hangs up
+    delivery = fake.last_request.delivery
+    assert delivery.wait(2) and delivery.client_disconnected and delivery.events_sent < 40
+
 **Command line.** `python -m ferryman.testing openai|anthropic|gemini [--port N] [--host H]
 [--api-key K]` serves one fake until SIGINT or SIGTERM, printing its base URL first.
 """
 
+from ferryman.testing._delivery import Delivery, Outcome
 from ferryman.testing._script import (
     Drop,
     Fault,
@@ -102,6 +115,7 @@ from ferryman.testing.gemini import FakeGemini
 from ferryman.testing.openai import FakeOpenAI
 
 __all__ = [
+    "Delivery",
     "Drop",
     "FakeAnthropic",
     "FakeGemini",
@@ -111,6 +125,7 @@ __all__ = [
     "HttpError",
     "Malformed",
     "NotJson",
+    "Outcome",
     "RecordedRequest",
     "Reply",
     "Script",

@@ -7,19 +7,21 @@ import asyncio
 import itertools
 import json
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from ferryman.testing._delivery import Answer, Dialect, deliver, error_response
+from ferryman.testing._delivery import Answer, Delivery, Dialect, deliver, error_response
 from ferryman.testing._script import HttpError, Script
 from ferryman.testing._turn import Prompt, Turn, plan_turn
 
 _BODY_KEY = web.RequestKey("ferryman_testing_body", object)
+_DELIVERY_KEY = web.RequestKey("ferryman_testing_delivery", Delivery)
 _SHUTDOWN_TIMEOUT = 0.25  # in-flight slow replies are cancelled, not awaited, when a fake stops
 _START_TIMEOUT = 10.0
 
@@ -30,7 +32,13 @@ Render = Callable[[Turn, Prompt], Answer]
 
 @dataclass(frozen=True, slots=True)
 class RecordedRequest:
-    """One request as the fake received it, so tests can assert what the gateway sent upstream."""
+    """One request as the fake received it, so tests can assert what the gateway sent upstream.
+
+    `connection` numbers the TCP connection the request came on (1 for the first the fake saw, counted
+    over the fake's life), so requests that share a number were sent over one kept-alive connection.
+    `delivery` tells how the answer went while and after it is sent: stream events sent, and whether the
+    client hung up before the end (`delivery.client_disconnected`; `delivery.wait(t)` waits for the end).
+    """
 
     method: str
     path: str
@@ -38,6 +46,8 @@ class RecordedRequest:
     headers: Mapping[str, str]
     body: Any
     raw_body: bytes
+    connection: int = 0
+    delivery: Delivery = field(default_factory=Delivery, compare=False, repr=False)
 
     @property
     def stream(self) -> bool:
@@ -76,6 +86,9 @@ class FakeServer(abc.ABC):
         self._records: list[RecordedRequest] = []
         self._records_lock = threading.Lock()
         self._ids = itertools.count(1)
+        # Touched by the server thread only; weak, so a closed connection's transport can be collected.
+        self._connections: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+        self._connection_numbers = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -233,7 +246,18 @@ class FakeServer(abc.ABC):
         raw = await request.read()
         body = _parse_json(raw)
         request[_BODY_KEY] = body
-        self._remember(request, raw, body)
+        delivery = request[_DELIVERY_KEY] = self._remember(request, raw, body).delivery
+        try:
+            response = await self._answer(request, handler)
+        except (asyncio.CancelledError, ConnectionError):
+            # aiohttp cancels the handler (or a write fails) when the connection closes under it.
+            stopping = self._stopping is not None and self._stopping.is_set()
+            delivery.finish("stopped" if stopping else "disconnected")
+            raise
+        delivery.finish("complete")  # a scripted drop has already recorded itself, and stands
+        return response
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         refusal = self._authenticate(request)
         if refusal is not None:
             return error_response(self._dialect, refusal)
@@ -242,7 +266,7 @@ class FakeServer(abc.ABC):
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
             return error_response(self._dialect, self._unknown_route(request, exc.status))
 
-    def _remember(self, request: web.Request, raw: bytes, body: Any) -> None:
+    def _remember(self, request: web.Request, raw: bytes, body: Any) -> RecordedRequest:
         record = RecordedRequest(
             method=request.method,
             path=request.path,
@@ -250,9 +274,21 @@ class FakeServer(abc.ABC):
             headers=CIMultiDictProxy(CIMultiDict(request.headers)),
             body=body,
             raw_body=raw,
+            connection=self._connection_number(request),
         )
         with self._records_lock:
             self._records.append(record)
+        return record
+
+    def _connection_number(self, request: web.Request) -> int:
+        """The number of the connection `request` came on, given in the order connections are first seen."""
+        transport = request.transport
+        if transport is None:  # the connection closed before its request was read to the end
+            return 0
+        number = self._connections.get(transport)
+        if number is None:
+            number = self._connections[transport] = next(self._connection_numbers)
+        return number
 
     async def _add_response_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         for name, value in self._response_headers().items():
@@ -274,7 +310,8 @@ class FakeServer(abc.ABC):
         if isinstance(prompt, HttpError):
             return error_response(dialect, prompt)
         reply = self.script.take()
-        return await deliver(request, reply, render(plan_turn(reply, prompt), prompt), dialect)
+        answer = render(plan_turn(reply, prompt), prompt)
+        return await deliver(request, reply, answer, dialect, request[_DELIVERY_KEY])
 
     @staticmethod
     def _request_body(request: web.Request) -> Any:
