@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,17 +36,36 @@ def gateway_process(
     command += ["--workers", str(workers)]
     log = (tmp_path / f"gateway-{port}.log").open("wb")
     process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group, so worker processes are stopped with it
     )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_live(url, process)
         yield process, url
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
+        stop_process_group(process)
         log.close()
+
+
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process and its workers, then SIGKILL whatever is left after a few seconds.
+
+    Killing only the supervisor would orphan its uvicorn workers, still bound to the port.
+    """
+    group = process.pid  # start_new_session made it the group leader
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)  # any worker that outlived its supervisor
 
 
 def wait_until_live(url: str, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
