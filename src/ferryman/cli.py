@@ -15,11 +15,10 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
-from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
 from ferryman import __version__
-from ferryman.api.app import create_app
+from ferryman.api.app import GatewayApp, create_app
 from ferryman.cli_keys import add_admin_commands, run_admin_command
 from ferryman.core.pricing import price_for
 from ferryman.errors import ConfigError
@@ -159,7 +158,7 @@ def _prepare_multiprocess_metrics() -> None:
         stale.unlink()
 
 
-def _uvicorn_config(app: FastAPI | str, settings: Settings) -> uvicorn.Config:
+def _uvicorn_config(app: GatewayApp | str, settings: Settings) -> uvicorn.Config:
     """The fast path: uvloop + httptools, no access log (we write our own, richer line)."""
     server = settings.server
     return uvicorn.Config(
@@ -185,7 +184,7 @@ class DrainingServer(uvicorn.Server):
     A second signal exits without waiting.
     """
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI, delay: float) -> None:
+    def __init__(self, config: uvicorn.Config, app: GatewayApp, delay: float) -> None:
         super().__init__(config)
         self._app = app
         self._delay = delay
