@@ -30,8 +30,7 @@ from ferryman.api.admin import (
 )
 from ferryman.errors import ConfigError, FerrymanError
 from ferryman.settings import Settings, load_settings
-from ferryman.store.database import open_engine
-from ferryman.store.migrate import current_revision, head_revision, upgrade_schema
+from ferryman.store.migrate import head_revision, schema_revision, upgrade_schema
 from ferryman.store.records import KeySettings, TeamSettings
 from ferryman.store.service import KeyService
 
@@ -139,11 +138,7 @@ async def _db_command(settings: Settings, args: argparse.Namespace) -> int:
     url = str(settings.database_url)
     if args.action == "upgrade":
         await upgrade_schema(url, args.revision)
-    engine = open_engine(url)
-    try:
-        current = await current_revision(engine)
-    finally:
-        await engine.dispose()
+    current = await schema_revision(url)
     head = head_revision()
     print(f"schema revision: {current or '(empty)'}; newest: {head}")
     return 0 if current == head or args.action == "upgrade" else 1

@@ -16,9 +16,9 @@ from sqlalchemy import Connection, DateTime, bindparam, inspect, text
 from ferryman.store.database import open_engine
 from ferryman.store.migrate import (
     SchemaBehindError,
-    current_revision,
     ensure_schema,
     head_revision,
+    schema_revision,
     upgrade_schema,
 )
 from ferryman.store.tables import Base
@@ -34,22 +34,14 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
         yield url
 
 
-async def revision(url: str) -> str | None:
-    engine = open_engine(url)
-    try:
-        return await current_revision(engine)
-    finally:
-        await engine.dispose()
-
-
 def schema_drift(connection: Connection) -> list[object]:
     return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
 
 
 async def test_upgrade_from_empty_reaches_head_and_matches_the_models(empty_database: str) -> None:
-    assert await revision(empty_database) is None
+    assert await schema_revision(empty_database) is None
     await upgrade_schema(empty_database)
-    assert await revision(empty_database) == head_revision() == "0002"
+    assert await schema_revision(empty_database) == head_revision() == "0002"
     engine = open_engine(empty_database)
     try:
         async with engine.connect() as conn:
@@ -60,7 +52,7 @@ async def test_upgrade_from_empty_reaches_head_and_matches_the_models(empty_data
 
 async def test_upgrade_from_the_previous_revision_keeps_data(empty_database: str) -> None:
     await upgrade_schema(empty_database, "0001")
-    assert await revision(empty_database) == "0001"
+    assert await schema_revision(empty_database) == "0001"
     engine = open_engine(empty_database)
     try:
         async with engine.begin() as conn:
@@ -72,7 +64,7 @@ async def test_upgrade_from_the_previous_revision_keeps_data(empty_database: str
                 {"hash": "a" * 64, "now": datetime(2025, 1, 1, tzinfo=UTC)},
             )
         await upgrade_schema(empty_database)
-        assert await revision(empty_database) == "0002"
+        assert await schema_revision(empty_database) == "0002"
         async with engine.connect() as conn:
             row = (
                 await conn.execute(text("SELECT key_hash, last_used_at FROM api_keys WHERE id = 'k1'"))
@@ -86,7 +78,7 @@ async def test_upgrade_from_the_previous_revision_keeps_data(empty_database: str
 
 async def test_replicas_migrating_at_once_are_serialised(empty_database: str) -> None:
     await asyncio.gather(*(upgrade_schema(empty_database) for _ in range(3)))
-    assert await revision(empty_database) == head_revision()
+    assert await schema_revision(empty_database) == head_revision()
 
 
 async def test_schema_behind_with_auto_migrate_off_names_the_command(empty_database: str) -> None:
@@ -94,6 +86,6 @@ async def test_schema_behind_with_auto_migrate_off_names_the_command(empty_datab
     with pytest.raises(SchemaBehindError) as refused:
         await ensure_schema(empty_database, auto_migrate=False, config_hint="prod.yaml")
     assert "ferryman db upgrade --config prod.yaml" in refused.value.message
-    assert await revision(empty_database) == "0001"  # nothing was changed
+    assert await schema_revision(empty_database) == "0001"  # nothing was changed
     await ensure_schema(empty_database, auto_migrate=True)
     await ensure_schema(empty_database, auto_migrate=False)  # at head: accepted

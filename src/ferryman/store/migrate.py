@@ -54,6 +54,15 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
 
 
+async def schema_revision(url: str) -> str | None:
+    """The revision the database at `url` is at, on a short-lived engine of its own."""
+    engine = open_engine(url)
+    try:
+        return await current_revision(engine)
+    finally:
+        await engine.dispose()
+
+
 async def upgrade_schema(url: str, revision: str = "head") -> None:
     """Apply pending migrations up to `revision`, holding the migration lock."""
     engine = open_engine(url)
@@ -69,11 +78,7 @@ async def ensure_schema(url: str, *, auto_migrate: bool, config_hint: str = "FIL
     if auto_migrate:
         await upgrade_schema(url)
         return
-    engine = open_engine(url)
-    try:
-        current = await current_revision(engine)
-    finally:
-        await engine.dispose()
+    current = await schema_revision(url)
     head = head_revision()
     if current != head:
         raise SchemaBehindError(
