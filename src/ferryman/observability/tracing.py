@@ -10,6 +10,7 @@ the provider in the same header. Upstream attempt spans follow the GenAI semanti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
@@ -54,7 +55,7 @@ def _exporter(kind: Literal["otlp", "console"]) -> SpanExporter:
     return OTLPSpanExporter()
 
 
-def inject_trace_headers(headers: dict[str, str]) -> dict[str, str]:
+def inject_trace_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """A copy of `headers` carrying the current span's `traceparent` (and `tracestate`)."""
     carrier = dict(headers)
     propagate.inject(carrier)

@@ -89,7 +89,7 @@ class HttpProvider:
     async def post_json(self, url: str, body: JSONObject, headers: Mapping[str, str]) -> JSONObject:
         """POST `body` and return the JSON answer, mapping every failure to a Ferryman error."""
         if self._propagate_trace:
-            headers = inject_trace_headers(dict(headers))
+            headers = inject_trace_headers(headers)
         try:
             async with self.session.post(
                 url, data=orjson.dumps(body), headers=headers, timeout=self._timeout
@@ -112,7 +112,7 @@ class HttpProvider:
         aborts the upstream request instead of letting it run to the end unread.
         """
         if self._propagate_trace:
-            headers = inject_trace_headers(dict(headers))
+            headers = inject_trace_headers(headers)
         try:
             async with self.session.post(
                 url, data=orjson.dumps(body), headers=headers, timeout=self._stream_timeout
