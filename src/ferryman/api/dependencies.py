@@ -27,8 +27,13 @@ class DependencyWatch:
         self.status: dict[str, bool] = {}
 
     async def start(self) -> None:
-        """Check once now (so the first probe already knows), then keep checking in the background."""
+        """Check once now (so the first probe already knows), then keep checking in the background.
+
+        With no dependency configured there is nothing to watch, and no task is started.
+        """
         await self.check_now()
+        if not self.status:
+            return
         self._task = asyncio.create_task(self._watch(), name="ferryman-dependency-watch")
 
     async def check_now(self) -> None:
