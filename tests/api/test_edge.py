@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,14 +11,9 @@ import pytest
 
 from ferryman.settings import ServerSettings
 from tests.conftest import RunningGateway
+from tests.processes import free_port
 
 FAKE = {"name": "fake-model", "deployments": [{"provider": "fake", "model": "fake-model"}]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,9 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from ferryman.testing import FakeAnthropic, FakeGemini, FakeOpenAI, Reply, Script, ToolCallSpec
+from tests.processes import free_port
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping me"}]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ask(client: openai.OpenAI) -> str:
