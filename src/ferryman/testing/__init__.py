@@ -93,6 +93,18 @@ client hung up first, or `"stopped"` with the fake), `client_disconnected`, and 
     delivery = fake.last_request.delivery
     assert delivery.wait(2) and delivery.client_disconnected and delivery.events_sent < 40
 
+**Without sockets.** `ScriptedUpstream` is the same idea one layer down: an in-process `Upstream`
+(the interface in `ferryman.core.upstream`) that plays `Answer`, `Stream` and `Fail` steps in
+canonical types, so the core's pipeline and attempt loop are tested with no server, thread or port::
+
+    up = ScriptedUpstream(name="a")
+    up.script(Fail.status(503, retry_after=1.0), Stream.text("a b c", chunks=3, fail_after=2))
+    up.script(Answer.text("hi", usage=Usage(3, 2)))      # then the echo default, as above
+    assert [call.kind for call in up.calls] == ["chat", "stream", "chat"]   # after three calls
+    assert up.streams_closed == up.streams_opened                            # every stream closed
+
+See `ferryman.testing.scripted` for every step.
+
 **Command line.** `python -m ferryman.testing openai|anthropic|gemini [--port N] [--host H]
 [--api-key K]` serves one fake until SIGINT or SIGTERM, printing its base URL first.
 """
@@ -113,10 +125,13 @@ from ferryman.testing._server import FakeServer, RecordedRequest
 from ferryman.testing.anthropic import FakeAnthropic
 from ferryman.testing.gemini import FakeGemini
 from ferryman.testing.openai import FakeOpenAI
+from ferryman.testing.scripted import Answer, Fail, ScriptedCall, ScriptedUpstream, Step, Stream
 
 __all__ = [
+    "Answer",
     "Delivery",
     "Drop",
+    "Fail",
     "FakeAnthropic",
     "FakeGemini",
     "FakeOpenAI",
@@ -129,6 +144,10 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "Script",
+    "ScriptedCall",
+    "ScriptedUpstream",
+    "Step",
+    "Stream",
     "ToolCallSpec",
     "Usage",
 ]
