@@ -1,0 +1,221 @@
+"""The state gateway replicas share (rate windows, budget holds, cached answers, spend) as interfaces.
+
+The core declares what it needs here and `ferryman.store` implements it: `store.memory` for one process
+(the embedded default), a shared server for several replicas (`store.backends` picks one by URL). Every
+operation that checks and then changes is atomic in every backend, because replicas racing a separate
+check and add is exactly how peers overshoot their limits. Amounts are floats (requests, tokens or
+dollars); durations are seconds on the backend's own clock, so replicas with skewed clocks still agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+LIMIT_TOLERANCE = 1e-9
+"""Relative slack when comparing a total with its limit: dollar amounts such as 0.1 do not add up exactly
+in binary floating point, and an amount that fits exactly must not be refused for a rounding error."""
+
+
+def within_limit(total: float, limit: float) -> bool:
+    """Whether `total` stays under `limit`, up to rounding; every backend compares this way."""
+    return total <= limit + LIMIT_TOLERANCE * max(1.0, abs(limit))
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """At most `limit` units per sliding `seconds`, counted under `key`.
+
+    A value, not a counter, so the pipeline can build one per request (key, team, model, deployment)
+    without any backend round trip. Windows that share a key share its units.
+    """
+
+    key: str
+    limit: float
+    seconds: float
+
+    def __post_init__(self) -> None:
+        _require(self.limit >= 0, f"window {self.key!r}: limit must be >= 0")
+        _require(0 < self.seconds < math.inf, f"window {self.key!r}: seconds must be positive and finite")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer to an all-or-nothing check, with what a 429 and the `x-ratelimit-*` headers need.
+
+    `retry_after` is the seconds until the refused amount could fit (0 when allowed), always finite so it
+    can go into a `Retry-After` header; `refused_key` names the first window or ceiling that refused;
+    `remaining` is, per window or ceiling in the order given, its limit minus what it counts after this
+    call (negative when unconditional additions pushed it over).
+    """
+
+    allowed: bool
+    retry_after: float = 0.0
+    refused_key: str | None = None
+    remaining: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.retry_after < math.inf, "retry_after must be finite and >= 0")
+
+
+class WindowCounters(Protocol):
+    """Sliding-window counters for rate limits (requests, tokens, parallel requests)."""
+
+    async def check_and_add(self, windows: Sequence[Window], amount: float) -> Admission:
+        """Add `amount` to every window if each stays within its limit; otherwise add nothing.
+
+        A refusal's `retry_after` is the time until enough old units slide out of every refusing window
+        (ignoring units others add meanwhile); an amount over a window's limit can never fit, and gets
+        the window's length. `amount` must be >= 0: corrections go through `add`.
+        """
+        ...
+
+    async def add(self, windows: Sequence[Window], amount: float) -> None:
+        """Add `amount` unconditionally: the correction once actual usage replaces an estimate.
+
+        Negative amounts are allowed. A correction counts from the moment it is made and slides out like
+        any other unit, so it may outlive the units it corrects by as long as the request took.
+        """
+        ...
+
+    async def count(self, window: Window) -> float:
+        """What `window` counts now."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ceiling:
+    """A budget-like cap: committed spend plus open holds must stay within `limit`.
+
+    `ttl` is how long the committed total lives (until the budget period ends, plus grace); the key
+    should name the period (`budget:team-a:2025-06`), so a new period starts from zero by itself.
+    """
+
+    key: str
+    limit: float
+    ttl: float
+
+    def __post_init__(self) -> None:
+        _require(self.limit >= 0, f"ceiling {self.key!r}: limit must be >= 0")
+        _require(0 < self.ttl < math.inf, f"ceiling {self.key!r}: ttl must be positive and finite")
+
+
+class Reservations(Protocol):
+    """Budgets by reservation: hold the worst case before calling upstream, settle to the truth after.
+
+    Holds expire by themselves so a crashed request never holds budget forever. A settle that arrives
+    after its hold expired still commits: the upstream was called, the spend happened, and forgetting it
+    would let a budget be overspent by every slow request. It commits only to ceilings whose period has
+    not ended yet.
+    """
+
+    async def reserve(
+        self, reservation_id: str, ceilings: Sequence[Ceiling], amount: float, ttl: float
+    ) -> Admission:
+        """Hold `amount` on every ceiling if committed + held + amount fits each; otherwise hold nothing.
+
+        The hold lapses after `ttl` seconds. A refusal's `retry_after` is when the holds in the way
+        expire at the latest, or, if committed spend alone is too much, the ceiling's remaining lifetime.
+        Reserving an id that is already known raises `ValueError`.
+        """
+        ...
+
+    async def settle(self, reservation_id: str, actual: float) -> None:
+        """Commit `actual` (which may exceed the hold) to the hold's ceilings and release the hold.
+
+        Idempotent: settling twice, or after `release`, does nothing; an unknown id does nothing.
+        """
+        ...
+
+    async def release(self, reservation_id: str) -> None:
+        """Drop the hold and commit nothing (the request never reached upstream); idempotent."""
+        ...
+
+    async def level(self, key: str) -> tuple[float, float]:
+        """`(committed, held)` on the ceiling `key` now."""
+        ...
+
+    async def restore(self, key: str, committed: float, ttl: float) -> None:
+        """Set the committed total, rebuilt from the ledger after counters were lost; holds untouched."""
+        ...
+
+
+class Cache(Protocol):
+    """Opaque bytes by key with a time to live: cached answers, shared by replicas."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The value, or `None` when absent or expired."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        """Store `value` for `ttl` seconds, replacing any previous one."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Forget `key`; nothing happens when it is absent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SpendEntry:
+    """One request's final cost as the ledger keeps it: the record budgets are rebuilt from.
+
+    `cost_usd` is `None` for an unpriced model, never a silent 0; `estimated` marks usage that was
+    estimated (a stream cut short) rather than reported by the provider.
+    """
+
+    request_id: str
+    at: datetime
+    model: str
+    provider: str
+    deployment: str
+    key_id: str | None
+    team_id: str | None
+    end_user: str | None
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost_usd: float | None
+    estimated: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.at.utcoffset() == timedelta(0), f"spend {self.request_id!r}: `at` must be UTC")
+        _require(
+            min(self.input_tokens, self.output_tokens, self.cached_tokens) >= 0,
+            f"spend {self.request_id!r}: token counts must be >= 0",
+        )
+        _require(self.cost_usd is None or self.cost_usd >= 0, f"spend {self.request_id!r}: cost must be >= 0")
+
+
+class Ledger(Protocol):
+    """The append-only record of spend, idempotent by request id so a retried write never counts twice."""
+
+    async def append(self, entry: SpendEntry) -> bool:
+        """Record `entry` durably before returning; `False` (and the first entry kept) for a duplicate."""
+        ...
+
+    async def entries(self, *, since: datetime | None = None) -> list[SpendEntry]:
+        """Entries at or after `since` (tz-aware), oldest first."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """One backend's four stores, opened together because they share its connections.
+
+    `close` releases those connections; the app's lifespan calls it once, at shutdown.
+    """
+
+    counters: WindowCounters
+    reservations: Reservations
+    cache: Cache
+    ledger: Ledger
+    close: Callable[[], Awaitable[None]]

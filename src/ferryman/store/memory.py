@@ -1,0 +1,429 @@
+"""In-process shared state: the embedded default when one gateway process is all there is.
+
+No operation awaits anything, so under asyncio each one is atomic: no other task runs between a check
+and the add that follows it. That is also this backend's limit: the state lives in one process, so
+several workers or replicas would each see only their own. It is not thread-safe (one event loop).
+Expired data is purged lazily, by the operations passing by, from a deadline heap per store; nothing
+runs in the background.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+from ferryman.core.shared_state import Admission, Ceiling, SharedState, SpendEntry, Window, within_limit
+from ferryman.errors import ConfigError
+
+Clock = Callable[[], float]
+Bound = TypeVar("Bound", Window, Ceiling)
+DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
+
+
+class _Deadlines:
+    """When to look at each key again: a key is pushed again only to be looked at sooner, so the heap
+    stays about as large as the data, and a look that finds nothing due yet simply reschedules."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._next: dict[str, float] = {}
+
+    def schedule(self, key: str, when: float) -> None:
+        """Look at `key` at `when` at the latest."""
+        if when < self._next.get(key, math.inf):
+            self._next[key] = when
+            heapq.heappush(self._heap, (when, key))
+
+    def pop_due(self, now: float) -> list[str]:
+        """The keys whose time has come, taken off the schedule (superseded entries are skipped)."""
+        due: list[str] = []
+        while self._heap and self._heap[0][0] <= now:
+            when, key = heapq.heappop(self._heap)
+            if self._next.get(key) == when:
+                del self._next[key]
+                due.append(key)
+        return due
+
+
+def _judge(
+    bounds: Sequence[Bound], used: Sequence[float], amount: float, wait: Callable[[Bound], float]
+) -> Admission:
+    """The all-or-nothing answer for `amount` on top of what each bound `used`; the caller adds if allowed."""
+    pairs = list(zip(bounds, used, strict=True))
+    refused = [bound for bound, u in pairs if not within_limit(u + amount, bound.limit)]
+    if refused:
+        remaining = tuple(bound.limit - u for bound, u in pairs)
+        return Admission(False, max(map(wait, refused)), refused[0].key, remaining)
+    return Admission(True, remaining=tuple(bound.limit - u - amount for bound, u in pairs))
+
+
+def _longest_by_key(pairs: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """The largest value given for each key: windows or ceilings sharing a key are one counter."""
+    longest: dict[str, float] = {}
+    for key, value in pairs:
+        longest[key] = max(longest.get(key, value), value)
+    return longest
+
+
+@dataclass(slots=True)
+class _Series:
+    """One key's units as (time, amount), oldest first, kept for the longest window it is used with."""
+
+    span: float
+    entries: deque[tuple[float, float]] = field(default_factory=deque)
+    total: float = 0.0  # of all entries: the common case (one window per key) never re-sums
+
+    def prune(self, now: float) -> None:
+        while self.entries and self.entries[0][0] + self.span <= now:
+            self.total -= self.entries.popleft()[1]
+        if not self.entries:
+            self.total = 0.0  # drop the rounding residue of the adds and removals
+
+    def used(self, now: float, seconds: float) -> float:
+        if seconds >= self.span:
+            return self.total
+        used = 0.0
+        for at, amount in reversed(self.entries):
+            if at + seconds <= now:
+                break
+            used += amount
+        return used
+
+    def wait(self, now: float, window: Window, amount: float) -> float:
+        """Seconds until enough of the oldest units slide out for `amount` to fit."""
+        used = self.used(now, window.seconds)
+        for at, unit in self.entries:
+            if at + window.seconds > now:
+                used -= unit
+                if within_limit(used + amount, window.limit):
+                    return at + window.seconds - now
+        return window.seconds  # more than the limit itself: it never fits, try a window later
+
+
+class MemoryWindowCounters:
+    """Exact sliding windows: every counted amount is kept with its time until it slides out."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._series: dict[str, _Series] = {}
+        self._deadlines = _Deadlines()
+
+    def __len__(self) -> int:
+        """Keys stored, including expired ones that no operation has passed by yet."""
+        return len(self._series)
+
+    async def check_and_add(self, windows: Sequence[Window], amount: float) -> Admission:
+        if amount < 0:
+            raise ValueError("check_and_add takes an amount >= 0; corrections go through add()")
+        now = self._now()
+        used = [self._used(window, now) for window in windows]
+        admission = _judge(windows, used, amount, lambda window: self._wait(window, now, amount))
+        if admission.allowed:
+            self._record(windows, now, amount)
+        return admission
+
+    async def add(self, windows: Sequence[Window], amount: float) -> None:
+        self._record(windows, self._now(), amount)
+
+    async def count(self, window: Window) -> float:
+        return self._used(window, self._now())
+
+    def _now(self) -> float:
+        now = self._clock()
+        for key in self._deadlines.pop_due(now):
+            series = self._series.get(key)
+            if series is None:
+                continue
+            series.prune(now)
+            if series.entries:
+                self._deadlines.schedule(key, series.entries[-1][0] + series.span)
+            else:
+                del self._series[key]
+        return now
+
+    def _used(self, window: Window, now: float) -> float:
+        series = self._series.get(window.key)
+        if series is None:
+            return 0.0
+        series.span = max(series.span, window.seconds)
+        series.prune(now)
+        return series.used(now, window.seconds)
+
+    def _wait(self, window: Window, now: float, amount: float) -> float:
+        series = self._series.get(window.key)
+        return window.seconds if series is None else series.wait(now, window, amount)
+
+    def _record(self, windows: Sequence[Window], now: float, amount: float) -> None:
+        if amount == 0:
+            return
+        for key, seconds in _longest_by_key([(w.key, w.seconds) for w in windows]).items():
+            series = self._series.setdefault(key, _Series(seconds))
+            series.span = max(series.span, seconds)
+            series.entries.append((now, amount))
+            series.total += amount
+            self._deadlines.schedule(key, now + series.span)
+
+
+@dataclass(slots=True)
+class _Hold:
+    """One reservation: its amount, its ceilings, and when each ceiling's period ends."""
+
+    keys: tuple[str, ...]
+    amount: float
+    expires: float
+    periods: tuple[float, ...]
+    state: Literal["open", "lapsed", "closed"] = "open"
+
+    @property
+    def forget_at(self) -> float:
+        """A lapsed hold is kept while a late settle could still commit; others until they would lapse."""
+        return max(self.periods, default=self.expires) if self.state == "lapsed" else self.expires
+
+
+@dataclass(slots=True)
+class _Level:
+    """One ceiling: committed spend until its period ends (`until`), and the open holds on it."""
+
+    committed: float = 0.0
+    until: float = 0.0
+    holds: set[str] = field(default_factory=set)
+    held: float = 0.0
+
+
+class MemoryReservations:
+    """Budget holds and committed totals per ceiling key; a level with open holds is never dropped."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._holds: dict[str, _Hold] = {}
+        self._levels: dict[str, _Level] = {}
+        self._hold_deadlines = _Deadlines()
+        self._level_deadlines = _Deadlines()
+
+    def __len__(self) -> int:
+        """Holds and ceilings stored, including expired ones that no operation has passed by yet."""
+        return len(self._holds) + len(self._levels)
+
+    async def reserve(
+        self, reservation_id: str, ceilings: Sequence[Ceiling], amount: float, ttl: float
+    ) -> Admission:
+        if amount < 0 or not ttl > 0:
+            raise ValueError("reserve takes an amount >= 0 and a ttl > 0")
+        now = self._now()
+        if reservation_id in self._holds:
+            raise ValueError(f"reservation {reservation_id!r} already exists")
+        used = [self._used(ceiling.key, now) for ceiling in ceilings]
+        admission = _judge(ceilings, used, amount, lambda ceiling: self._wait(ceiling, now, amount))
+        if not admission.allowed:
+            return admission
+        periods = _longest_by_key([(c.key, now + c.ttl) for c in ceilings])
+        self._holds[reservation_id] = _Hold(tuple(periods), amount, now + ttl, tuple(periods.values()))
+        self._hold_deadlines.schedule(reservation_id, now + ttl)
+        for key, period in periods.items():
+            level = self._levels.setdefault(key, _Level())
+            level.until = max(level.until, period)
+            level.holds.add(reservation_id)
+            level.held += amount
+            self._level_deadlines.schedule(key, level.until)
+        return admission
+
+    async def settle(self, reservation_id: str, actual: float) -> None:
+        if actual < 0:
+            raise ValueError("settle takes an actual cost >= 0")
+        now = self._now()
+        hold = self._holds.get(reservation_id)
+        if hold is None or hold.state == "closed":
+            return
+        for key, period in zip(hold.keys, hold.periods, strict=True):
+            if period > now:  # a period that has ended has nothing left to protect
+                self._commit(key, actual, period, now)
+        self._close(reservation_id, hold, now)
+
+    async def release(self, reservation_id: str) -> None:
+        now = self._now()
+        hold = self._holds.get(reservation_id)
+        if hold is not None and hold.state != "closed":
+            self._close(reservation_id, hold, now)
+
+    async def level(self, key: str) -> tuple[float, float]:
+        level = self._live_level(key, self._now())
+        return (0.0, 0.0) if level is None else (level.committed, level.held)
+
+    async def restore(self, key: str, committed: float, ttl: float) -> None:
+        if not ttl > 0:
+            raise ValueError("restore takes a ttl > 0")
+        now = self._now()
+        level = self._live_level(key, now) or self._levels.setdefault(key, _Level())
+        level.committed, level.until = committed, now + ttl
+        self._level_deadlines.schedule(key, level.until)
+
+    def _now(self) -> float:
+        now = self._clock()
+        for reservation_id in self._hold_deadlines.pop_due(now):
+            hold = self._holds.get(reservation_id)
+            if hold is None:
+                continue
+            if hold.state == "open" and hold.expires <= now:
+                self._unhold(reservation_id, hold, now)
+                hold.state = "lapsed"
+            if hold.forget_at <= now:
+                del self._holds[reservation_id]
+            else:
+                self._hold_deadlines.schedule(reservation_id, hold.forget_at)
+        for key in self._level_deadlines.pop_due(now):
+            level = self._levels.get(key)
+            if level is not None and level.until > now:
+                self._level_deadlines.schedule(key, level.until)
+            else:
+                self._live_level(key, now)
+        return now
+
+    def _live_level(self, key: str, now: float) -> _Level | None:
+        """The ceiling's level with an ended period's spend cleared; `None` once nothing is left."""
+        level = self._levels.get(key)
+        if level is not None and level.until <= now:
+            level.committed = 0.0
+        if level is not None and not level.holds and level.committed == 0:
+            del self._levels[key]  # nothing held, nothing spent: the same as no level at all
+            return None
+        return level
+
+    def _used(self, key: str, now: float) -> float:
+        level = self._live_level(key, now)
+        return 0.0 if level is None else level.committed + level.held
+
+    def _wait(self, ceiling: Ceiling, now: float, amount: float) -> float:
+        level = self._live_level(ceiling.key, now)
+        if level is None:
+            return ceiling.ttl  # the amount alone is over the limit
+        lifetime = level.until - now if level.until > now else ceiling.ttl
+        held = level.held
+        if within_limit(level.committed + amount, ceiling.limit):
+            # the holds are in the way: most settle sooner, but they expire by then at the latest
+            for hold in sorted((self._holds[i] for i in level.holds), key=lambda h: h.expires):
+                held -= hold.amount
+                if within_limit(level.committed + held + amount, ceiling.limit):
+                    return hold.expires - now
+        return lifetime
+
+    def _commit(self, key: str, actual: float, period: float, now: float) -> None:
+        level = self._live_level(key, now) or self._levels.setdefault(key, _Level())
+        level.committed += actual
+        level.until = max(level.until, period)
+        self._level_deadlines.schedule(key, level.until)
+
+    def _unhold(self, reservation_id: str, hold: _Hold, now: float) -> None:
+        for key in hold.keys:
+            level = self._levels[key]
+            level.holds.discard(reservation_id)
+            level.held = level.held - hold.amount if level.holds else 0.0
+            self._live_level(key, now)
+
+    def _close(self, reservation_id: str, hold: _Hold, now: float) -> None:
+        if hold.state == "open":
+            self._unhold(reservation_id, hold, now)
+        hold.state = "closed"
+        if hold.forget_at <= now:  # settled after it lapsed: no longer needed to refuse a second reserve
+            del self._holds[reservation_id]
+
+
+class MemoryCache:
+    """Bytes by key with a TTL, bounded to `max_bytes` of values: the least recently used go first."""
+
+    def __init__(self, clock: Clock = time.monotonic, max_bytes: int = DEFAULT_CACHE_MAX_BYTES) -> None:
+        self._clock = clock
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
+        self._deadlines = _Deadlines()
+
+    def __len__(self) -> int:
+        """Keys stored, including expired ones that no operation has passed by yet."""
+        return len(self._entries)
+
+    async def get(self, key: str) -> bytes | None:
+        now = self._now()
+        entry = self._entries.get(key)
+        if entry is None or entry[1] <= now:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        if not ttl > 0:
+            raise ValueError("set takes a ttl > 0")
+        now = self._now()
+        self._drop(key)
+        if len(value) > self._max_bytes:
+            return  # storing it would evict everything else and still not fit
+        self._entries[key] = (value, now + ttl)
+        self._bytes += len(value)
+        self._deadlines.schedule(key, now + ttl)
+        while self._bytes > self._max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    async def delete(self, key: str) -> None:
+        self._now()
+        self._drop(key)
+
+    def _now(self) -> float:
+        now = self._clock()
+        for key in self._deadlines.pop_due(now):
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] > now:
+                self._deadlines.schedule(key, entry[1])
+            else:
+                self._drop(key)
+        return now
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry[0])
+
+
+class MemoryLedger:
+    """Spend entries by request id, kept in process memory: lost on exit, so production keeps spend in SQL."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, SpendEntry] = {}
+
+    async def append(self, entry: SpendEntry) -> bool:
+        if entry.request_id in self._entries:
+            return False
+        self._entries[entry.request_id] = entry
+        return True
+
+    async def entries(self, *, since: datetime | None = None) -> list[SpendEntry]:
+        if since is not None and since.utcoffset() is None:
+            raise ValueError("since must be timezone-aware")
+        kept = [e for e in self._entries.values() if since is None or e.at >= since]
+        return sorted(kept, key=lambda e: e.at)
+
+
+async def open_memory_state(
+    url: str, *, clock: Clock = time.monotonic, cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+) -> SharedState:
+    """The in-process stores for `memory://`; `clock` is injectable so tests need not sleep."""
+    parts = urlsplit(url)
+    if parts.scheme != "memory" or parts.netloc or parts.path or parts.query or parts.fragment:
+        raise ConfigError([("shared_state", "the in-process backend is written exactly 'memory://'")])
+
+    async def close() -> None:
+        """Nothing to release: the state goes with the process."""
+
+    return SharedState(
+        counters=MemoryWindowCounters(clock),
+        reservations=MemoryReservations(clock),
+        cache=MemoryCache(clock, cache_max_bytes),
+        ledger=MemoryLedger(),
+        close=close,
+    )

@@ -1,0 +1,489 @@
+"""The shared-state contract every backend meets, then what only the in-process backend promises.
+
+The contract tests take a `backend` fixture parametrized by URL; a new backend joins by adding its URL
+to `BACKEND_URLS`. Time passes through `backend.advance`: a fake clock for `memory://`, real sleeping
+for a server that measures time itself, so durations here stay around a second.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import math
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+import ferryman.core.shared_state as shared_state_module
+from ferryman.core.shared_state import Admission, Ceiling, SharedState, SpendEntry, Window, within_limit
+from ferryman.errors import ConfigError
+from ferryman.store.backends import open_shared_state
+from ferryman.store.memory import MemoryCache, MemoryReservations, MemoryWindowCounters, open_memory_state
+
+BACKEND_URLS = ["memory://"]
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Backend:
+    """A backend under test: its state, a way to let time pass for it, and keys no other test uses."""
+
+    state: SharedState
+    advance: Callable[[float], Awaitable[None]]
+    prefix: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def key(self, name: str) -> str:
+        return f"test:{self.prefix}:{name}"
+
+
+@pytest.fixture(params=BACKEND_URLS)
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    url: str = request.param
+    if url.startswith("memory:"):
+        clock = FakeClock()
+        opened = Backend(await open_memory_state(url, clock=clock), clock.advance)
+    else:
+        opened = Backend(await open_shared_state(url), asyncio.sleep)
+    try:
+        yield opened
+    finally:
+        await opened.state.close()
+
+
+def spend(request_id: str, at: datetime, cost: float | None = 0.01) -> SpendEntry:
+    return SpendEntry(
+        request_id=request_id,
+        at=at,
+        model="gpt-4o-mini",
+        provider="openai",
+        deployment="openai/gpt-4o-mini",
+        key_id="key-1",
+        team_id=None,
+        end_user=None,
+        input_tokens=10,
+        output_tokens=5,
+        cached_tokens=0,
+        cost_usd=cost,
+    )
+
+
+# --- value types ---------------------------------------------------------------------------------------
+
+
+def test_core_module_imports_only_the_standard_library() -> None:
+    tree = ast.parse(Path(shared_state_module.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert {name.split(".")[0] for name in imported} <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Window("w", limit=-1, seconds=60),
+        lambda: Window("w", limit=1, seconds=0),
+        lambda: Window("w", limit=math.nan, seconds=60),
+        lambda: Ceiling("c", limit=1, ttl=math.inf),
+        lambda: Admission(False, retry_after=math.inf),
+        lambda: spend("r", datetime(2025, 1, 1)),  # naive
+        lambda: spend("r", datetime(2025, 1, 1, tzinfo=timezone(timedelta(hours=2)))),
+        lambda: spend("r", datetime(2025, 1, 1, tzinfo=UTC), cost=-0.5),
+    ],
+)
+def test_value_types_refuse_impossible_values(build: Callable[[], object]) -> None:
+    with pytest.raises(ValueError):
+        build()
+
+
+def test_within_limit_forgives_rounding_but_not_more() -> None:
+    assert sum([0.1] * 30) != 3.0
+    assert within_limit(sum([0.1] * 30), 3.0)
+    assert not within_limit(3.0001, 3.0)
+    assert within_limit(5.0, math.inf)
+
+
+# --- window counters -----------------------------------------------------------------------------------
+
+
+async def test_check_and_add_admits_up_to_the_limit_then_refuses(backend: Backend) -> None:
+    window = Window(backend.key("rpm"), limit=3, seconds=1.0)
+    answers = [await backend.state.counters.check_and_add([window], 1) for _ in range(4)]
+    assert [a.allowed for a in answers] == [True, True, True, False]
+    assert [a.remaining for a in answers] == [(2,), (1,), (0,), (0,)]
+    assert answers[0].retry_after == 0 and answers[0].refused_key is None
+    assert answers[3].refused_key == window.key
+    assert await backend.state.counters.count(window) == 3
+
+
+async def test_one_refusing_window_leaves_every_window_unchanged(backend: Backend) -> None:
+    counters = backend.state.counters
+    roomy = Window(backend.key("team"), limit=100, seconds=1.0)
+    tight = Window(backend.key("key"), limit=5, seconds=1.0)
+    await counters.add([roomy], 10)
+    await counters.add([tight], 4)
+    answer = await counters.check_and_add([roomy, tight], 2)
+    assert not answer.allowed
+    assert answer.refused_key == tight.key
+    assert answer.remaining == (90, 1)
+    assert (await counters.count(roomy), await counters.count(tight)) == (10, 4)
+
+
+async def test_the_first_refusing_window_is_named(backend: Backend) -> None:
+    first, second = Window(backend.key("a"), 1, 1.0), Window(backend.key("b"), 1, 1.0)
+    answer = await backend.state.counters.check_and_add([first, second], 2)
+    assert (answer.allowed, answer.refused_key) == (False, first.key)
+
+
+async def test_retry_after_is_when_enough_old_units_slide_out(backend: Backend) -> None:
+    counters = backend.state.counters
+    window = Window(backend.key("tpm"), limit=3, seconds=1.0)
+    await counters.add([window], 2)
+    await backend.advance(0.3)
+    await counters.add([window], 1)
+    await backend.advance(0.2)
+    one = await counters.check_and_add([window], 1)  # waits for the first 2 units: 0.5 s
+    three = await counters.check_and_add([window], 3)  # waits for all of them: 0.8 s
+    assert one.retry_after == pytest.approx(0.5, abs=0.05)
+    assert three.retry_after == pytest.approx(0.8, abs=0.05)
+    await backend.advance(one.retry_after + 0.01)
+    assert (await counters.check_and_add([window], 1)).allowed
+
+
+async def test_an_amount_over_the_limit_itself_gets_a_finite_retry_after(backend: Backend) -> None:
+    window = Window(backend.key("tpm"), limit=10, seconds=1.0)
+    answer = await backend.state.counters.check_and_add([window], 11)
+    assert not answer.allowed
+    assert 0 < answer.retry_after <= 1.0
+
+
+async def test_units_slide_out_of_the_window(backend: Backend) -> None:
+    counters = backend.state.counters
+    window = Window(backend.key("rpm"), limit=10, seconds=1.0)
+    await counters.add([window], 4)
+    await backend.advance(0.5)
+    await counters.add([window], 2)
+    await backend.advance(0.7)
+    assert await counters.count(window) == 2
+    await backend.advance(0.5)
+    assert await counters.count(window) == 0
+
+
+async def test_corrections_may_be_negative_and_go_over_the_limit(backend: Backend) -> None:
+    counters = backend.state.counters
+    window = Window(backend.key("tpm"), limit=10, seconds=1.0)
+    assert (await counters.check_and_add([window], 9)).allowed  # the estimate
+    await counters.add([window], -6)  # the actual usage was 3
+    assert await counters.count(window) == 3
+    assert (await counters.check_and_add([window], 7)).allowed
+    await counters.add([window], 5)  # more than estimated: the truth is counted regardless
+    answer = await counters.check_and_add([window], 1)
+    assert (answer.allowed, answer.remaining) == (False, (-5,))
+
+
+async def test_windows_sharing_a_key_count_the_amount_once(backend: Backend) -> None:
+    counters = backend.state.counters
+    minute = Window(backend.key("shared"), limit=5, seconds=1.0)
+    hour = Window(backend.key("shared"), limit=50, seconds=3.0)
+    assert (await counters.check_and_add([minute, hour], 2)).remaining == (3, 48)
+    await backend.advance(1.5)
+    assert (await counters.count(minute), await counters.count(hour)) == (0, 2)
+
+
+async def test_check_and_add_refuses_a_negative_amount(backend: Backend) -> None:
+    with pytest.raises(ValueError):
+        await backend.state.counters.check_and_add([Window(backend.key("w"), 1, 1.0)], -1)
+
+
+async def test_concurrent_checks_never_overshoot(backend: Backend) -> None:
+    window = Window(backend.key("rpm"), limit=20, seconds=1.0)
+    answers = await asyncio.gather(*(backend.state.counters.check_and_add([window], 1) for _ in range(200)))
+    assert sum(a.allowed for a in answers) == 20
+    assert await backend.state.counters.count(window) == 20
+
+
+# --- reservations --------------------------------------------------------------------------------------
+
+
+async def test_reserve_holds_and_reports_what_remains(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    daily = Ceiling(backend.key("daily"), limit=10, ttl=5.0)
+    answer = await reservations.reserve("r1", [daily], 4, ttl=1.0)
+    assert (answer.allowed, answer.remaining, answer.retry_after) == (True, (6,), 0)
+    assert await reservations.level(daily.key) == (0, 4)
+
+
+async def test_one_refusing_ceiling_holds_nothing_anywhere(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    team = Ceiling(backend.key("team"), limit=100, ttl=5.0)
+    key = Ceiling(backend.key("key"), limit=5, ttl=5.0)
+    await reservations.restore(key.key, 4, ttl=5.0)
+    answer = await reservations.reserve("r1", [team, key], 2, ttl=1.0)
+    assert (answer.allowed, answer.refused_key, answer.remaining) == (False, key.key, (100, 1))
+    assert await reservations.level(team.key) == (0, 0)
+    assert await reservations.level(key.key) == (4, 0)
+    await reservations.settle("r1", 2)  # a refused reservation does not exist: nothing to settle
+    assert await reservations.level(team.key) == (0, 0)
+
+
+async def test_an_expired_hold_frees_the_ceiling(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
+    assert (await reservations.reserve("crashed", [ceiling], 8, ttl=0.5)).allowed
+    await backend.advance(0.2)
+    refused = await reservations.reserve("next", [ceiling], 5, ttl=0.5)
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(0.3, abs=0.05)  # the hold in the way lapses by then
+    await backend.advance(0.4)
+    assert await reservations.level(ceiling.key) == (0, 0)
+    assert (await reservations.reserve("next", [ceiling], 5, ttl=0.5)).allowed
+
+
+async def test_spend_alone_over_the_limit_retries_when_the_period_ends(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    ceiling = Ceiling(backend.key("budget"), limit=10, ttl=2.0)
+    await reservations.restore(ceiling.key, 9, ttl=1.5)
+    for amount in (2, 50):  # over what is left, and over the limit itself: both finite
+        answer = await reservations.reserve(f"r{amount}", [ceiling], amount, ttl=0.5)
+        assert not answer.allowed
+        assert answer.retry_after == pytest.approx(1.5, abs=0.05)
+
+
+async def test_settle_commits_the_actual_cost_once(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
+    await reservations.reserve("r1", [ceiling], 4, ttl=1.0)
+    await reservations.settle("r1", 1.5)
+    assert await reservations.level(ceiling.key) == (1.5, 0)
+    await reservations.settle("r1", 1.5)
+    await reservations.release("r1")
+    assert await reservations.level(ceiling.key) == (1.5, 0)
+
+
+async def test_settle_may_exceed_the_hold(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    key, team = Ceiling(backend.key("key"), 10, 5.0), Ceiling(backend.key("team"), 10, 5.0)
+    await reservations.reserve("r1", [key, team], 2, ttl=1.0)
+    await reservations.settle("r1", 12)  # the real cost is the truth, even past the limit
+    assert await reservations.level(key.key) == (12, 0)
+    assert await reservations.level(team.key) == (12, 0)
+    assert not (await reservations.reserve("r2", [key], 0.5, ttl=1.0)).allowed
+
+
+async def test_release_drops_the_hold_and_commits_nothing(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
+    await reservations.reserve("r1", [ceiling], 4, ttl=1.0)
+    await reservations.reserve("r2", [ceiling], 3, ttl=1.0)
+    await reservations.release("r1")
+    await reservations.release("r1")
+    await reservations.settle("r1", 4)  # released is final
+    assert await reservations.level(ceiling.key) == (0, 3)
+
+
+async def test_settle_after_the_hold_expired_still_commits(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
+    await reservations.reserve("slow", [ceiling], 4, ttl=0.3)
+    await backend.advance(0.5)
+    assert await reservations.level(ceiling.key) == (0, 0)
+    await reservations.settle("slow", 6)  # the upstream answered late: the spend happened
+    await reservations.settle("slow", 6)
+    assert await reservations.level(ceiling.key) == (6, 0)
+
+
+async def test_restore_sets_the_committed_total_and_keeps_holds(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
+    await reservations.reserve("r1", [ceiling], 2, ttl=2.0)
+    await reservations.settle("r1", 3)
+    await reservations.reserve("r2", [ceiling], 2, ttl=2.0)
+    await reservations.restore(ceiling.key, 7.5, ttl=1.0)
+    assert await reservations.level(ceiling.key) == (7.5, 2)
+    await backend.advance(1.2)  # the restored total lives for its ttl
+    assert await reservations.level(ceiling.key) == (0, 2)
+
+
+async def test_committed_spend_lives_for_the_ceiling_ttl(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    ceiling = Ceiling(backend.key("budget"), limit=10, ttl=1.0)
+    await reservations.reserve("r1", [ceiling], 2, ttl=0.5)
+    await reservations.settle("r1", 9)
+    await backend.advance(0.6)
+    assert await reservations.level(ceiling.key) == (9, 0)
+    await backend.advance(0.6)
+    assert await reservations.level(ceiling.key) == (0, 0)
+
+
+async def test_reserving_an_id_twice_is_an_error(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
+    await reservations.reserve("r1", [ceiling], 1, ttl=1.0)
+    with pytest.raises(ValueError):
+        await reservations.reserve("r1", [ceiling], 1, ttl=1.0)
+    await reservations.settle("r1", 1)
+    with pytest.raises(ValueError):
+        await reservations.reserve("r1", [ceiling], 1, ttl=1.0)
+    assert await reservations.level(ceiling.key) == (1, 0)
+
+
+async def test_concurrent_reservations_never_overshoot(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    ceiling = Ceiling(backend.key("budget"), limit=2.0, ttl=5.0)  # exactly 20 holds of $0.10
+    answers = await asyncio.gather(
+        *(reservations.reserve(f"r{i}", [ceiling], 0.1, ttl=2.0) for i in range(200))
+    )
+    assert sum(a.allowed for a in answers) == 20
+    committed, held = await reservations.level(ceiling.key)
+    assert committed == 0
+    assert held == pytest.approx(2.0)
+
+
+# --- cache and ledger ----------------------------------------------------------------------------------
+
+
+async def test_cache_keeps_values_for_their_ttl(backend: Backend) -> None:
+    cache = backend.state.cache
+    await cache.set(backend.key("a"), b"first", ttl=0.5)
+    await cache.set(backend.key("a"), b"second", ttl=1.0)
+    await cache.set(backend.key("b"), b"short", ttl=0.5)
+    await backend.advance(0.7)
+    assert await cache.get(backend.key("a")) == b"second"
+    assert await cache.get(backend.key("b")) is None
+    await cache.delete(backend.key("a"))
+    await cache.delete(backend.key("never-set"))
+    assert await cache.get(backend.key("a")) is None
+
+
+async def test_ledger_appends_once_per_request_and_filters_by_time(backend: Backend) -> None:
+    ledger = backend.state.ledger
+    prefix = backend.key("req")
+    start = datetime(2025, 6, 1, tzinfo=UTC)
+    assert await ledger.append(spend(f"{prefix}-2", start + timedelta(minutes=2)))
+    assert await ledger.append(spend(f"{prefix}-1", start + timedelta(minutes=1), cost=None))
+    assert not await ledger.append(spend(f"{prefix}-1", start, cost=99.0))  # a retried write
+    mine = [e for e in await ledger.entries() if e.request_id.startswith(prefix)]
+    assert [(e.request_id, e.cost_usd) for e in mine] == [(f"{prefix}-1", None), (f"{prefix}-2", 0.01)]
+    later = await ledger.entries(since=start + timedelta(minutes=2))
+    assert [e.request_id for e in later if e.request_id.startswith(prefix)] == [f"{prefix}-2"]
+
+
+# --- the in-process backend ----------------------------------------------------------------------------
+
+
+async def test_memory_window_boundaries_are_exact() -> None:
+    clock = FakeClock()
+    counters = MemoryWindowCounters(clock)
+    window = Window("k", limit=1, seconds=60)
+    await counters.add([window], 1)
+    await clock.advance(59.999)
+    answer = await counters.check_and_add([window], 1)
+    assert not answer.allowed
+    assert answer.retry_after == pytest.approx(0.001)
+    await clock.advance(0.001)
+    assert (await counters.check_and_add([window], 1)).allowed
+
+
+async def test_memory_over_limit_amount_retries_after_one_window() -> None:
+    counters = MemoryWindowCounters(FakeClock())
+    answer = await counters.check_and_add([Window("k", limit=5, seconds=60)], 6)
+    assert answer.retry_after == 60
+
+
+async def test_memory_counters_forget_expired_keys() -> None:
+    clock = FakeClock()
+    counters = MemoryWindowCounters(clock)
+    for i in range(10_000):
+        await counters.check_and_add([Window(f"k{i}", limit=5, seconds=1)], 1)
+    assert len(counters) == 10_000
+    await clock.advance(1)
+    await counters.add([Window("survivor", limit=5, seconds=1)], 1)
+    assert len(counters) == 1
+
+
+async def test_memory_reservations_forget_lapsed_holds_and_ended_periods() -> None:
+    clock = FakeClock()
+    reservations = MemoryReservations(clock)
+    for i in range(10_000):
+        await reservations.reserve(f"r{i}", [Ceiling(f"c{i}", limit=5, ttl=2)], 1, ttl=1)
+    await reservations.settle("r0", 1)
+    assert len(reservations) == 20_000
+    await clock.advance(1)  # holds lapse, but are kept for a late settle until their ceilings end
+    assert await reservations.level("c1") == (0, 0)
+    assert len(reservations) == 10_000
+    await clock.advance(1)
+    await reservations.level("c0")
+    assert len(reservations) == 0
+    await reservations.settle("r1", 1)  # too late: that ceiling's period is over
+    assert await reservations.level("c1") == (0, 0)
+
+
+async def test_memory_reused_id_gets_a_hold_with_its_own_ttl() -> None:
+    clock = FakeClock()
+    reservations = MemoryReservations(clock)
+    ceiling = Ceiling("c", limit=10, ttl=3600)
+    await reservations.reserve("r", [ceiling], 1, ttl=1)
+    await clock.advance(2)
+    await reservations.settle("r", 1)  # late: committed, and the lapsed record is no longer needed
+    assert (await reservations.reserve("r", [ceiling], 4, ttl=1)).allowed
+    await clock.advance(1)
+    assert await reservations.level("c") == (1, 0)
+
+
+async def test_memory_shortened_lifetimes_are_purged_on_time() -> None:
+    clock = FakeClock()
+    reservations, cache = MemoryReservations(clock), MemoryCache(clock)
+    await reservations.restore("c", 5, ttl=3600)
+    await reservations.restore("c", 5, ttl=1)
+    await cache.set("k", b"v", ttl=3600)
+    await cache.set("k", b"v", ttl=1)
+    await clock.advance(1)
+    await reservations.level("other")
+    await cache.get("other")
+    assert (len(reservations), len(cache)) == (0, 0)
+
+
+async def test_memory_cache_forgets_expired_keys_and_stays_within_its_size() -> None:
+    clock = FakeClock()
+    cache = MemoryCache(clock, max_bytes=10)
+    for i in range(10_000):
+        await cache.set(f"k{i}", b"", ttl=1)
+    await clock.advance(1)
+    await cache.set("a", b"12345", ttl=10)
+    assert len(cache) == 1
+    await cache.set("b", b"12345", ttl=10)
+    assert await cache.get("a") == b"12345"  # now the most recently used
+    await cache.set("c", b"123", ttl=10)
+    assert (await cache.get("a"), await cache.get("b"), await cache.get("c")) == (b"12345", None, b"123")
+    await cache.set("huge", b"x" * 11, ttl=10)
+    assert await cache.get("huge") is None
+    assert await cache.get("a") == b"12345"
+
+
+@pytest.mark.parametrize("url", ["memory://somewhere", "memory:///path", "memory://?size=1", "redis://x"])
+async def test_memory_backend_takes_no_options(url: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        await open_memory_state(url)
+    assert exc.value.problems[0][0] == "shared_state"
+
+
+async def test_memory_ledger_wants_an_aware_since() -> None:
+    state = await open_memory_state("memory://")
+    with pytest.raises(ValueError):
+        await state.ledger.entries(since=datetime(2025, 1, 1))
