@@ -15,6 +15,7 @@ import redis
 import yaml
 
 from ferryman.cli import main
+from tests.store.fixtures import throwaway_redis
 
 
 @pytest.fixture
@@ -83,15 +84,28 @@ def test_db_upgrade_and_status(config: Path, capsys: pytest.CaptureFixture[str])
     code, out, _ = run(capsys, "db", "status", "--config", str(config))
     assert code == 1 and "(empty)" in out
     code, out, _ = run(capsys, "db", "upgrade", "--config", str(config))
-    assert code == 0 and "0002" in out
+    assert code == 0 and "0003" in out
     assert run(capsys, "db", "status", "--config", str(config))[0] == 0
 
 
-def test_commands_need_a_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_commands_need_a_database_that_outlives_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "nodb.yaml"
-    path.write_text("models: []\n")
+    path.write_text('data_dir: ":memory:"\nmodels: []\n')
     code, _, err = run(capsys, "keys", "list", "--config", str(path))
     assert code == 2 and "database_url" in err
+
+
+def test_commands_use_the_embedded_database_without_a_database_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "embedded.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nmodels: []\n")
+    code, out, _ = run(capsys, "keys", "create", "--alias", "cli-embedded", "--config", str(path))
+    assert code == 0, out
+    code, listed, _ = run(capsys, "keys", "list", "--config", str(path))
+    assert code == 0
+    assert [key["alias"] for key in listed["data"]] == ["cli-embedded"]
+    assert (tmp_path / "data" / "ferryman.db").is_file()
 
 
 def test_keys_hash_prints_the_sha256_for_the_config(
@@ -142,3 +156,19 @@ def test_cli_revocation_is_published_to_running_replicas(
     finally:
         pubsub.close()
         client.close()
+
+
+def test_a_rotation_redis_cannot_announce_still_prints_the_new_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "with-redis.yaml"
+    with throwaway_redis() as redis_url:
+        path.write_text(f"data_dir: {tmp_path / 'data'}\nredis_url: {redis_url}\nmodels: []\n")
+        code, created, _ = run(capsys, "keys", "create", "--alias", "to-rotate", "--config", str(path))
+        assert code == 0
+    # Redis is gone now: the rotation is saved, but no replica can be told.
+    code, shown, err = run(capsys, "keys", "rotate", created["id"], "--config", str(path))
+    assert code == 1
+    assert "invalidation" in err or "replicas" in err
+    assert shown["id"] == created["id"]
+    assert shown["key"].startswith("fm-") and shown["key"] != created["key"]

@@ -13,7 +13,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -28,11 +28,13 @@ from ferryman.api.admin import (
     team_changes,
     team_out,
 )
-from ferryman.errors import ConfigError, FerrymanError
+from ferryman.errors import ConfigError, FerrymanError, InvalidationNotDeliveredError
 from ferryman.settings import Settings, load_settings
 from ferryman.store.migrate import head_revision, schema_revision, upgrade_schema
 from ferryman.store.records import KeySettings, TeamSettings
 from ferryman.store.service import KeyService
+
+Saved = TypeVar("Saved")
 
 Operation = Callable[[KeyService, argparse.Namespace], Awaitable[BaseModel]]
 
@@ -113,8 +115,8 @@ def run_admin_command(args: argparse.Namespace) -> int:
         return 0
     try:
         settings = load_settings(args.config)
-        if not settings.database_url:
-            raise ConfigError([("database_url", "this command needs a database")])
+        if not settings.database_url and settings.data_dir == ":memory:":
+            raise ConfigError([("database_url", "this command needs a database that outlives it")])
         if args.command == "db":
             return asyncio.run(_db_command(settings, args))
         operation = _KEY_OPERATIONS[args.action] if args.command == "keys" else _TEAM_OPERATIONS[args.action]
@@ -128,6 +130,8 @@ def run_admin_command(args: argparse.Namespace) -> int:
             print(f"error: {'.'.join(str(p) for p in error['loc'])}: {error['msg']}", file=sys.stderr)
         return 2
     except FerrymanError as exc:
+        if isinstance(exc, InvalidationNotDeliveredError) and isinstance(exc.saved, BaseModel):
+            print(exc.saved.model_dump_json(indent=2))  # saved all the same: show what was saved
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     print(result.model_dump_json(indent=2))
@@ -135,7 +139,7 @@ def run_admin_command(args: argparse.Namespace) -> int:
 
 
 async def _db_command(settings: Settings, args: argparse.Namespace) -> int:
-    url = str(settings.database_url)
+    url = settings.store_url
     if args.action == "upgrade":
         await upgrade_schema(url, args.revision)
     current = await schema_revision(url)
@@ -181,7 +185,8 @@ async def _create_key(service: KeyService, args: argparse.Namespace) -> BaseMode
 
 
 async def _update_key(service: KeyService, args: argparse.Namespace) -> BaseModel:
-    return key_out(await service.update_key(args.id, key_changes(KeyBody.model_validate(_rule_fields(args)))))
+    change = key_changes(KeyBody.model_validate(_rule_fields(args)))
+    return await _announced(service.update_key(args.id, change), key_out)
 
 
 async def _list_keys(service: KeyService, args: argparse.Namespace) -> BaseModel:
@@ -194,11 +199,11 @@ async def _show_key(service: KeyService, args: argparse.Namespace) -> BaseModel:
 
 
 async def _rotate_key(service: KeyService, args: argparse.Namespace) -> BaseModel:
-    return key_created(await service.rotate_key(args.id))
+    return await _announced(service.rotate_key(args.id), key_created)
 
 
 async def _revoke_key(service: KeyService, args: argparse.Namespace) -> BaseModel:
-    return key_out(await service.revoke_key(args.id))
+    return await _announced(service.revoke_key(args.id), key_out)
 
 
 async def _create_team(service: KeyService, args: argparse.Namespace) -> BaseModel:
@@ -207,9 +212,8 @@ async def _create_team(service: KeyService, args: argparse.Namespace) -> BaseMod
 
 
 async def _update_team(service: KeyService, args: argparse.Namespace) -> BaseModel:
-    return team_out(
-        await service.update_team(args.id, team_changes(TeamBody.model_validate(_rule_fields(args))))
-    )
+    change = team_changes(TeamBody.model_validate(_rule_fields(args)))
+    return await _announced(service.update_team(args.id, change), team_out)
 
 
 async def _list_teams(service: KeyService, args: argparse.Namespace) -> BaseModel:
@@ -221,7 +225,16 @@ async def _show_team(service: KeyService, args: argparse.Namespace) -> BaseModel
 
 
 async def _delete_team(service: KeyService, args: argparse.Namespace) -> BaseModel:
-    return team_out(await service.delete_team(args.id))
+    return await _announced(service.delete_team(args.id), team_out)
+
+
+async def _announced(change: Awaitable[Saved], show: Callable[[Saved], BaseModel]) -> BaseModel:
+    """`show(await change)`; when the change is saved but other replicas could not be told, the error
+    still carries the saved result, shown, so the operator sees it (a rotated secret exists nowhere else)."""
+    try:
+        return show(await change)
+    except InvalidationNotDeliveredError as exc:
+        raise InvalidationNotDeliveredError(exc.message, saved=show(cast(Saved, exc.saved))) from exc
 
 
 _KEY_OPERATIONS: dict[str, Operation] = {

@@ -9,6 +9,10 @@
     │   ├── NotFoundError           404: unknown model or route
     │   ├── PayloadTooLargeError    413: body over the configured cap
     │   └── RateLimitError          429: rate limit or budget; carries `retry_after`
+    ├── StoreUnavailableError       503: the key database cannot be reached, so a key cannot be checked
+    ├── InvalidationNotDeliveredError
+    │                               503: an admin change is saved, but other replicas could not be told
+    │                               to drop their cached copy; carries what was `saved`
     └── ProviderError               the upstream's fault or the path to it
         ├── UpstreamStatusError     the upstream answered 4xx / 5xx: a client-fault 4xx keeps its status
         │                           and message; 5xx and refused upstream credentials become 502
@@ -99,6 +103,33 @@ class RateLimitError(RequestError):
     def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class StoreUnavailableError(FerrymanError):
+    """The key store's database failed to answer (down, unreachable, or refusing the query).
+
+    The store raises this at its boundary in place of the driver's own errors, so no layer above it
+    needs to know which database (or driver) sits behind the store.
+    """
+
+    status = 503
+    code = "key_store_unavailable"
+
+
+class InvalidationNotDeliveredError(FerrymanError):
+    """An admin change is committed, but the notice telling other replicas to forget the old key
+    could not be sent; they may honour it until their cache entry expires.
+
+    `saved` is the committed result (for a rotation, the only copy of the new secret), so the caller can
+    still show it alongside the error.
+    """
+
+    status = 503
+    code = "invalidation_not_delivered"
+
+    def __init__(self, message: str, *, saved: object = None) -> None:
+        super().__init__(message)
+        self.saved = saved
 
 
 class ProviderError(FerrymanError):

@@ -1,19 +1,25 @@
-"""The admin API on SQLite and on a real PostgreSQL: keys and teams, master key only, bad bodies named."""
+"""The admin API on SQLite and on a real PostgreSQL: keys and teams, master key only, bad bodies named,
+values as large as the columns hold, and a Redis that refuses the revocation notice reported."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Coroutine, Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from ferryman.store.database import open_engine
 from tests.conftest import RunningGateway, serve_gateway
+from tests.processes import free_port
+from tests.store.fixtures import throwaway_redis
 
 MASTER = "admin-master-key-for-tests"
 FAKE = {"name": "fake-model", "deployments": [{"provider": "fake", "model": "fake-model"}]}
@@ -277,6 +283,82 @@ def test_malformed_key_bodies_are_400_naming_the_field(
     assert_bad_request(admin.post("/admin/keys", json=body), param)
 
 
+TRILLION = 10**12  # tokens per minute: past PostgreSQL's INTEGER, which answered 500 for it
+
+
+def test_limits_past_32_bits_are_stored_and_enforced_as_given(
+    admin: httpx.Client, gateway: RunningGateway
+) -> None:
+    team = admin.post("/admin/teams", json={"alias": "big", "tpm_limit": TRILLION, "rpm_limit": TRILLION})
+    assert team.status_code == 201, team.text
+    assert (team.json()["tpm_limit"], team.json()["rpm_limit"]) == (TRILLION, TRILLION)
+    created = create_key(
+        admin, team_id=team.json()["id"], tpm_limit=TRILLION, budget={"monthly_usd": 999_999_999_999.5}
+    )
+    assert created["tpm_limit"] == TRILLION
+    patched = admin.patch(
+        f"/admin/keys/{created['id']}", json={"tpm_limit": 2**63 - 1, "rpm_limit": TRILLION}
+    )
+    assert patched.status_code == 200, patched.text
+    shown = admin.get(f"/admin/keys/{created['id']}").json()
+    assert (shown["tpm_limit"], shown["rpm_limit"]) == (2**63 - 1, TRILLION)
+    assert shown["budget"]["monthly_usd"] == 999_999_999_999.5
+    team_patch = admin.patch(f"/admin/teams/{team.json()['id']}", json={"tpm_limit": 2 * TRILLION})
+    assert team_patch.status_code == 200 and team_patch.json()["tpm_limit"] == 2 * TRILLION
+    assert chat(gateway, created["key"]).status_code == 200  # the grant loads from those columns
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"tpm_limit": 2**63}, "tpm_limit"),
+        ({"rpm_limit": 0}, "rpm_limit"),
+        ({"tpm_limit": 1.5}, "tpm_limit"),
+        ({"max_parallel": 2**31}, "max_parallel"),
+        ({"budget": {"daily_usd": -0.01}}, "budget.daily_usd"),
+        ({"budget": {"monthly_usd": 1e12}}, "budget.monthly_usd"),
+        ({"alias": "a" * 201}, "alias"),
+        ({"alias": "nul\u0000inside"}, "alias"),
+        ({"models": ["m"] * 1001}, "models"),
+        ({"models": ["m" * 201]}, "models"),
+        ({"models": ["tab\tinside"]}, "models"),
+        ({"team_id": "t" * 33}, "team_id"),
+        ({"metadata": {"blob": "x" * 20_000}}, "metadata"),
+        ({"metadata": {"deep": json.loads("[" * 20 + "]" * 20)}}, "metadata"),
+        ({"expires_at": "9999-12-31T23:00:00-05:00"}, "expires_at"),  # past year 9999 in UTC
+    ],
+)
+def test_out_of_range_values_are_400_naming_the_field(
+    admin: httpx.Client, body: dict[str, Any], param: str
+) -> None:
+    assert_bad_request(admin.post("/admin/keys", json=body), param)
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        ('{"budget": {"daily_usd": NaN}}', "budget.daily_usd"),
+        ('{"budget": {"monthly_usd": Infinity}}', "budget.monthly_usd"),
+        ('{"tpm_limit": NaN}', "tpm_limit"),
+        ('{"metadata": {"score": NaN}}', "metadata"),
+        ('{"metadata": {"score": -Infinity}}', "metadata"),
+        ('{"metadata": {"count": 1' + "0" * 30 + "}}", "metadata"),  # past 64 bits
+    ],
+)
+def test_non_finite_numbers_are_400_naming_the_field(admin: httpx.Client, raw: str, param: str) -> None:
+    """Python's JSON parser (FastAPI's) accepts `NaN` and `Infinity`; no column or JSON document can."""
+    response = admin.post("/admin/keys", content=raw, headers={"content-type": "application/json"})
+    assert_bad_request(response, param)
+
+
+def test_out_of_range_team_values_and_ids_are_400(admin: httpx.Client) -> None:
+    team = admin.post("/admin/teams", json={"alias": "bounded"}).json()
+    assert_bad_request(admin.patch(f"/admin/teams/{team['id']}", json={"rpm_limit": 2**63}), "rpm_limit")
+    assert_bad_request(admin.get("/admin/keys/" + "k" * 33), "key_id")
+    assert_bad_request(admin.delete("/admin/teams/" + "t" * 33), "team_id")
+    assert_bad_request(admin.get("/admin/keys", params={"team_id": "t" * 33}), "team_id")
+
+
 def test_malformed_team_patch_is_400(admin: httpx.Client) -> None:
     team = admin.post("/admin/teams", json={"alias": "strict"}).json()
     assert_bad_request(admin.patch(f"/admin/teams/{team['id']}", json={"max_parallel": 0}), "max_parallel")
@@ -322,3 +404,73 @@ def test_openapi_documents_the_admin_api(gateway: RunningGateway) -> None:
         "budget",
     } <= set(key_body)
     assert "key" in schema["components"]["schemas"]["KeyCreated"]["properties"]
+
+
+def metric(gateway: RunningGateway, name: str) -> float:
+    text = httpx.get(gateway.url + "/metrics", timeout=10).text
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+    assert len(samples) == 1, samples
+    return float(samples[0].value)
+
+
+def test_a_revocation_redis_cannot_announce_is_a_503_and_shows_in_health_and_metrics(
+    database_url: str,
+) -> None:
+    """The change stands (it is committed), but the operator learns that other replicas may still honour
+    the old key, and `/health` and `ai_api_invalidation_failures_total` say so until Redis takes a notice."""
+    port = free_port()
+    with ExitStack() as redis:
+        url = redis.enter_context(throwaway_redis(port))
+        config = {
+            "master_key": MASTER,
+            "database_url": database_url,
+            "redis_url": url,
+            "health": {"check_interval_seconds": 3600},  # so only admin calls publish in this test
+            "models": [FAKE],
+        }
+        with (
+            serve_gateway(config) as gateway,
+            httpx.Client(
+                base_url=gateway.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10
+            ) as admin,
+        ):
+            revoked, rotated = create_key(admin, alias="to-revoke"), create_key(admin, alias="to-rotate")
+            assert chat(gateway, revoked["key"]).status_code == 200
+            assert metric(gateway, "ai_api_invalidation_failures_total") == 0
+            assert httpx.get(gateway.url + "/health").json()["invalidation"]["degraded"] is False
+
+            redis.close()  # Redis goes away
+            response = admin.delete(f"/admin/keys/{revoked['id']}")
+            assert response.status_code == 503, response.text
+            body = response.json()
+            assert body["error"]["code"] == "invalidation_not_delivered"
+            assert "saved" in body["error"]["message"]
+            assert "key_cache_ttl_seconds" in body["error"]["message"]
+            assert body["saved"]["id"] == revoked["id"] and body["saved"]["revoked"] is True
+            assert admin.get(f"/admin/keys/{revoked['id']}").json()["revoked"] is True  # committed
+            assert chat(gateway, revoked["key"]).status_code == 401  # and refused here at once
+
+            new = admin.post(f"/admin/keys/{rotated['id']}/rotate")
+            assert new.status_code == 503
+            secret = new.json()["saved"]["key"]  # the only copy of the new secret is not lost
+            assert secret != rotated["key"] and chat(gateway, secret).status_code == 200
+
+            assert metric(gateway, "ai_api_invalidation_failures_total") == 2
+            health = httpx.get(gateway.url + "/health").json()
+            assert health["status"] == "degraded"
+            assert health["invalidation"]["backend"] == "redis"
+            assert health["invalidation"]["degraded"] is True
+            assert health["invalidation"]["last_error"] == "ConnectionError"
+            assert (
+                health["invalidation"]["key_cache_ttl_seconds"] == 30
+            )  # the default: the longest a miss lasts
+            failed_at = datetime.fromisoformat(health["invalidation"]["last_failure_at"])
+            assert datetime.now(UTC) - failed_at < timedelta(seconds=30)
+
+            redis.enter_context(throwaway_redis(port))  # Redis is back
+            patched = admin.patch(f"/admin/keys/{rotated['id']}", json={"alias": "rotated"})
+            assert patched.status_code == 200, patched.text
+            health = httpx.get(gateway.url + "/health").json()
+            assert health["invalidation"]["degraded"] is False
+            assert health["invalidation"]["last_failure_at"] is not None
+            assert metric(gateway, "ai_api_invalidation_failures_total") == 2

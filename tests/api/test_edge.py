@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import anthropic
 import httpx
 import pytest
+from starlette.requests import Request
 
+from ferryman.api import health
 from ferryman.settings import ServerSettings
+from ferryman.store.service import KeyService
 from tests.conftest import RunningGateway
 from tests.processes import free_port
 
@@ -160,6 +166,75 @@ def test_embeddings_through_the_fake_provider(gateway: RunningGateway, gateway_f
     assert [d["index"] for d in data] == [0, 1]
     assert len(data[0]["embedding"]) == 8
     assert data[0]["embedding"] != data[1]["embedding"]
+
+
+class TestUnexpectedErrors:
+    """A bug on any route answers a generic 500 and leaves the keep-alive connection usable.
+
+    Starlette's last-resort layer re-raises after sending its 500, and uvicorn then drops the connection
+    without `Connection: close`; the client's next request on it failed with a reset.
+    """
+
+    MASTER = "sk-master-123456789"
+
+    @staticmethod
+    def two_requests(gateway: RunningGateway, first: str, headers: dict[str, str]) -> list[tuple[int, Any]]:
+        """`GET first`, then `GET /health/ready`, on one HTTP/1.1 connection."""
+        connection = http.client.HTTPConnection(gateway.url.removeprefix("http://"), timeout=10)
+        try:
+            answers = []
+            for path in (first, "/health/ready"):
+                connection.request("GET", path, headers=headers)
+                response = connection.getresponse()
+                answers.append((response.status, response.getheader("connection"), response.read()))
+            return [
+                (status, (connection_header, json.loads(body))) for status, connection_header, body in answers
+            ]
+        finally:
+            connection.close()
+
+    @staticmethod
+    def assert_internal_error(status: int, answer: Any) -> None:
+        connection_header, body = answer
+        assert status == 500
+        assert connection_header is None  # a keep-alive connection, not one quietly doomed
+        assert body["error"]["type"] == "api_error"
+        assert "request id req_" in body["error"]["message"]
+        assert "boom" not in json.dumps(body)  # the exception's text stays in the log
+
+    @staticmethod
+    def unhandled_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "unhandled error" and r.exc_info]
+
+    def test_a_failing_hot_path_route_keeps_the_connection(
+        self, gateway_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        async def boom(request: Request) -> NoReturn:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(health, "live", boom)  # before the app is built, so its route is this
+        gateway = gateway_factory({"models": [FAKE]})
+        (status, answer), (after, _) = self.two_requests(gateway, "/health/live", {})
+        self.assert_internal_error(status, answer)
+        assert after == 200
+        [record] = self.unhandled_logs(caplog)  # logged once, with its traceback
+        assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+
+    def test_a_failing_admin_route_keeps_the_connection(
+        self, gateway_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The admin API is a mounted FastAPI app, with a last-resort layer of its own that re-raises too."""
+
+        def boom(self: KeyService) -> NoReturn:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(KeyService, "repository", property(boom))
+        gateway = gateway_factory({"master_key": self.MASTER, "models": [FAKE]})
+        headers = {"authorization": f"Bearer {self.MASTER}"}
+        (status, answer), (after, _) = self.two_requests(gateway, "/admin/teams", headers)
+        self.assert_internal_error(status, answer)
+        assert after == 200
+        assert len(self.unhandled_logs(caplog)) == 1
 
 
 class TestAuth:

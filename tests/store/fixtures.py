@@ -146,11 +146,14 @@ def redis_server_url() -> Iterator[str]:
 
 
 @contextmanager
-def throwaway_redis() -> Iterator[str]:
-    """A private `redis-server` on a free loopback port, stopped (by PID) afterwards."""
+def throwaway_redis(port: int | None = None) -> Iterator[str]:
+    """A private `redis-server` on `port` (a free loopback port by default), stopped (by PID) afterwards.
+
+    Tests that stop it mid-way to see Redis fail start a new one on the same port to see it come back.
+    """
     if shutil.which("redis-server") is None:
         pytest.fail("no Redis reachable and no redis-server found: run scripts/install-test-services.sh")
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,

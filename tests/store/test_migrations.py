@@ -12,6 +12,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, DateTime, bindparam, inspect, text
+from sqlalchemy.exc import DBAPIError
 
 from ferryman.store.database import open_engine
 from ferryman.store.migrate import (
@@ -41,7 +42,7 @@ def schema_drift(connection: Connection) -> list[object]:
 async def test_upgrade_from_empty_reaches_head_and_matches_the_models(empty_database: str) -> None:
     assert await schema_revision(empty_database) is None
     await upgrade_schema(empty_database)
-    assert await schema_revision(empty_database) == head_revision() == "0002"
+    assert await schema_revision(empty_database) == head_revision() == "0003"
     engine = open_engine(empty_database)
     try:
         async with engine.connect() as conn:
@@ -64,7 +65,7 @@ async def test_upgrade_from_the_previous_revision_keeps_data(empty_database: str
                 {"hash": "a" * 64, "now": datetime(2025, 1, 1, tzinfo=UTC)},
             )
         await upgrade_schema(empty_database)
-        assert await schema_revision(empty_database) == "0002"
+        assert await schema_revision(empty_database) == "0003"
         async with engine.connect() as conn:
             row = (
                 await conn.execute(text("SELECT key_hash, last_used_at FROM api_keys WHERE id = 'k1'"))
@@ -72,6 +73,50 @@ async def test_upgrade_from_the_previous_revision_keeps_data(empty_database: str
             indexes = await conn.run_sync(lambda sync: inspect(sync).get_indexes("api_keys"))
         assert tuple(row) == ("a" * 64, None)
         assert "ix_api_keys_team_id" in {index["name"] for index in indexes}
+    finally:
+        await engine.dispose()
+
+
+TRILLION = 10**12  # tokens per minute: past PostgreSQL's INTEGER (2**31 - 1)
+NOW = bindparam("now", type_=DateTime(timezone=True))
+
+
+async def test_rate_limits_hold_64_bit_values_after_0003(empty_database: str) -> None:
+    engine = open_engine(empty_database)
+    postgres = engine.dialect.name == "postgresql"
+    insert_team = text(
+        "INSERT INTO teams (id, metadata, blocked, created_at, updated_at, tpm_limit) "
+        "VALUES (:id, '{}', false, :now, :now, :tpm)"
+    ).bindparams(NOW)
+    insert_key = text(
+        "INSERT INTO api_keys (id, key_hash, key_prefix, team_id, metadata, blocked, created_at, updated_at, "
+        "rpm_limit, tpm_limit) VALUES ('k1', :hash, 'fm-abcdefgh', 't1', '{}', false, :now, :now, 60, :tpm)"
+    ).bindparams(NOW)
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    try:
+        await upgrade_schema(empty_database, "0002")
+        async with engine.begin() as conn:
+            await conn.execute(insert_team, {"id": "t1", "now": now, "tpm": 2**31 - 1})
+            await conn.execute(insert_key, {"hash": "b" * 64, "now": now, "tpm": 2**31 - 1})
+        if postgres:  # what 0003 is for
+            with pytest.raises(DBAPIError, match="out of int32 range"):
+                async with engine.begin() as conn:
+                    await conn.execute(insert_team, {"id": "t2", "now": now, "tpm": TRILLION})
+        await upgrade_schema(empty_database)
+        await engine.dispose()  # fresh connections: asyncpg's prepared statements keep their INTEGER params
+        async with engine.begin() as conn:
+            await conn.execute(insert_team, {"id": "t2", "now": now, "tpm": TRILLION})
+            for widen in (
+                "UPDATE teams SET rpm_limit = :big, tpm_limit = :big",
+                "UPDATE api_keys SET rpm_limit = :big, tpm_limit = :big",
+            ):
+                await conn.execute(text(widen), {"big": TRILLION})
+        async with engine.connect() as conn:
+            teams = (await conn.execute(text("SELECT rpm_limit, tpm_limit FROM teams ORDER BY id"))).all()
+            key = (await conn.execute(text("SELECT rpm_limit, tpm_limit, team_id FROM api_keys"))).one()
+            assert await conn.run_sync(schema_drift) == []
+        assert [tuple(row) for row in teams] == [(TRILLION, TRILLION)] * 2
+        assert tuple(key) == (TRILLION, TRILLION, "t1")  # the key kept its row and its team
     finally:
         await engine.dispose()
 

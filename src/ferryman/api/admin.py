@@ -1,31 +1,49 @@
 """The admin API under `/admin/`: virtual keys and teams, master key only, documented in the OpenAPI schema.
 
 Bodies are pydantic models, so FastAPI validates them and `/docs` shows them; a malformed body becomes
-our 400 error naming the field (`handle_validation_error`). One body model per resource serves both
-POST and PATCH: on PATCH only the fields present in the body change, and an explicit `null` clears one.
-Secrets appear in exactly two responses — creation and rotation — and nowhere else.
+our 400 error naming the field (`handle_validation_error`). Every field is bounded here, at the edge, to
+what the database columns hold, so no value can reach SQL and fail there. One body model per resource
+serves both POST and PATCH: on PATCH only the fields present in the body change, and an explicit `null`
+clears one. Secrets appear in exactly two responses — creation and rotation — and nowhere else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, cast
 
-from fastapi import APIRouter, Depends, Query
+import orjson
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ferryman.api.errors import error_response
 from ferryman.api.state import AppState
-from ferryman.errors import InvalidRequestError
+from ferryman.errors import InvalidationNotDeliveredError, InvalidRequestError
+from ferryman.observability.metrics import Metrics
 from ferryman.store.records import IssuedKey, KeyRecord, KeySettings, Limits, TeamRecord, TeamSettings
 from ferryman.store.service import KeyService
 
-ModelPattern = Annotated[str, Field(min_length=1, max_length=200)]
+# The ceilings of the columns behind the fields (`store/tables.py`): BIGINT, INTEGER, NUMERIC(18, 6).
+MAX_BIGINT = 2**63 - 1
+MAX_INT = 2**31 - 1
+MAX_USD = 10**12  # exclusive: NUMERIC(18, 6) has 12 digits before the point
+MAX_MODELS = 1_000
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 16
+# Printable text only: PostgreSQL refuses NUL in a string column, and control characters in an alias
+# or a model name are a mistake (or an attack on whoever reads the logs).
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+ModelPattern = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE)]
+Identifier = Annotated[str, Field(min_length=1, max_length=32, pattern=PRINTABLE)]
+Count = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
+Usd = Annotated[float, Field(ge=0, lt=MAX_USD, allow_inf_nan=False)]
 
 
 class BudgetBody(BaseModel):
@@ -33,8 +51,8 @@ class BudgetBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    daily_usd: float | None = Field(default=None, ge=0, description="Cap per UTC day.")
-    monthly_usd: float | None = Field(default=None, ge=0, description="Cap per calendar month.")
+    daily_usd: Usd | None = Field(default=None, description="Cap per UTC day.")
+    monthly_usd: Usd | None = Field(default=None, description="Cap per calendar month.")
 
 
 class _RulesBody(BaseModel):
@@ -42,20 +60,38 @@ class _RulesBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    alias: str | None = Field(default=None, max_length=200, description="A name for people and logs.")
+    alias: str | None = Field(
+        default=None, max_length=200, pattern=PRINTABLE, description="A name for people and logs."
+    )
     models: list[ModelPattern] | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_MODELS,
         description="Allowed model names or `*` patterns; omit or null for every model.",
     )
-    rpm_limit: int | None = Field(default=None, ge=1, description="Requests per minute.")
-    tpm_limit: int | None = Field(default=None, ge=1, description="Tokens per minute.")
-    max_parallel: int | None = Field(default=None, ge=1, description="Requests in flight at once.")
+    rpm_limit: Count | None = Field(default=None, description="Requests per minute.")
+    tpm_limit: Count | None = Field(default=None, description="Tokens per minute.")
+    max_parallel: int | None = Field(
+        default=None, ge=1, le=MAX_INT, description="Requests in flight at once."
+    )
     budget: BudgetBody | None = None
-    metadata: dict[str, JsonValue] = Field(default_factory=dict, description="Free-form JSON for you.")
+    metadata: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description=f"Free-form JSON for you: up to {MAX_METADATA_BYTES} bytes, {MAX_METADATA_DEPTH} levels.",
+    )
     blocked: bool = Field(
         default=False, description="A blocked key (or every key of a blocked team) is refused."
     )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_fits(cls, metadata: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        """Finite numbers only (JSON has no NaN, PostgreSQL refuses it), bounded depth, bounded size."""
+        _check_json(metadata)
+        size = len(orjson.dumps(metadata))
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"at most {MAX_METADATA_BYTES} bytes of JSON, got {size}")
+        return metadata
 
 
 class TeamBody(_RulesBody):
@@ -65,8 +101,37 @@ class TeamBody(_RulesBody):
 class KeyBody(_RulesBody):
     """A key's settings (POST creates; PATCH changes only the fields sent)."""
 
-    team_id: str | None = Field(default=None, description="The team this key belongs to (at most one).")
+    team_id: Identifier | None = Field(
+        default=None, description="The team this key belongs to (at most one)."
+    )
     expires_at: datetime | None = Field(default=None, description="After this instant the key is refused.")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _expires_in_utc(cls, moment: datetime | None) -> datetime | None:
+        """The store keeps UTC: an instant a zone offset pushes past year 9999 (or before year 1)
+        cannot be stored, so it is refused here rather than failing in the database."""
+        try:
+            return _utc(moment)
+        except OverflowError:
+            raise ValueError("out of range once converted to UTC") from None
+
+
+def _check_json(value: JsonValue, depth: int = 0) -> None:
+    """ValueError for a number no JSON reader agrees on (NaN, Infinity, an integer past 64 bits) or for
+    nesting past `MAX_METADATA_DEPTH`."""
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"nested more than {MAX_METADATA_DEPTH} levels deep")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (no NaN or Infinity)")
+    if isinstance(value, int) and not -(2**63) <= value <= MAX_BIGINT:
+        raise ValueError("integers must fit in 64 bits")
+    if isinstance(value, dict):
+        for child in value.values():
+            _check_json(child, depth + 1)
+    elif isinstance(value, list):
+        for child in value:
+            _check_json(child, depth + 1)
 
 
 class BudgetOut(BaseModel):
@@ -145,6 +210,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "No key, or not a valid key."),
         (403, "Not the master key."),
         (404, "No such key or team."),
+        (
+            503,
+            "The key store is unavailable (`key_store_unavailable`), or the change is saved but the other "
+            "replicas could not be told (`invalidation_not_delivered`; the saved resource is in `saved`).",
+        ),
     )
 }
 
@@ -190,9 +260,10 @@ def _changed_limits(body: _RulesBody, limits: Limits) -> Limits:
 
 
 def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
+    """`moment` in UTC (a naive one is taken to be UTC already); OverflowError past the year range."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _rules_out(limits: Limits) -> dict[str, Any]:
@@ -259,7 +330,37 @@ async def require_master(request: Request) -> None:
     state.auth.require_admin(await state.auth.authenticate(request))
 
 
+Saved = TypeVar("Saved")
+Shown = TypeVar("Shown", bound=BaseModel)
+
+
+class Announcer:
+    """Shows the result of a change other replicas must hear about; when it was saved but they could
+    not be told, counts it and answers 503 with the saved resource next to the error."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def __call__(self, change: Awaitable[Saved], show: Callable[[Saved], Shown]) -> Shown:
+        """`show(await change)`, or InvalidationNotDeliveredError carrying `show(saved)`."""
+        try:
+            return show(await change)
+        except InvalidationNotDeliveredError as exc:
+            self._metrics.invalidation_failures.inc()
+            # The store hands back what it committed: for a rotation, the only copy of the new secret.
+            shown = show(cast(Saved, exc.saved))
+            raise InvalidationNotDeliveredError(exc.message, saved=shown) from exc
+
+
+def announcer(request: Request) -> Announcer:
+    """The app's announcer (it counts on the app's metrics)."""
+    state: AppState = request.app.state.ferryman
+    return Announcer(state.metrics)
+
+
 Keys = Annotated[KeyService, Depends(key_service)]
+Announce = Annotated[Announcer, Depends(announcer)]
+ResourceId = Annotated[str, Path(max_length=32, pattern=PRINTABLE)]  # ids are 32 hex digits
 
 
 async def create_key(body: KeyBody, keys: Keys) -> KeyCreated:
@@ -268,31 +369,33 @@ async def create_key(body: KeyBody, keys: Keys) -> KeyCreated:
 
 
 async def list_keys(
-    keys: Keys, team_id: Annotated[str | None, Query()] = None, include_revoked: bool = False
+    keys: Keys,
+    team_id: Annotated[str | None, Query(max_length=32, pattern=PRINTABLE)] = None,
+    include_revoked: bool = False,
 ) -> KeyList:
     """List keys (secrets are never returned)."""
     records = await keys.repository.list_keys(team_id=team_id, include_revoked=include_revoked)
     return KeyList(data=[key_out(r) for r in records])
 
 
-async def get_key(key_id: str, keys: Keys) -> KeyOut:
+async def get_key(key_id: ResourceId, keys: Keys) -> KeyOut:
     """One key, revoked or not."""
     return key_out(await keys.repository.get_key(key_id))
 
 
-async def update_key(key_id: str, body: KeyBody, keys: Keys) -> KeyOut:
+async def update_key(key_id: ResourceId, body: KeyBody, keys: Keys, announce: Announce) -> KeyOut:
     """Change the fields sent; the change reaches every replica at once (with Redis)."""
-    return key_out(await keys.update_key(key_id, key_changes(body)))
+    return await announce(keys.update_key(key_id, key_changes(body)), key_out)
 
 
-async def rotate_key(key_id: str, keys: Keys) -> KeyCreated:
+async def rotate_key(key_id: ResourceId, keys: Keys, announce: Announce) -> KeyCreated:
     """A new secret for the same key id; the old secret stops working everywhere."""
-    return key_created(await keys.rotate_key(key_id))
+    return await announce(keys.rotate_key(key_id), key_created)
 
 
-async def revoke_key(key_id: str, keys: Keys) -> KeyOut:
+async def revoke_key(key_id: ResourceId, keys: Keys, announce: Announce) -> KeyOut:
     """Revoke the key for good; every replica refuses it from now on."""
-    return key_out(await keys.revoke_key(key_id))
+    return await announce(keys.revoke_key(key_id), key_out)
 
 
 async def create_team(body: TeamBody, keys: Keys) -> TeamOut:
@@ -305,19 +408,19 @@ async def list_teams(keys: Keys) -> TeamList:
     return TeamList(data=[team_out(r) for r in await keys.repository.list_teams()])
 
 
-async def get_team(team_id: str, keys: Keys) -> TeamOut:
+async def get_team(team_id: ResourceId, keys: Keys) -> TeamOut:
     """One team."""
     return team_out(await keys.repository.get_team(team_id))
 
 
-async def update_team(team_id: str, body: TeamBody, keys: Keys) -> TeamOut:
+async def update_team(team_id: ResourceId, body: TeamBody, keys: Keys, announce: Announce) -> TeamOut:
     """Change the fields sent; every key of the team is re-checked on its next request."""
-    return team_out(await keys.update_team(team_id, team_changes(body)))
+    return await announce(keys.update_team(team_id, team_changes(body)), team_out)
 
 
-async def delete_team(team_id: str, keys: Keys) -> TeamOut:
+async def delete_team(team_id: ResourceId, keys: Keys, announce: Announce) -> TeamOut:
     """Delete the team; its keys are refused from now on."""
-    return team_out(await keys.delete_team(team_id))
+    return await announce(keys.delete_team(team_id), team_out)
 
 
 _ROUTES: tuple[tuple[str, str, Callable[..., Any], int], ...] = (

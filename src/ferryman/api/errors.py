@@ -3,29 +3,29 @@
 The body is `{"error": {"message", "type", "param", "code"}}` as OpenAI clients expect, plus a top-level
 `"type": "error"`, which makes the same body valid for Anthropic clients too. Unexpected exceptions
 become a generic 500 whose message carries only the request id — the traceback goes to the log.
+An admin change saved but not announced to the other replicas also carries the saved resource, as
+`"saved"`, next to its error.
 """
 
 from __future__ import annotations
 
-import logging
-
 import orjson
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ferryman.errors import FerrymanError, RateLimitError, UpstreamStatusError
-
-log = logging.getLogger("ferryman.api")
+from ferryman.errors import FerrymanError, InvalidationNotDeliveredError, RateLimitError, UpstreamStatusError
 
 
 def error_body(exc: FerrymanError) -> bytes:
     """Serialize `exc` as the JSON error body."""
-    return orjson.dumps(
-        {
-            "type": "error",
-            "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code},
-        }
-    )
+    body: dict[str, object] = {
+        "type": "error",
+        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code},
+    }
+    if isinstance(exc, InvalidationNotDeliveredError) and isinstance(exc.saved, BaseModel):
+        body["saved"] = exc.saved.model_dump(mode="json")  # the admin API's rendering of it
+    return orjson.dumps(body)
 
 
 def error_response(exc: FerrymanError) -> Response:
@@ -45,9 +45,15 @@ async def handle_ferryman_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+def unexpected_error_response(request_id: str) -> Response:
+    """The generic 500: the client learns only that it failed and how to find it in the log."""
+    return error_response(FerrymanError(f"Internal error; quote request id {request_id} when reporting it."))
+
+
 async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
-    """Last resort: log the traceback, tell the client only that it failed and how to find it."""
-    request_id = request.scope.get("state", {}).get("request_id", "unknown")
-    log.exception("unhandled error", exc_info=exc)
-    internal = FerrymanError(f"Internal error; quote request id {request_id} when reporting it.")
-    return error_response(internal)
+    """Starlette's last resort (the `Exception` handler): the generic 500.
+
+    Starlette re-raises after sending it; `RequestIdMiddleware` catches the re-raise, logs the traceback
+    (once) and keeps it from the server, which would otherwise drop the keep-alive connection.
+    """
+    return unexpected_error_response(request.scope.get("state", {}).get("request_id", "unknown"))

@@ -43,8 +43,8 @@ async def health(request: Request) -> Response:
     state: AppState = request.app.state.ferryman
     deployments = [
         _deployment_summary(state, name, target)
-        for name in state.gateway.router.model_names
-        for target in state.gateway.router.targets(name)
+        for name in state.router.model_names
+        for target in state.router.targets(name)
     ]
     body = {
         "status": _overall_status(state),
@@ -52,6 +52,7 @@ async def health(request: Request) -> Response:
         "uptime_seconds": round(time.time() - state.started_at, 3),
         "redis": state.dependencies.describe("redis"),
         "database": state.dependencies.describe("database"),
+        "invalidation": _invalidation_summary(state),
         "auth": "enabled" if state.auth.enabled else "disabled (no master_key)",
         "deployments": deployments,
     }
@@ -60,17 +61,35 @@ async def health(request: Request) -> Response:
 
 
 def _overall_status(state: AppState) -> str:
-    """`draining`, `unready` (a required dependency is down), `degraded` (a degradable one is), or `ok`."""
+    """`draining`, `unready` (a required dependency is down), `degraded` (a degradable one is, or a key
+    change made here has not reached the other replicas), or `ok`."""
     if state.draining:
         return "draining"
     if not state.dependencies.ready:
         return "unready"
-    return "ok" if all(state.dependencies.status.values()) else "degraded"
+    undelivered = state.keys is not None and state.keys.invalidation.degraded
+    return "ok" if all(state.dependencies.status.values()) and not undelivered else "degraded"
+
+
+def _invalidation_summary(state: AppState) -> dict[str, object] | None:
+    """Whether key changes made here reach the other replicas: `degraded` from a notice Redis refused
+    until the next one it takes (meanwhile another replica may honour a changed key, for up to
+    `key_cache_ttl_seconds`)."""
+    if state.keys is None:
+        return None
+    status = state.keys.invalidation
+    return {
+        "backend": status.backend,
+        "degraded": status.degraded,
+        "last_failure_at": status.last_failure_at.isoformat() if status.last_failure_at else None,
+        "last_error": status.last_error,
+        "key_cache_ttl_seconds": state.settings.key_cache_ttl_seconds,  # how long a miss can matter
+    }
 
 
 def _deployment_summary(state: AppState, model: str, target: Target) -> dict[str, object]:
     """One deployment's identity and upstream record (error classes only: messages may quote prompts)."""
-    status = state.gateway.health.status(target.deployment)
+    status = state.deployment_health.status(target.deployment)
     return {
         "model": model,
         "deployment": target.deployment,

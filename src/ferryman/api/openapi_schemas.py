@@ -563,11 +563,23 @@ def _operations_schemas() -> Schemas:
         "Status": obj({"status": typed("string", enum=["ok", "ready", "draining"])}, "status"),
         "Health": obj(
             {
-                "status": typed("string", enum=["ok", "draining"]),
+                "status": typed("string", enum=["ok", "degraded", "unready", "draining"]),
                 "version": typed("string"),
                 "uptime_seconds": typed("number"),
                 "redis": typed("string"),
                 "database": typed("string"),
+                "invalidation": nullable(
+                    obj(
+                        {
+                            "backend": typed("string"),
+                            "degraded": typed("boolean"),
+                            "last_failure_at": nullable(typed("string", format="date-time")),
+                            "last_error": nullable(typed("string")),
+                            "key_cache_ttl_seconds": typed("number"),
+                        },
+                        description="Whether key changes made here reach the other replicas.",
+                    )
+                ),
                 "auth": typed("string"),
                 "deployments": array(
                     obj(

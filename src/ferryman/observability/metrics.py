@@ -48,6 +48,7 @@ class Metrics:
     auth_failures: Counter
     dependency_up: Gauge
     unpriced: Counter
+    invalidation_failures: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -116,6 +117,12 @@ class Metrics:
                 "ai_api_unpriced_requests_total",
                 "Requests whose model has no price, so their cost is unknown",
                 ["provider", "model"],
+                registry=reg,
+            ),
+            invalidation_failures=Counter(
+                "ai_api_invalidation_failures_total",
+                "Admin changes saved but not announced to other replicas (Redis refused the notice), "
+                "so those replicas may honour the old key until their key cache expires it",
                 registry=reg,
             ),
         )

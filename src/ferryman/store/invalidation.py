@@ -3,6 +3,11 @@
 A notice is a key hash, or `*` for "forget every key" (a team changed). Each replica subscribes in its
 lifespan; whenever the subscription is (re)established the whole cache is dropped, because notices sent
 while it was down are lost. Without Redis, other replicas catch up when their cache TTL runs out.
+
+A notice that cannot be published is retried a few times within a fraction of a second; if Redis still
+refuses it, `publish` raises `InvalidationNotDeliveredError`, because the admin who revoked a key must
+learn that other replicas may still honour it. `InvalidationStatus` keeps that state for `/health` until
+a later notice gets through.
 """
 
 from __future__ import annotations
@@ -10,24 +15,62 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ferryman.errors import InvalidationNotDeliveredError
 from ferryman.store.cache import GrantCache
+from ferryman.store.records import utc_now
 
 CHANNEL = "ferryman:keys:invalidate"
 ALL_KEYS = "*"
+# Waits between publish attempts: a Redis failover or a dropped pooled connection usually heals within
+# these; an admin call should not hang on one that does not.
+PUBLISH_RETRY_DELAYS = (0.05, 0.2)
+PUBLISH_TIMEOUT = 1.0  # seconds per attempt: a Redis that accepts connections but never answers
 
 log = logging.getLogger("ferryman.store.invalidation")
+
+
+@dataclass(slots=True)
+class InvalidationStatus:
+    """Whether this replica's notices are reaching the other replicas; `/health` reports it.
+
+    `degraded` is set when a notice is given up on and cleared by the next one delivered, so it means
+    "another replica may be honouring a key that was changed here" until then.
+    """
+
+    backend: str
+    degraded: bool = False
+    last_failure_at: datetime | None = None
+    last_error: str | None = None  # the error's class only: messages may carry addresses
+
+    def record_failure(self, error: BaseException) -> None:
+        """A notice was given up on."""
+        self.degraded = True
+        self.last_failure_at = utc_now()
+        self.last_error = type(error).__name__
+
+    def record_delivery(self) -> None:
+        """A notice got through: every replica that listens has now heard the latest one."""
+        self.degraded = False
 
 
 class InvalidationBus(Protocol):
     """Where admin operations announce that a key (or every key) changed."""
 
+    @property
+    def status(self) -> InvalidationStatus:
+        """Whether notices are currently reaching the other replicas."""
+        ...
+
     async def publish(self, notice: str) -> None:
-        """Drop `notice` (a key hash or `*`) here and, if shared, on every other replica."""
+        """Drop `notice` (a key hash or `*`) here and, if shared, on every other replica;
+        InvalidationNotDeliveredError when the other replicas could not be told."""
         ...
 
     async def aclose(self) -> None:
@@ -48,6 +91,12 @@ class LocalInvalidation:
 
     def __init__(self, cache: GrantCache) -> None:
         self._cache = cache
+        self._status = InvalidationStatus(backend="local")
+
+    @property
+    def status(self) -> InvalidationStatus:
+        """Never degraded: there is nobody else to tell."""
+        return self._status
 
     async def publish(self, notice: str) -> None:
         """Drop the entry locally."""
@@ -63,6 +112,7 @@ class RedisInvalidation:
     def __init__(self, redis: Redis, cache: GrantCache) -> None:
         self._redis = redis
         self._cache = cache
+        self._status = InvalidationStatus(backend="redis")
         self._subscribed = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
 
@@ -80,13 +130,43 @@ class RedisInvalidation:
                 log.warning("key invalidation: not subscribed yet; still retrying in the background")
         return bus
 
+    @property
+    def status(self) -> InvalidationStatus:
+        """Degraded from a notice given up on until the next one is delivered."""
+        return self._status
+
     async def publish(self, notice: str) -> None:
-        """Apply locally first, then tell the other replicas (a Redis failure is logged, not raised)."""
+        """Apply locally first, then tell the other replicas, retrying briefly; InvalidationNotDeliveredError
+        when Redis still refuses (what changed stays changed: only the announcement is missing)."""
         apply_notice(self._cache, notice)
+        error = await self._try_publish(notice)
+        for delay in PUBLISH_RETRY_DELAYS:
+            if error is None:
+                break
+            await asyncio.sleep(delay)
+            error = await self._try_publish(notice)
+        if error is None:
+            self._status.record_delivery()
+            return
+        self._status.record_failure(error)
+        log.error(
+            "key invalidation not published after %d attempts: %r", len(PUBLISH_RETRY_DELAYS) + 1, error
+        )
+        raise InvalidationNotDeliveredError(
+            "The change is saved, but the other replicas could not be told (Redis did not take the "
+            "notice): they may keep honouring the old key for up to key_cache_ttl_seconds, until it "
+            "leaves their key cache (sooner once Redis answers again: the gateway then tells every "
+            "replica to drop its key cache).",
+        ) from error
+
+    async def _try_publish(self, notice: str) -> RedisError | OSError | None:
+        """One attempt: the error that stopped it, or `None` once Redis has the notice."""
         try:
-            await self._redis.publish(CHANNEL, notice)
-        except (RedisError, OSError) as exc:
-            log.error("key invalidation not published; other replicas catch up by cache TTL: %s", exc)
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await self._redis.publish(CHANNEL, notice)
+        except (RedisError, OSError) as exc:  # the timeout's TimeoutError is an OSError
+            return exc
+        return None
 
     async def ping(self) -> None:
         """Raise unless Redis answers (the dependency check behind `/health`)."""

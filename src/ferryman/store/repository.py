@@ -2,19 +2,23 @@
 
 Admin changes run read-modify-write in one transaction (`SELECT … FOR UPDATE` on PostgreSQL), so two
 concurrent PATCHes of different fields both land. Revoked keys and deleted teams stay as rows, so a
-revoked key is refused as such and its history remains.
+revoked key is refused as such and its history remains. This is the store's boundary: a database or
+driver failure leaves it as `StoreUnavailableError`, never as SQLAlchemy's or the driver's own error.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from ferryman.errors import InvalidRequestError, NotFoundError
+from ferryman.errors import InvalidRequestError, NotFoundError, StoreUnavailableError
 from ferryman.store.credentials import display_prefix, hash_key
 from ferryman.store.records import (
     KeyGrant,
@@ -25,10 +29,12 @@ from ferryman.store.records import (
     TeamSettings,
     utc_now,
 )
-from ferryman.store.tables import KeyRow, TeamRow
+from ferryman.store.tables import KeyRow, TeamRow, UTCDateTime
 
 KeyChange = Callable[[KeySettings], KeySettings]
 TeamChange = Callable[[TeamSettings], TeamSettings]
+
+log = logging.getLogger("ferryman.store")
 
 
 class KeyRepository:
@@ -37,29 +43,44 @@ class KeyRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
+    @asynccontextmanager
+    async def _session(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session, in a transaction committed on exit when `write`; whatever the database or its
+        driver raises (connecting, querying, committing) leaves as StoreUnavailableError."""
+        try:
+            if write:
+                async with self._sessions.begin() as session:
+                    yield session
+            else:
+                async with self._sessions() as session:
+                    yield session
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("key store query failed: %s", type(exc).__name__)
+            raise StoreUnavailableError("The key store is unavailable; retry shortly.") from exc
+
     async def create_team(self, settings: TeamSettings) -> TeamRecord:
         """Store a new team."""
         now = utc_now()
         row = TeamRow(id=uuid.uuid4().hex, created_at=now, updated_at=now, deleted_at=None)
         _write_team(row, settings)
-        async with self._sessions.begin() as session:
+        async with self._session(write=True) as session:
             session.add(row)
         return team_record(row)
 
     async def list_teams(self) -> list[TeamRecord]:
         """Every team not deleted, oldest first."""
         query = select(TeamRow).where(TeamRow.deleted_at.is_(None)).order_by(TeamRow.created_at)
-        async with self._sessions() as session:
+        async with self._session() as session:
             return [team_record(row) for row in await session.scalars(query)]
 
     async def get_team(self, team_id: str) -> TeamRecord:
         """One team, or NotFoundError."""
-        async with self._sessions() as session:
+        async with self._session() as session:
             return team_record(await _team_row(session, team_id))
 
     async def update_team(self, team_id: str, change: TeamChange) -> TeamRecord:
         """Apply `change` to a team's settings."""
-        async with self._sessions.begin() as session:
+        async with self._session(write=True) as session:
             row = await _team_row(session, team_id, for_update=True)
             _write_team(row, change(team_record(row).settings))
             row.updated_at = utc_now()
@@ -67,7 +88,7 @@ class KeyRepository:
 
     async def delete_team(self, team_id: str) -> TeamRecord:
         """Mark a team deleted; its keys are refused from then on (the stricter rule applies)."""
-        async with self._sessions.begin() as session:
+        async with self._session(write=True) as session:
             row = await _team_row(session, team_id, for_update=True)
             row.deleted_at = row.updated_at = utc_now()
         return team_record(row)
@@ -84,7 +105,7 @@ class KeyRepository:
             revoked_at=None,
             last_used_at=None,
         )
-        async with self._sessions.begin() as session:
+        async with self._session(write=True) as session:
             await _check_team(session, settings.team_id)
             _write_key(row, settings)
             session.add(row)
@@ -99,17 +120,17 @@ class KeyRepository:
             query = query.where(KeyRow.team_id == team_id)
         if not include_revoked:
             query = query.where(KeyRow.revoked_at.is_(None))
-        async with self._sessions() as session:
+        async with self._session() as session:
             return [key_record(row) for row in await session.scalars(query)]
 
     async def get_key(self, key_id: str) -> KeyRecord:
         """One key (revoked ones too), or NotFoundError."""
-        async with self._sessions() as session:
+        async with self._session() as session:
             return key_record(await _key_row(session, key_id))
 
     async def update_key(self, key_id: str, change: KeyChange) -> tuple[KeyRecord, str]:
         """Apply `change` to a live key; returns the record and the hash to invalidate."""
-        async with self._sessions.begin() as session:
+        async with self._session(write=True) as session:
             row = await _live_key_row(session, key_id)
             settings = change(key_record(row).settings)
             if settings.team_id != row.team_id:
@@ -120,7 +141,7 @@ class KeyRepository:
 
     async def rotate_key(self, key_id: str, secret: str) -> tuple[KeyRecord, str]:
         """Give a live key a new secret; returns the record and the old hash (now dead)."""
-        async with self._sessions.begin() as session:
+        async with self._session(write=True) as session:
             row = await _live_key_row(session, key_id)
             old_hash = row.key_hash
             row.key_hash, row.key_prefix = hash_key(secret), display_prefix(secret)
@@ -129,7 +150,7 @@ class KeyRepository:
 
     async def revoke_key(self, key_id: str) -> tuple[KeyRecord, str]:
         """Revoke a key for good (idempotent); returns the record and the hash to invalidate."""
-        async with self._sessions.begin() as session:
+        async with self._session(write=True) as session:
             row = await _key_row(session, key_id, for_update=True)
             if row.revoked_at is None:
                 row.revoked_at = row.updated_at = utc_now()
@@ -142,17 +163,29 @@ class KeyRepository:
             .outerjoin(TeamRow, KeyRow.team_id == TeamRow.id)
             .where(KeyRow.key_hash == key_hash)
         )
-        async with self._sessions() as session:
+        async with self._session() as session:
             found = (await session.execute(query)).first()
         return None if found is None else key_grant(found[0], found[1])
 
-    async def mark_used(self, key_ids: Iterable[str], at: datetime) -> None:
-        """Record `at` as the last use of each key (one batched statement)."""
-        ids = list(key_ids)
-        if not ids:
+    async def mark_used(self, uses: Mapping[str, datetime]) -> None:
+        """Record each key's last use, key id → when (one statement, executed for the whole batch).
+
+        A stamp never moves backwards: a batch retried late, or sent by a replica whose batch is older,
+        cannot undo a newer use already recorded.
+        """
+        if not uses:
             return
-        async with self._sessions.begin() as session:
-            await session.execute(update(KeyRow).where(KeyRow.id.in_(ids)).values(last_used_at=at))
+        used_at = bindparam("used_at", type_=UTCDateTime())
+        statement = (
+            update(KeyRow)
+            .where(KeyRow.id == bindparam("used_id"))
+            .where(or_(KeyRow.last_used_at.is_(None), KeyRow.last_used_at < used_at))
+            .values(last_used_at=used_at)
+        )
+        batch = [{"used_id": key_id, "used_at": at} for key_id, at in uses.items()]
+        async with self._session(write=True) as session:
+            # On the connection: a Core executemany, not the ORM's bulk update by primary key.
+            await (await session.connection()).execute(statement, batch)
 
 
 async def _team_row(session: AsyncSession, team_id: str, *, for_update: bool = False) -> TeamRow:

@@ -8,22 +8,30 @@ publish an invalidation notice after they commit, so no replica keeps honouring 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ferryman.errors import InvalidRequestError
+from ferryman.errors import InvalidationNotDeliveredError, InvalidRequestError
 from ferryman.settings import Settings
 from ferryman.store.cache import GrantCache
 from ferryman.store.credentials import generate_key, hash_key
-from ferryman.store.database import open_engine
-from ferryman.store.invalidation import ALL_KEYS, InvalidationBus, LocalInvalidation, RedisInvalidation
+from ferryman.store.database import is_sqlite, open_engine, sqlite_path
+from ferryman.store.invalidation import (
+    ALL_KEYS,
+    InvalidationBus,
+    InvalidationStatus,
+    LocalInvalidation,
+    RedisInvalidation,
+)
 from ferryman.store.last_used import LastUsedRecorder
 from ferryman.store.migrate import ensure_schema
 from ferryman.store.records import IssuedKey, KeyGrant, KeyRecord, KeySettings, TeamRecord
@@ -52,6 +60,7 @@ class KeyService:
         bus: InvalidationBus,
         engine: AsyncEngine | None = None,
         recorder_interval: float = 60.0,
+        database_keys_required: bool = True,
     ) -> None:
         self._static = static
         self._cache = cache
@@ -59,27 +68,43 @@ class KeyService:
         self.engine = engine
         self._repository = KeyRepository(engine) if engine is not None else None
         self._recorder = LastUsedRecorder(self._repository, recorder_interval) if self._repository else None
+        self._database_keys_required = database_keys_required
 
     @classmethod
     async def open(cls, settings: Settings, *, listen: bool = True) -> KeyService:
         """Everything `settings` configures, after migrating (or, with `auto_migrate: false`, checking)
-        the schema; `listen=False` (the CLI) publishes invalidation notices but hears none."""
-        if settings.database_url:
-            await ensure_schema(settings.database_url, auto_migrate=settings.auto_migrate)
+        the schema; `listen=False` (the CLI) publishes invalidation notices but hears none.
+
+        With no `database_url` the store is the embedded SQLite database in `data_dir`, so keys work
+        on one machine with nothing else installed."""
+        url = settings.store_url
+        database = sqlite_path(url) if is_sqlite(url) else None
+        if database is not None:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = open_engine(url)
+        await ensure_schema(url, auto_migrate=settings.auto_migrate, engine=engine)
         cache = GrantCache(ttl=settings.key_cache_ttl_seconds)
         bus: InvalidationBus = LocalInvalidation(cache)
         if settings.redis_url:
             bus = await RedisInvalidation.connect(settings.redis_url, cache, listen=listen)
-        engine = open_engine(settings.database_url) if settings.database_url else None
-        service = cls(static=static_grants(settings.keys), cache=cache, bus=bus, engine=engine)
+        service = cls(
+            static=static_grants(settings.keys),
+            cache=cache,
+            bus=bus,
+            engine=engine,
+            database_keys_required=settings.database_url is not None,
+        )
         if service._recorder is not None and listen:
             service._recorder.start()
         return service
 
     @property
     def enforces_keys(self) -> bool:
-        """Whether any client key can exist (then a key is required on every request)."""
-        return bool(self._static) or self._repository is not None
+        """Whether a key is required on every request: config keys exist, or a database was configured.
+
+        The embedded database alone does not require one: `make run` with no master key stays open for a
+        first offline try (and with no master key, no admin can issue keys into it anyway)."""
+        return bool(self._static) or (self._repository is not None and self._database_keys_required)
 
     @property
     def cache(self) -> GrantCache:
@@ -87,7 +112,11 @@ class KeyService:
         return self._cache
 
     async def resolve(self, secret: str) -> Lookup:
-        """Find the grant for a presented key: cache first, then config, then one SQL query."""
+        """Find the grant for a presented key: cache first, then config, then one SQL query.
+
+        StoreUnavailableError (503) when the key is in neither the cache nor the config and the database
+        cannot answer: the key can be neither accepted nor refused.
+        """
         digest = hash_key(secret)
         hit = self._cache.get(digest)
         if hit is not None:
@@ -127,41 +156,62 @@ class KeyService:
     async def update_key(self, key_id: str, change: KeyChange) -> KeyRecord:
         """Change a key's settings; every replica forgets its cached grant."""
         record, digest = await self.repository.update_key(key_id, change)
-        await self._bus.publish(digest)
+        await self._announce(digest, record)
         return record
 
     async def rotate_key(self, key_id: str) -> IssuedKey:
         """A new secret for the same key; the old secret stops working on every replica."""
         secret = generate_key()
         record, old_digest = await self.repository.rotate_key(key_id, secret)
-        await self._bus.publish(old_digest)
-        return IssuedKey(secret, record)
+        issued = IssuedKey(secret, record)
+        await self._announce(old_digest, issued)
+        return issued
 
     async def revoke_key(self, key_id: str) -> KeyRecord:
         """Revoke a key for good, everywhere."""
         record, digest = await self.repository.revoke_key(key_id)
-        await self._bus.publish(digest)
+        await self._announce(digest, record)
         return record
 
     async def update_team(self, team_id: str, change: TeamChange) -> TeamRecord:
         """Change a team; cached grants of its keys are dropped everywhere."""
         record = await self.repository.update_team(team_id, change)
-        await self._bus.publish(ALL_KEYS)
+        await self._announce(ALL_KEYS, record)
         return record
 
     async def delete_team(self, team_id: str) -> TeamRecord:
         """Delete a team; its keys stop working everywhere."""
         record = await self.repository.delete_team(team_id)
-        await self._bus.publish(ALL_KEYS)
+        await self._announce(ALL_KEYS, record)
         return record
 
+    @property
+    def invalidation(self) -> InvalidationStatus:
+        """Whether changes made here are reaching the other replicas (for `/health`)."""
+        return self._bus.status
+
+    async def _announce(self, notice: str, saved: object) -> None:
+        """Publish `notice` for a change already committed; if it cannot be delivered, the error carries
+        the committed result, so the caller still gets it (a rotated key's secret exists nowhere else)."""
+        try:
+            await self._bus.publish(notice)
+        except InvalidationNotDeliveredError as exc:
+            raise InvalidationNotDeliveredError(exc.message, saved=saved) from exc
+
     async def check_dependencies(self) -> dict[str, bool]:
-        """Whether each configured dependency (`database`, `redis`) answers within two seconds."""
+        """Whether each configured dependency (`database`, `redis`) answers within two seconds.
+
+        When Redis answers again after a notice was given up on, every replica is told to drop its whole
+        cache, so the change that was not announced takes effect now rather than at the cache TTL.
+        """
         results: dict[str, bool] = {}
         if self.engine is not None:
             results["database"] = await _answers(self._ping_database())
         if isinstance(self._bus, RedisInvalidation):
             results["redis"] = await _answers(self._bus.ping())
+            if results["redis"] and self._bus.status.degraded:
+                with contextlib.suppress(InvalidationNotDeliveredError):  # logged; stays degraded
+                    await self._bus.publish(ALL_KEYS)
         return results
 
     async def _ping_database(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, MetaData, Numeric, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, MetaData, Numeric, String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -44,6 +44,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 Money = Numeric(18, 6, asdecimal=False)
+# Rates are 64-bit: a tokens-per-minute limit passes 2**31 easily, and PostgreSQL's INTEGER refuses it.
+# SQLite's INTEGER is 64-bit already, so there it stays INTEGER (and its tables need no rebuild).
+Rate = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -60,8 +63,8 @@ class TeamRow(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     alias: Mapped[str | None] = mapped_column(String(200))
     models: Mapped[list[str] | None] = mapped_column(JSON)
-    rpm_limit: Mapped[int | None] = mapped_column(Integer)
-    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    rpm_limit: Mapped[int | None] = mapped_column(Rate)
+    tpm_limit: Mapped[int | None] = mapped_column(Rate)
     max_parallel: Mapped[int | None] = mapped_column(Integer)
     daily_budget_usd: Mapped[float | None] = mapped_column(Money)
     monthly_budget_usd: Mapped[float | None] = mapped_column(Money)
@@ -83,8 +86,8 @@ class KeyRow(Base):
     alias: Mapped[str | None] = mapped_column(String(200))
     team_id: Mapped[str | None] = mapped_column(ForeignKey("teams.id"), index=True)
     models: Mapped[list[str] | None] = mapped_column(JSON)
-    rpm_limit: Mapped[int | None] = mapped_column(Integer)
-    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    rpm_limit: Mapped[int | None] = mapped_column(Rate)
+    tpm_limit: Mapped[int | None] = mapped_column(Rate)
     max_parallel: Mapped[int | None] = mapped_column(Integer)
     daily_budget_usd: Mapped[float | None] = mapped_column(Money)
     monthly_budget_usd: Mapped[float | None] = mapped_column(Money)
