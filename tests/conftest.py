@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,6 +13,7 @@ import uvicorn
 from opentelemetry.sdk.trace import TracerProvider
 
 from ferryman.api.app import create_app
+from ferryman.core.pipeline import Stage
 from ferryman.observability.metrics import Metrics
 from ferryman.settings import settings_from_mapping
 from tests.store.fixtures import database_url, postgres_admin, postgres_database, redis_url  # noqa: F401 - shared fixtures
@@ -35,11 +36,19 @@ class RunningGateway:
 
 @contextmanager
 def serve_gateway(
-    config: dict[str, Any], tracer_provider: TracerProvider | None = None
+    config: dict[str, Any], tracer_provider: TracerProvider | None = None, stages: Sequence[Stage] = ()
 ) -> Iterator[RunningGateway]:
-    """Start a gateway for `config` (a config mapping) on a free port; stop it on exit."""
+    """Start a gateway for `config` (a config mapping) on a free port; stop it on exit.
+
+    With neither `database_url` nor `data_dir` in `config`, the embedded database is kept in memory, so
+    tests never write into the working directory; `stages` are extra pipeline stages (probes).
+    """
+    if "database_url" not in config and "data_dir" not in config:
+        config = {**config, "data_dir": ":memory:"}
     metrics = Metrics.create()
-    app = create_app(settings_from_mapping(config), metrics=metrics, tracer_provider=tracer_provider)
+    app = create_app(
+        settings_from_mapping(config), metrics=metrics, tracer_provider=tracer_provider, extra_stages=stages
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, loop="asyncio", log_level="warning", lifespan="on")
     )

@@ -119,7 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
         _print_problems(args.config or "<embedded example>", exc.problems)
         return 1
     configure_logging(settings.logging.level, settings.logging.format)
-    if settings.database_url:
+    if settings.database_url:  # the embedded database migrates in each worker's start-up, under a lock
         try:  # migrate once here, before any worker starts; or refuse a schema behind head
             hint = args.config or "FILE"
             asyncio.run(

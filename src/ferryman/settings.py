@@ -28,15 +28,9 @@ from pydantic import (
 )
 
 from ferryman.errors import ConfigError
+from ferryman.providers import PROVIDERS, provider_class
 
-ProviderName = Literal["openai", "openai-compatible", "anthropic", "gemini", "fake"]
 DependencyName = Literal["database", "redis"]
-
-DEFAULT_API_BASES: Mapping[str, str] = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com",
-    "gemini": "https://generativelanguage.googleapis.com",
-}
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -66,7 +60,7 @@ class PriceOverride(_Strict):
 class Deployment(_Strict):
     """One upstream that serves a model: a provider, its model id, where and how to reach it."""
 
-    provider: ProviderName
+    provider: str = Field(description="One of the names registered in `ferryman.providers.PROVIDERS`.")
     model: str = Field(min_length=1)
     api_base: str | None = None
     api_key: SecretStr | None = None
@@ -78,6 +72,13 @@ class Deployment(_Strict):
     name: str | None = Field(
         default=None, description="Label in logs and metrics; defaults to provider/model."
     )
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_is_registered(cls, value: str) -> str:
+        if value not in PROVIDERS:
+            raise ValueError(f"must be one of {', '.join(repr(name) for name in PROVIDERS)}, not {value!r}")
+        return value
 
     @field_validator("api_base")
     @classmethod
@@ -100,7 +101,7 @@ class Deployment(_Strict):
     @property
     def base_url(self) -> str:
         """The upstream base URL: the configured one, or the provider's public default."""
-        return self.api_base or DEFAULT_API_BASES.get(self.provider, "")
+        return self.api_base or provider_class(self.provider).default_api_base
 
 
 class ModelRoute(_Strict):
@@ -191,6 +192,12 @@ class Settings(_Strict):
 
     master_key: SecretStr | None = None
     database_url: str | None = None
+    data_dir: str = Field(
+        default=".ferryman",
+        min_length=1,
+        description="Where the embedded SQLite database lives when no database_url is set; `:memory:` "
+        "keeps it in memory (gone on restart, and per worker process).",
+    )
     redis_url: str | None = None
     server: ServerSettings = Field(default_factory=ServerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
@@ -218,6 +225,16 @@ class Settings(_Strict):
             if aliases.count(alias) > 1:
                 raise ValueError(f"key alias {alias!r} is defined twice")
         return self
+
+    @property
+    def store_url(self) -> str:
+        """The database keys, teams (and soon budgets and the ledger) live in: `database_url`, or the
+        embedded SQLite file in `data_dir` (an in-memory one for `:memory:`)."""
+        if self.database_url:
+            return self.database_url
+        if self.data_dir == ":memory:":
+            return "sqlite+aiosqlite://"
+        return f"sqlite+aiosqlite:///{Path(self.data_dir).expanduser().absolute() / 'ferryman.db'}"
 
     def with_server(self, **overrides: object) -> Settings:
         """A copy with server fields replaced (CLI flags win over the file)."""

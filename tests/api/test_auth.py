@@ -261,9 +261,25 @@ def test_static_keys_from_config_without_a_database(gateway_factory: Any) -> Non
     assert_refused(chat(gateway, "fm-unknown"))
 
 
-def test_admin_without_a_database_says_what_is_missing(gateway_factory: Any) -> None:
-    gateway = gateway_factory({"master_key": MASTER, "models": [FAKE]})
-    response = httpx.post(gateway.url + "/admin/keys", json={}, headers={"authorization": f"Bearer {MASTER}"})
-    assert response.status_code == 501
-    assert response.json()["error"]["code"] == "database_not_configured"
-    assert "database_url" in response.json()["error"]["message"]
+def test_the_embedded_database_issues_keys_that_work_and_survive_a_restart(tmp_path: Any) -> None:
+    config = {"master_key": MASTER, "data_dir": str(tmp_path / "data"), "models": [FAKE]}
+    headers = {"authorization": f"Bearer {MASTER}"}
+    with serve_gateway(config) as running:
+        created = httpx.post(running.url + "/admin/keys", json={"alias": "embedded"}, headers=headers)
+        assert created.status_code == 201, created.text
+        secret = created.json()["key"]
+        assert chat(running, secret).status_code == 200
+        assert chat(running, "fm-not-a-key").status_code == 401
+    assert (tmp_path / "data" / "ferryman.db").is_file()
+    with serve_gateway(config) as restarted:
+        assert chat(restarted, secret).status_code == 200
+        listed = httpx.get(restarted.url + "/admin/keys", headers=headers).json()
+        assert [key["alias"] for key in listed["data"]] == ["embedded"]
+
+
+def test_the_embedded_default_without_a_master_key_is_open_and_its_admin_api_closed(tmp_path: Any) -> None:
+    with serve_gateway({"data_dir": str(tmp_path), "models": [FAKE]}) as running:
+        assert chat(running, None).status_code == 200
+        response = httpx.post(running.url + "/admin/keys", json={}, headers={"authorization": "Bearer x"})
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "admin_required"

@@ -144,6 +144,13 @@ def clean_fakes(fakes: dict[str, FakeServer]) -> None:
         fake.reset()
 
 
+@pytest.fixture(autouse=True)
+def fresh_health(request: pytest.FixtureRequest) -> None:
+    """Failures scripted by one test must not put a deployment into cooldown for the next."""
+    if "gateway" in request.fixturenames:
+        request.getfixturevalue("gateway").state.deployment_health.reset()
+
+
 @pytest.fixture
 def openai_client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=MASTER, max_retries=0) as client:

@@ -27,13 +27,14 @@ def test_live_ready_and_summary(gateway_factory: Any) -> None:
     assert httpx.get(gateway.url + "/health/live", timeout=5).json() == {"status": "ok"}
     assert httpx.get(gateway.url + "/health/ready", timeout=5).json() == {
         "status": "ready",
-        "dependencies": {},
+        "dependencies": {"database": True},  # the embedded SQLite database
     }
     summary = httpx.get(gateway.url + "/health", timeout=5).json()
     assert summary["status"] == "ok"
     assert summary["version"] == __version__
     assert summary["uptime_seconds"] >= 0
-    assert summary["redis"] == summary["database"] == "not configured"
+    assert summary["redis"] == "not configured"
+    assert summary["database"] == "up"
     (deployment,) = summary["deployments"]
     assert deployment["state"] == "unknown"  # no traffic yet
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}

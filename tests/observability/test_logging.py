@@ -100,7 +100,7 @@ def test_request_id_is_on_every_line_of_the_request(
     response = chat(gateway, "x")
     assert response.status_code == 400
     request_lines = lines(log_stream)
-    assert {line["logger"] for line in request_lines} >= {"ferryman.gateway", "ferryman.access"}
+    assert {line["logger"] for line in request_lines} >= {"ferryman.attempts", "ferryman.access"}
     assert {line["request_id"] for line in request_lines} == {response.headers["x-request-id"]}
     assert access_lines(log_stream)[0]["status"] == "error"
 

@@ -171,7 +171,7 @@ def test_tracing_off_installs_nothing_and_sends_no_traceparent(gateway_factory: 
             == 200
         )
         assert "traceparent" not in upstream.last_request.headers
-        assert running.state.gateway.tracer is None
+        assert running.state.tracer is None
 
 
 def test_otlp_exporter_sends_spans_where_the_otel_variables_say(

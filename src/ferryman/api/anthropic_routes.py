@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ferryman.api.chat import ChatFormat, serve_chat
+from ferryman.api.serve import ChatFormat, serve
 from ferryman.errors import FerrymanError
 from ferryman.wire import anthropic as wire
 
@@ -27,7 +27,7 @@ ANTHROPIC_FORMAT = ChatFormat(
 
 async def messages(request: Request) -> Response:
     """POST /v1/messages."""
-    return await serve_chat(request, wire.parse_chat_request, ANTHROPIC_FORMAT)
+    return await serve(request, wire.parse_chat_request, ANTHROPIC_FORMAT)
 
 
 def anthropic_routes() -> list[BaseRoute]:

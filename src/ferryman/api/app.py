@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,15 +31,27 @@ from ferryman.api.middleware import RequestIdMiddleware
 from ferryman.api.openai_routes import openai_routes
 from ferryman.api.openapi import install_openapi
 from ferryman.api.state import AppState
-from ferryman.core.gateway import Gateway
+from ferryman.core.access import ModelAccess
+from ferryman.core.attempts import AttemptLoop
+from ferryman.core.observer import Observer, combine
+from ferryman.core.pipeline import Pipeline, Stage
 from ferryman.core.pricing import Price, price_for
 from ferryman.core.routing import Router, Target
+from ferryman.core.shared_state import SharedState
 from ferryman.core.upstream import Upstream
 from ferryman.errors import FerrymanError, InvalidRequestError, NotFoundError
+from ferryman.observability.access_log import AccessLogObserver
 from ferryman.observability.metrics import Metrics
-from ferryman.observability.tracing import TRACER_NAME, TracingMiddleware, create_tracer_provider
+from ferryman.observability.metrics_observer import MetricsObserver
+from ferryman.observability.tracing import (
+    TRACER_NAME,
+    TracingMiddleware,
+    TracingObserver,
+    create_tracer_provider,
+)
 from ferryman.providers import create_provider
 from ferryman.settings import Deployment, Settings, load_settings
+from ferryman.store.backends import open_shared_state
 from ferryman.store.service import KeyService
 
 log = logging.getLogger("ferryman.app")
@@ -64,12 +76,16 @@ class GatewayApp(Starlette):
 
 
 def create_app(
-    settings: Settings, metrics: Metrics | None = None, tracer_provider: TracerProvider | None = None
+    settings: Settings,
+    metrics: Metrics | None = None,
+    tracer_provider: TracerProvider | None = None,
+    extra_stages: Sequence[Stage] = (),
 ) -> GatewayApp:
     """Build the app for `settings`; nothing connects until the lifespan starts.
 
     `tracer_provider` turns tracing on with that provider (tests pass one with an in-memory exporter);
-    otherwise `tracing.enabled` in the settings decides.
+    otherwise `tracing.enabled` in the settings decides. `extra_stages` run after the built-in stages,
+    just before the upstream (embedders' own policies; tests' probes).
     """
     if tracer_provider is None and settings.tracing.enabled:
         tracing = settings.tracing
@@ -80,7 +96,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         keys = await KeyService.open(settings)  # migrates (or checks) the schema first
-        state = build_state(settings, metrics or Metrics.create(), tracer, keys)
+        # In-process until the Redis backends register their schemes (limits and budgets need them).
+        shared = await open_shared_state("memory://")
+        state = build_state(settings, metrics or Metrics.create(), tracer, keys, extra_stages, shared)
         app.state.ferryman = admin.state.ferryman = state
         if not state.auth.enabled:
             log.warning("no master_key configured: the gateway accepts requests without a key")
@@ -93,6 +111,7 @@ def create_app(
                 await upstream.aclose()
             if tracer_provider is not None:
                 tracer_provider.shutdown()
+            await shared.close()
             await keys.aclose()
 
     middleware = [Middleware(RequestIdMiddleware)]
@@ -148,8 +167,33 @@ def app_from_env() -> GatewayApp:
     return create_app(load_settings(os.environ.get("FERRYMAN_CONFIG") or None))
 
 
+def pipeline_stages(settings: Settings, router: Router) -> list[Stage]:
+    """The request pipeline, in the order a request meets it (docs/architecture.md draws it).
+
+    Each stage is one module in `ferryman.core`; adding one is a line here. Rate limits, budget
+    reservations and the response cache take their places after model access.
+    """
+    return [
+        ModelAccess(router),  # 403 for a model the key may not use, 404 for one nobody serves
+    ]
+
+
+def build_observer(metrics: Metrics, tracer: Tracer | None) -> Observer:
+    """Everything that watches requests: metrics, traces (when on) and the access log."""
+    observers: list[Observer] = [MetricsObserver(metrics)]
+    if tracer is not None:
+        observers.append(TracingObserver(tracer))
+    observers.append(AccessLogObserver())
+    return combine(observers)
+
+
 def build_state(
-    settings: Settings, metrics: Metrics, tracer: Tracer | None = None, keys: KeyService | None = None
+    settings: Settings,
+    metrics: Metrics,
+    tracer: Tracer | None = None,
+    keys: KeyService | None = None,
+    extra_stages: Sequence[Stage] = (),
+    shared: SharedState | None = None,
 ) -> AppState:
     """Create every upstream client and the objects requests share."""
     upstreams: list[Upstream] = []
@@ -159,13 +203,19 @@ def build_state(
             upstream = create_provider(deployment, propagate_trace=tracer is not None)
             upstreams.append(upstream)
             routes.setdefault(route.name, []).append(_target(upstream, deployment))
-    gateway = Gateway(Router(routes), metrics, tracer)
+    router = Router(routes)
+    observer = build_observer(metrics, tracer)
+    stages = [*pipeline_stages(settings, router), *extra_stages]
+    pipeline = Pipeline(stages, AttemptLoop(router, observer), observer)
     master = settings.master_key.get_secret_value() if settings.master_key else None
     return AppState(
         settings=settings,
         metrics=metrics,
         auth=Authenticator(master, metrics, keys, tracer),
-        gateway=gateway,
+        router=router,
+        pipeline=pipeline,
+        tracer=tracer,
+        shared=shared,
         upstreams=upstreams,
         keys=keys,
         dependencies=DependencyWatch(

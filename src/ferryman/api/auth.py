@@ -12,52 +12,22 @@ offline try — and says so in its start-up log.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field
+import re
 from typing import NoReturn
 
 from opentelemetry.trace import Tracer
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
-from ferryman.errors import AuthenticationError, FerrymanError, PermissionDeniedError
+from ferryman.core.caller import ANONYMOUS, MASTER, Caller
+from ferryman.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from ferryman.observability.metrics import Metrics
-from ferryman.store.records import KeyGrant, Limits, models_allow, utc_now
+from ferryman.store.records import KeyGrant, utc_now
 from ferryman.store.service import KeyService
 
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The authenticated caller: a name for logs, and the rules the layers after auth enforce.
-
-    `key_limits` and `team_limits` are kept apart because a team's limits are shared by all its keys;
-    for model allow-lists the stricter of key and team applies (`allows_model`).
-    """
-
-    key_alias: str
-    is_admin: bool
-    key_id: str | None = None
-    team_id: str | None = None
-    key_models: tuple[str, ...] | None = None
-    team_models: tuple[str, ...] | None = None
-    key_limits: Limits = field(default_factory=Limits)
-    team_limits: Limits | None = None
-
-    def allows_model(self, model: str) -> bool:
-        """Whether both the key's and the team's allow-lists admit `model`."""
-        return models_allow(self.key_models, model) and models_allow(self.team_models, model)
-
-
-ANONYMOUS = Principal(key_alias="anonymous", is_admin=False)
-MASTER = Principal(key_alias="master", is_admin=True)
 _NO_KEY = "No API key was provided. Send it as `Authorization: Bearer <key>`."
 _BAD_KEY = "The API key is invalid, expired or revoked."
-
-
-class KeyStoreUnavailableError(FerrymanError):
-    """The key database could not be reached, so a key not in the cache cannot be checked."""
-
-    status = 503
-    code = "key_store_unavailable"
+END_USER_HEADER = "x-ferryman-end-user"
+_END_USER = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,255}$")  # printable ASCII, at most 256 characters
 
 
 def presented_key(request: Request) -> str | None:
@@ -75,11 +45,22 @@ def presented_key(request: Request) -> str | None:
     return request.query_params.get("key") or None
 
 
-def principal_for(grant: KeyGrant) -> Principal:
+def end_user_header(request: Request) -> str | None:
+    """The application's end user, from `x-ferryman-end-user` (bodies name one too: see `Exchange`)."""
+    value = request.headers.get(END_USER_HEADER)
+    if value is None:
+        return None
+    if not _END_USER.match(value):
+        raise InvalidRequestError(
+            f"`{END_USER_HEADER}` must be 1 to 256 printable ASCII characters.", param=END_USER_HEADER
+        )
+    return value
+
+
+def caller_for(grant: KeyGrant) -> Caller:
     """The caller a virtual key stands for; named by alias, or by key id (never by the secret)."""
-    return Principal(
+    return Caller(
         key_alias=grant.alias or f"key:{grant.key_id}",
-        is_admin=False,
         key_id=grant.key_id,
         team_id=grant.team_id,
         key_models=grant.key_models,
@@ -109,18 +90,20 @@ class Authenticator:
         """Whether any credential is required at all."""
         return self._master is not None or (self._keys is not None and self._keys.enforces_keys)
 
-    async def authenticate(self, request: Request) -> Principal:
-        """The caller, or AuthenticationError (one message for every bad key: no oracle)."""
+    async def authenticate(self, request: Request) -> Caller:
+        """The caller, or AuthenticationError (one message for every bad key: no oracle); the end user
+        named by `x-ferryman-end-user`, if any, rides along."""
         if self._tracer is None:
-            return await self._authenticate(request)
-        with self._tracer.start_as_current_span("auth") as span:
-            principal = await self._authenticate(request)
-            span.set_attribute("ferryman.key_alias", principal.key_alias)
-            if principal.team_id is not None:
-                span.set_attribute("ferryman.team_id", principal.team_id)
-            return principal
+            caller = await self._authenticate(request)
+        else:
+            with self._tracer.start_as_current_span("auth") as span:
+                caller = await self._authenticate(request)
+                span.set_attribute("ferryman.key_alias", caller.key_alias)
+                if caller.team_id is not None:
+                    span.set_attribute("ferryman.team_id", caller.team_id)
+        return caller.for_end_user(end_user_header(request))
 
-    async def _authenticate(self, request: Request) -> Principal:
+    async def _authenticate(self, request: Request) -> Caller:
         if not self.enabled:
             return ANONYMOUS
         key = presented_key(request)
@@ -137,20 +120,11 @@ class Authenticator:
             self._refuse(reason)
         if self._keys is not None:
             self._keys.note_use(grant)
-        return principal_for(grant)
+        return caller_for(grant)
 
-    def authorize_model(self, principal: Principal, model: str) -> None:
-        """PermissionDeniedError (403, naming the model) unless the caller may use `model`."""
-        if principal.allows_model(model):
-            return
-        self._metrics.auth_failures.labels("forbidden_model").inc()
-        raise PermissionDeniedError(
-            f"This API key is not allowed to use model {model!r}.", param="model", code="model_not_allowed"
-        )
-
-    def require_admin(self, principal: Principal) -> None:
+    def require_admin(self, caller: Caller) -> None:
         """PermissionDeniedError (403) unless the caller holds the master key."""
-        if principal.is_admin:
+        if caller.is_admin:
             return
         self._metrics.auth_failures.labels("forbidden_admin").inc()
         raise PermissionDeniedError("The admin API needs the master key.", code="admin_required")
@@ -162,7 +136,4 @@ class Authenticator:
     async def _lookup(self, key: str) -> KeyGrant | None:
         if self._keys is None:
             return None
-        try:
-            return (await self._keys.resolve(key)).grant
-        except (SQLAlchemyError, OSError) as exc:
-            raise KeyStoreUnavailableError("The key store is unavailable; retry shortly.") from exc
+        return (await self._keys.resolve(key)).grant  # StoreUnavailableError (503) when it cannot tell

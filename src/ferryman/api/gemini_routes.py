@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ferryman.api.chat import ChatFormat, serve_chat
+from ferryman.api.serve import ChatFormat, serve
 from ferryman.errors import FerrymanError
 from ferryman.wire import gemini as wire
 
@@ -30,13 +30,13 @@ GEMINI_FORMAT = ChatFormat(
 async def generate_content(request: Request) -> Response:
     """POST /v1beta/models/{model}:generateContent."""
     parse = partial(wire.parse_chat_request, model=request.path_params["model"], stream=False)
-    return await serve_chat(request, parse, GEMINI_FORMAT)
+    return await serve(request, parse, GEMINI_FORMAT)
 
 
 async def stream_generate_content(request: Request) -> Response:
     """POST /v1beta/models/{model}:streamGenerateContent (answered as SSE, as with `alt=sse`)."""
     parse = partial(wire.parse_chat_request, model=request.path_params["model"], stream=True)
-    return await serve_chat(request, parse, GEMINI_FORMAT)
+    return await serve(request, parse, GEMINI_FORMAT)
 
 
 def gemini_routes() -> list[BaseRoute]:

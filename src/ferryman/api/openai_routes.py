@@ -7,12 +7,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ferryman.api.auth import ANONYMOUS
-from ferryman.api.body import read_json_object
-from ferryman.api.chat import ChatFormat, finish_request, new_record, serve_chat
 from ferryman.api.errors import error_body
+from ferryman.api.serve import ChatFormat, EmbeddingFormat, serve
 from ferryman.api.state import AppState
-from ferryman.core.canonical import JSONObject
+from ferryman.core.canonical import EmbeddingResponse, JSONObject
 from ferryman.errors import FerrymanError
 from ferryman.wire import openai as wire
 
@@ -27,47 +25,38 @@ def _renderer(model: str, body: JSONObject) -> wire.StreamRenderer:
     return wire.StreamRenderer(model, include_usage=wire.stream_usage_requested(body))
 
 
+def _render_embeddings(response: EmbeddingResponse, body: JSONObject) -> JSONObject:
+    """Vectors as floats or base64, as the client asked."""
+    return wire.render_embedding_response(response, encoding_format=wire.embedding_encoding(body))
+
+
 OPENAI_FORMAT = ChatFormat(
     render_response=wire.render_chat_response,
     make_renderer=_renderer,
     render_stream_error=_stream_error,
 )
+OPENAI_EMBEDDINGS = EmbeddingFormat(render_response=_render_embeddings)
 
 
 async def chat_completions(request: Request) -> Response:
     """POST /v1/chat/completions."""
-    return await serve_chat(request, wire.parse_chat_request, OPENAI_FORMAT)
+    return await serve(request, wire.parse_chat_request, OPENAI_FORMAT)
 
 
 async def embeddings(request: Request) -> Response:
     """POST /v1/embeddings."""
-    state: AppState = request.app.state.ferryman
-    record = new_record(request, model="")
-    principal = ANONYMOUS
-    try:
-        principal = await state.auth.authenticate(request)
-        body = await read_json_object(request, state.settings.server.max_body_bytes)
-        embedding_request = wire.parse_embedding_request(body)
-        record.model = embedding_request.model
-        state.auth.authorize_model(principal, embedding_request.model)
-        response = await state.gateway.embed(embedding_request, record)
-    except FerrymanError as exc:
-        finish_request(state, record, principal, exc)
-        raise
-    finish_request(state, record, principal)
-    rendered = wire.render_embedding_response(response, encoding_format=wire.embedding_encoding(body))
-    return Response(orjson.dumps(rendered), media_type="application/json")
+    return await serve(request, wire.parse_embedding_request, OPENAI_EMBEDDINGS)
 
 
 async def list_models(request: Request) -> Response:
     """GET /v1/models: the model names this gateway serves that the caller may use."""
     state: AppState = request.app.state.ferryman
-    principal = await state.auth.authenticate(request)
+    caller = await state.auth.authenticate(request)
     created = int(state.started_at)
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "ferryman"}
-        for name in state.gateway.router.model_names
-        if principal.allows_model(name)
+        for name in state.router.model_names
+        if caller.allows_model(name)
     ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import Tracer
+
 from ferryman.api.auth import Authenticator
 from ferryman.api.dependencies import DependencyWatch
-from ferryman.core.gateway import Gateway
+from ferryman.core.deployment_health import DeploymentHealth
+from ferryman.core.pipeline import Pipeline
+from ferryman.core.routing import Router
+from ferryman.core.shared_state import SharedState
 from ferryman.core.upstream import Upstream
 from ferryman.observability.metrics import Metrics
 from ferryman.settings import Settings
@@ -21,9 +26,18 @@ class AppState:
     settings: Settings
     metrics: Metrics
     auth: Authenticator
-    gateway: Gateway
+    router: Router
+    pipeline: Pipeline
     upstreams: list[Upstream]
     dependencies: DependencyWatch
+    tracer: Tracer | None = None
+    shared: SharedState | None = None  # counters, reservations, cache, ledger for the stages
+
+    @property
+    def deployment_health(self) -> DeploymentHealth:
+        """Each deployment's record of successes and failures, as the attempt loop keeps it."""
+        return self.pipeline.attempts.health
+
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     keys: KeyService | None = None

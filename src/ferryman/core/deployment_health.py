@@ -1,8 +1,9 @@
 """Each deployment's recent record of successes and failures, as `/health` and operators see it.
 
 Only failures that say something about the upstream count (timeouts, refused connections, 5xx,
-throttling): a 400 caused by the client's own request leaves the deployment's record alone. This is
-bookkeeping, not routing: cooldowns and circuit breakers can read it later without changing it.
+throttling): a 400 caused by the client's own request leaves the deployment's record alone. The attempt
+loop reads `available`: a deployment that has failed several times in a row sits out a cooldown (it is
+tried only after every available deployment), and after it one request probes it again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Literal
 
 State = Literal["unknown", "healthy", "degraded", "failing"]
 FAILING_AFTER = 3  # consecutive upstream failures
+COOLDOWN_SECONDS = 30.0  # how long a failing deployment is passed over before it is probed again
 
 
 @dataclass(slots=True)
@@ -39,8 +41,20 @@ class DeploymentStatus:
 class DeploymentHealth:
     """The status of every deployment, keyed by its label."""
 
-    def __init__(self) -> None:
+    def __init__(self, cooldown_seconds: float = COOLDOWN_SECONDS) -> None:
         self._statuses: dict[str, DeploymentStatus] = {}
+        self._cooldown = cooldown_seconds
+
+    def reset(self) -> None:
+        """Forget every record, as after a restart (an operator who fixed an upstream; tests)."""
+        self._statuses.clear()
+
+    def available(self, deployment: str, now: float) -> bool:
+        """False while `deployment` is failing and its last failure is within the cooldown."""
+        status = self._statuses.get(deployment)
+        if status is None or status.state != "failing" or status.last_failure_at is None:
+            return True
+        return now - status.last_failure_at >= self._cooldown
 
     def status(self, deployment: str) -> DeploymentStatus:
         """The deployment's status (a fresh, `unknown` one before its first call)."""

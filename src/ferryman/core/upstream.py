@@ -22,6 +22,11 @@ class Upstream(Protocol):
     """One deployment's upstream, spoken in its own wire format (see `ferryman.providers`)."""
 
     name: ClassVar[str]
+    """The provider name, as config files write it."""
+    default_api_base: ClassVar[str]
+    """Where the provider's public API lives, for deployments that give no `api_base`."""
+    gen_ai_system: ClassVar[str]
+    """The provider's `gen_ai.system` value in the OpenTelemetry GenAI conventions."""
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         """Send a chat request and return the whole answer."""

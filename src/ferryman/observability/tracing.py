@@ -5,7 +5,8 @@ gets no tracer, providers inject no headers — the hot path does not even look 
 When on, the OTLP exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables, an incoming W3C
 `traceparent` becomes the parent of the request span, and the upstream attempt's context travels on to
 the provider in the same header. Upstream attempt spans follow the GenAI semantic conventions
-(`gen_ai.system`, `gen_ai.request.model`, `gen_ai.usage.input_tokens`, …).
+(`gen_ai.system`, `gen_ai.request.model`, `gen_ai.usage.input_tokens`, …); `TracingObserver` opens and
+ends them as the core's attempt loop reports its attempts.
 """
 
 from __future__ import annotations
@@ -23,16 +24,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-TRACER_NAME = "ferryman"
+from ferryman.core.canonical import ChatRequest
+from ferryman.core.exchange import Exchange
+from ferryman.core.observer import Attempt
+from ferryman.errors import ProviderError
 
-# Our provider names → the `gen_ai.system` values of the semantic conventions.
-GEN_AI_SYSTEMS = {
-    "openai": "openai",
-    "openai-compatible": "openai",
-    "anthropic": "anthropic",
-    "gemini": "gcp.gemini",
-    "fake": "ferryman.fake",
-}
+TRACER_NAME = "ferryman"
 
 
 def create_tracer_provider(
@@ -130,3 +127,72 @@ def end_span(
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         span.set_attribute("error.type", type(error).__name__)
     span.end()
+
+
+class TracingObserver:
+    """One CLIENT span per upstream attempt, current while the call runs (so `traceparent` goes out)."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+        self._spans: dict[Attempt, Span] = {}
+
+    def attempt_started(self, exchange: Exchange, attempt: Attempt) -> None:
+        """Open the attempt's span, named for the operation and the upstream model."""
+        target = attempt.target
+        attributes = _request_attributes(exchange)
+        attributes.update(
+            {
+                "gen_ai.system": type(target.upstream).gen_ai_system,
+                "gen_ai.request.model": target.upstream_model,
+                "ferryman.model": exchange.model,
+                "ferryman.deployment": target.deployment,
+                "ferryman.attempt": attempt.number,
+            }
+        )
+        name = f"{attributes['gen_ai.operation.name']} {target.upstream_model}"
+        self._spans[attempt] = start_client_span(self.tracer, name, attributes)
+
+    def calling(self, attempt: Attempt) -> AbstractContextManager[object]:
+        """The attempt's span as the current one."""
+        return span_in_context(self._spans.get(attempt))
+
+    def attempt_failed(self, exchange: Exchange, attempt: Attempt, error: ProviderError, kind: str) -> None:
+        """End the span as failed."""
+        end_span(self._spans.pop(attempt, None), {}, error)
+
+    def first_token(self, exchange: Exchange, attempt: Attempt) -> None:
+        """Nothing: time to first token is a metric."""
+
+    def attempt_settled(self, exchange: Exchange, attempt: Attempt) -> None:
+        """End the span with the usage (a stream that failed mid-way has ended it already)."""
+        usage = exchange.usage
+        attributes: dict[str, str | int | float] = {"gen_ai.response.model": attempt.target.upstream_model}
+        if usage is not None:
+            attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
+            attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+        end_span(self._spans.pop(attempt, None), attributes)
+
+    def attempt_abandoned(self, exchange: Exchange, attempt: Attempt) -> None:
+        """End the span: the client went away before the upstream answered."""
+        span = self._spans.pop(attempt, None)
+        if span is not None:
+            span.set_attribute("error.type", "cancelled")
+            span.end()
+
+    def request_finished(self, exchange: Exchange, error: BaseException | None) -> None:
+        """Nothing: the request span is the middleware's."""
+
+
+def _request_attributes(exchange: Exchange) -> dict[str, str | int | float]:
+    """The GenAI request attributes known before the call."""
+    request = exchange.request
+    if not isinstance(request, ChatRequest):
+        return {"gen_ai.operation.name": "embeddings"}
+    attributes: dict[str, str | int | float] = {"gen_ai.operation.name": "chat"}
+    if request.max_tokens is not None:
+        attributes["gen_ai.request.max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        attributes["gen_ai.request.temperature"] = request.temperature
+    if request.top_p is not None:
+        attributes["gen_ai.request.top_p"] = request.top_p
+    return attributes

@@ -19,6 +19,8 @@ class AnthropicProvider(HttpProvider):
     """A deployment of a Claude model, reached through `/v1/messages`."""
 
     name: ClassVar[str] = "anthropic"
+    default_api_base: ClassVar[str] = "https://api.anthropic.com"
+    gen_ai_system: ClassVar[str] = "anthropic"
 
     def __init__(self, deployment: Deployment, *, propagate_trace: bool = False) -> None:
         super().__init__(deployment, propagate_trace=propagate_trace)

@@ -53,6 +53,8 @@ class HttpProvider:
     """Shared machinery for providers reached over HTTP: pooled session, JSON calls, SSE streams."""
 
     name: ClassVar[str] = "http"
+    default_api_base: ClassVar[str] = ""
+    gen_ai_system: ClassVar[str] = "_OTHER"
 
     def __init__(self, deployment: Deployment, *, propagate_trace: bool = False) -> None:
         self.deployment = deployment

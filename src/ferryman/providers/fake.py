@@ -42,6 +42,8 @@ class FakeProvider:
     """Answers in-process; `deployment.model` is echoed as the model that answered."""
 
     name: ClassVar[str] = "fake"
+    default_api_base: ClassVar[str] = ""  # in-process: nothing to reach
+    gen_ai_system: ClassVar[str] = "ferryman.fake"
 
     def __init__(self, deployment: Deployment, *, propagate_trace: bool = False) -> None:
         self.deployment = deployment  # in-process: there is no upstream to propagate a trace to

@@ -24,6 +24,8 @@ class GeminiProvider(HttpProvider):
     """A deployment of a Gemini model; the model and the method travel in the URL."""
 
     name: ClassVar[str] = "gemini"
+    default_api_base: ClassVar[str] = "https://generativelanguage.googleapis.com"
+    gen_ai_system: ClassVar[str] = "gcp.gemini"
 
     def __init__(self, deployment: Deployment, *, propagate_trace: bool = False) -> None:
         super().__init__(deployment, propagate_trace=propagate_trace)

@@ -28,6 +28,8 @@ class OpenAIProvider(HttpProvider):
     """A deployment reached through the OpenAI wire format."""
 
     name: ClassVar[str] = "openai"
+    default_api_base: ClassVar[str] = "https://api.openai.com/v1"
+    gen_ai_system: ClassVar[str] = "openai"
     # OpenAI's own API wants the newer field (its reasoning models reject `max_tokens`).
     max_tokens_field: ClassVar[wire.MaxTokensField] = "max_completion_tokens"
 
@@ -84,5 +86,6 @@ class OpenAICompatibleProvider(OpenAIProvider):
     """The same wire format at any base URL (vLLM, Ollama, Groq, LM Studio…)."""
 
     name: ClassVar[str] = "openai-compatible"
+    default_api_base: ClassVar[str] = ""  # required in config: there is no one public server
     # Ollama and LM Studio only understand the older field name.
     max_tokens_field: ClassVar[wire.MaxTokensField] = "max_tokens"

@@ -63,22 +63,27 @@ async def schema_revision(url: str) -> str | None:
         await engine.dispose()
 
 
-async def upgrade_schema(url: str, revision: str = "head") -> None:
-    """Apply pending migrations up to `revision`, holding the migration lock."""
-    engine = open_engine(url)
+async def upgrade_schema(url: str, revision: str = "head", engine: AsyncEngine | None = None) -> None:
+    """Apply pending migrations up to `revision`, holding the migration lock; on `engine` when given
+    (an in-memory SQLite database exists only on its own engine), else on a short-lived one."""
+    own = engine is None
+    engine = engine or open_engine(url)
     try:
         async with _migration_lock(engine, url) as conn:
             await conn.run_sync(_upgrade, revision)
     finally:
-        await engine.dispose()
+        if own:
+            await engine.dispose()
 
 
-async def ensure_schema(url: str, *, auto_migrate: bool, config_hint: str = "FILE") -> None:
+async def ensure_schema(
+    url: str, *, auto_migrate: bool, config_hint: str = "FILE", engine: AsyncEngine | None = None
+) -> None:
     """Migrate to head, or with `auto_migrate` off refuse a schema behind head with the command to run."""
     if auto_migrate:
-        await upgrade_schema(url)
+        await upgrade_schema(url, engine=engine)
         return
-    current = await schema_revision(url)
+    current = await current_revision(engine) if engine is not None else await schema_revision(url)
     head = head_revision()
     if current != head:
         raise SchemaBehindError(

@@ -1,15 +1,17 @@
 """The key store's vocabulary: teams, virtual keys, their limits, and the grant auth checks per request.
 
 A `KeyGrant` is what the hot path caches: one key merged with its team, so a request is authorised from
-memory. Limits and budgets are carried for the rate-limit and budget layers; this module only stores them.
+memory. Limits and budgets (`ferryman.core.caller.Limits`) are carried for the rate-limit and budget
+stages; this module only stores them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from fnmatch import fnmatchcase
 from typing import TypeAlias
+
+from ferryman.core.caller import Limits, models_allow
 
 JSONValue: TypeAlias = "str | int | float | bool | list[JSONValue] | dict[str, JSONValue] | None"
 Metadata: TypeAlias = "dict[str, JSONValue]"
@@ -18,17 +20,6 @@ Metadata: TypeAlias = "dict[str, JSONValue]"
 def utc_now() -> datetime:
     """The current time, timezone-aware, in UTC (every timestamp the store writes)."""
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Rate limits and budgets of a key or a team; `None` means unlimited on that axis."""
-
-    rpm_limit: int | None = None
-    tpm_limit: int | None = None
-    max_parallel: int | None = None
-    daily_budget_usd: float | None = None
-    monthly_budget_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +77,6 @@ class IssuedKey:
     record: KeyRecord
 
 
-def models_allow(patterns: tuple[str, ...] | None, model: str) -> bool:
-    """Whether an allow-list admits `model`: `None` admits all; entries are names or `*` patterns."""
-    if patterns is None:
-        return True
-    return any(model == p or ("*" in p and fnmatchcase(model, p)) for p in patterns)
-
-
 @dataclass(frozen=True, slots=True)
 class KeyGrant:
     """One key merged with its team: everything a request needs to be authenticated and authorised.
@@ -126,3 +110,18 @@ class KeyGrant:
     def allows_model(self, model: str) -> bool:
         """The stricter of key and team applies: the model must pass both allow-lists."""
         return models_allow(self.key_models, model) and models_allow(self.team_models, model)
+
+
+__all__ = [
+    "IssuedKey",
+    "JSONValue",
+    "KeyGrant",
+    "KeyRecord",
+    "KeySettings",
+    "Limits",
+    "Metadata",
+    "TeamRecord",
+    "TeamSettings",
+    "models_allow",
+    "utc_now",
+]

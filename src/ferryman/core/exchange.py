@@ -1,0 +1,75 @@
+"""One request as the core sees it: who asked, what for, and what happened — filled in as it goes.
+
+The api layer opens an `Exchange` when a request arrives (before it even knows the caller, so refused
+requests are accounted for too), the pipeline and the attempt loop fill it in, and the observers read
+it when the request is finished: the log line, the metrics and the traces all describe the same record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from ferryman.core.caller import ANONYMOUS, Caller
+from ferryman.core.canonical import ChatRequest, EmbeddingRequest, JSONObject, Usage
+
+Operation: TypeAlias = Literal["chat", "embeddings"]
+CanonicalRequest: TypeAlias = ChatRequest | EmbeddingRequest
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request is and did; `notes` is where a stage keeps its own per-request memo.
+
+    A stage keys its note by its own name (`exchange.notes["budget"] = reservation`), the way Starlette
+    handlers use `request.state`: the pipeline never reads notes, so stages stay independent.
+    """
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    caller: Caller = ANONYMOUS
+    operation: Operation = "chat"
+    request: CanonicalRequest | None = None
+    model: str = ""
+    stream: bool = False
+    # Filled in by the attempt loop:
+    provider: str = ""
+    deployment: str = ""
+    upstream_model: str = ""
+    attempts: int = 0
+    upstream_seconds: float = 0.0
+    time_to_first_token: float | None = None
+    usage: Usage | None = None
+    usage_estimated: bool = False
+    cost: float | None = None
+    answered_by: str = ""  # "upstream", or the name of the stage that answered by itself
+    # Filled in when the request is finished:
+    status: Literal["success", "error"] = "success"
+    error: str | None = None
+    http_status: int | None = None
+    finished: float | None = None
+    # Kept only with `logging.log_bodies`:
+    request_body: JSONObject | None = None
+    response_body: str | None = None
+    notes: dict[str, object] = field(default_factory=dict)
+
+    def admit(self, caller: Caller, request: CanonicalRequest) -> None:
+        """Record the authenticated caller and the parsed request; the end user comes from the body
+        when no header named one."""
+        self.caller = caller.for_end_user(request.user) if caller.end_user is None else caller
+        self.request = request
+        self.model = request.model
+        self.operation = "embeddings" if isinstance(request, EmbeddingRequest) else "chat"
+        self.stream = isinstance(request, ChatRequest) and request.stream
+
+    @property
+    def latency(self) -> float:
+        """Seconds from arrival to completion (to now, while still running)."""
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return end - self.started
+
+    @property
+    def overhead(self) -> float:
+        """Seconds spent in the gateway rather than waiting on an upstream."""
+        return max(self.latency - self.upstream_seconds, 0.0)
