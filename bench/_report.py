@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from _measure import LoadPlan, TargetFailure, TargetResult
+from _stages import StageCost, render_stage_costs
 from _targets import DIRECT_NAME, FERRYMAN_NAME, LITELLM_NAME
 
 _MIB = 1024**2
@@ -30,6 +31,8 @@ class RunReport:
     plan: LoadPlan
     auth: bool
     outcomes: tuple[TargetResult | TargetFailure, ...]
+    stage_costs: tuple[StageCost, ...] = ()
+    baseline: str | None = None  # the column name of the baseline Ferryman, when one was measured
 
     def result(self, name: str) -> TargetResult | None:
         """The measured result for target `name`, or None if it failed or was skipped."""
@@ -77,6 +80,8 @@ def render_markdown(report: RunReport, kept_notes: str = "") -> str:
         _render_environment(report),
         _render_table(report),
         _render_goals(report),
+        _render_baseline(report),
+        render_stage_costs(report.stage_costs),
         _render_failures(report),
         _render_method(report),
         f"{NOTES_MARKER}\n{kept_notes.strip()}\n" if kept_notes.strip() else "",
@@ -145,6 +150,44 @@ def _goal_row(label: str, goal: float, measured: float, unit: str, higher_is_bet
     else:
         verdict = f"**missed** by {measured - goal:.2f}{unit}"
     return f"| {label} | {sign} {goal:g}{unit} | {measured:.2f}{unit} | {verdict} |"
+
+
+def _render_baseline(report: RunReport) -> str:
+    """Before and after, same run: the change in CPU per request and throughput against the baseline."""
+    before = report.result(report.baseline) if report.baseline else None
+    after = report.result(FERRYMAN_NAME)
+    if before is None or after is None:
+        return ""
+    c = report.plan.concurrency
+    rows = [
+        (
+            f"CPU per request, c={c} (ms)",
+            before.concurrent.cpu_ms_per_request,
+            after.concurrent.cpu_ms_per_request,
+        ),
+        (
+            f"streaming CPU per request, c={c} (ms)",
+            before.stream_concurrent.cpu_ms_per_request,
+            after.stream_concurrent.cpu_ms_per_request,
+        ),
+        (f"requests/s, c={c}", before.concurrent.load.requests_per_s, after.concurrent.load.requests_per_s),
+        ("latency p50, c=1 (ms)", before.serial.load.p50_ms, after.serial.load.p50_ms),
+    ]
+    lines = [
+        f"## Against the baseline ({report.baseline})\n",
+        f"| | {report.baseline} | {FERRYMAN_NAME} (this tree) | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, b, a in rows:
+        digits = 0 if label.startswith("requests/s") else 3
+        lines.append(f"| {label} | {_num(b, digits)} | {_num(a, digits)} | {_change(b, a, digits)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _change(before: float, after: float, digits: int) -> str:
+    if math.isnan(before) or math.isnan(after) or before == 0:
+        return "n/a"
+    return f"{after - before:+,.{digits}f} ({(after - before) / before:+.1%})"
 
 
 def _render_failures(report: RunReport) -> str:

@@ -113,8 +113,9 @@ def direct_target(upstream: Upstream) -> Target:
     )
 
 
-def ferryman_config(upstream: Upstream, master_key: str | None) -> str:
-    """The gateway's YAML config: two models on the same nginx, one for each fixture."""
+def ferryman_config(upstream: Upstream, master_key: str | None, data_dir: Path | None = None) -> str:
+    """The gateway's YAML config: two models on the same nginx, one for each fixture; `data_dir` keeps
+    the embedded database in the run's temp dir (None for a baseline release that has no such key)."""
     config: dict[str, object] = {
         # No drain delay on SIGTERM: nothing is in flight when the benchmark stops the gateway.
         "server": {"shutdown_delay_seconds": 0},
@@ -123,6 +124,8 @@ def ferryman_config(upstream: Upstream, master_key: str | None) -> str:
             _ferryman_model(STREAM_MODEL, upstream.stream_base),
         ],
     }
+    if data_dir is not None:
+        config = {"data_dir": str(data_dir), **config}
     if master_key:
         config = {"master_key": master_key, **config}
     return yaml.safe_dump(config, sort_keys=False)
@@ -140,13 +143,35 @@ def _ferryman_model(name: str, api_base: str) -> dict[str, object]:
     return {"name": name, "deployments": [deployment]}
 
 
-def start_ferryman(run_dir: Path, upstream: Upstream, master_key: str | None, workers: int) -> Target:
-    """Start `ferryman serve` on a free port in front of nginx; `wait_until_serving` tells when it is up."""
-    config_path = run_dir / "ferryman.yaml"
-    config_path.write_text(ferryman_config(upstream, master_key))
+def start_ferryman(
+    run_dir: Path,
+    upstream: Upstream,
+    master_key: str | None,
+    workers: int,
+    baseline: Path | None = None,
+    name: str = FERRYMAN_NAME,
+) -> Target:
+    """Start `ferryman serve` on a free port in front of nginx; `wait_until_serving` tells when it is up.
+
+    With `baseline` (a checkout of an older commit), that checkout's `src/` is served instead, with the
+    same virtualenv: a before/after comparison in one run, on the same machine state.
+    """
+    slug = "ferryman-baseline" if baseline is not None else "ferryman"
+    config_path = run_dir / f"{slug}.yaml"
+    data_dir = None if baseline is not None else run_dir / "data"
+    config_path.write_text(ferryman_config(upstream, master_key, data_dir))
     port = free_port()
+    env: dict[str, str] | None = None
+    command = [str(FERRYMAN_BIN)]
+    if baseline is not None:
+        env = {**os.environ, "PYTHONPATH": str(baseline / "src")}
+        command = [
+            str(FERRYMAN_BIN.parent / "python"),
+            "-c",
+            "import sys; from ferryman.cli import main; sys.exit(main())",
+        ]
     argv = [
-        str(FERRYMAN_BIN),
+        *command,
         "serve",
         "--config",
         str(config_path),
@@ -157,8 +182,8 @@ def start_ferryman(run_dir: Path, upstream: Upstream, master_key: str | None, wo
     ]
     if workers != 1:
         argv += ["--workers", str(workers)]
-    process = start_process("ferryman", argv, run_dir)
-    return _gateway_target(FERRYMAN_NAME, process, port, master_key, startup_s=60)
+    process = start_process(slug, argv, run_dir, env)
+    return _gateway_target(name, process, port, master_key, startup_s=60)
 
 
 def litellm_config(upstream: Upstream, master_key: str | None) -> str:

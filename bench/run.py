@@ -23,12 +23,14 @@ from types import FrameType
 from _environment import describe_environment
 from _measure import LoadPlan, TargetFailure, TargetResult, measure_target
 from _report import RunReport, kept_notes, render_markdown
+from _stages import measure_stage_costs
 from _targets import (
     BENCH_DIR,
     DIRECT_NAME,
     FERRYMAN_NAME,
     LITELLM_NAME,
     LITELLM_VENV,
+    REPO_DIR,
     Target,
     Upstream,
     direct_target,
@@ -59,6 +61,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="configure a random master key in both gateways and send it as Bearer (default: on)",
     )
     parser.add_argument("--skip-litellm", action="store_true", help="measure nginx and Ferryman only")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure Ferryman at git revision REV (a temporary worktree, same venv), just before "
+        "the working tree's: the before/after comparison a change to the hot path must report",
+    )
     parser.add_argument("--litellm-venv", type=Path, default=LITELLM_VENV, help="venv with litellm[proxy]")
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md", help="Markdown report path")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs and configs")
@@ -75,8 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     started, load_at_start = datetime.now(UTC), os.getloadavg()
     run_dir = Path(tempfile.mkdtemp(prefix="ferryman-bench-"))
     outcomes = measure_all(run_dir, plan, master_key, args)
+    print("-- pipeline stages: measuring in-process", file=sys.stderr, flush=True)
+    stage_costs = measure_stage_costs()
     report = RunReport(
-        started, describe_environment(load_at_start, args.litellm_venv), plan, args.auth, outcomes
+        started,
+        describe_environment(load_at_start, args.litellm_venv),
+        plan,
+        args.auth,
+        outcomes,
+        stage_costs,
+        baseline_name(args.baseline) if args.baseline else None,
     )
     previous = args.output.read_text() if args.output.exists() else ""
     text = render_markdown(report, kept_notes(previous))
@@ -96,20 +112,52 @@ def measure_all(
     """Start nginx, then measure direct, Ferryman and LiteLLM one after another, each alone on the box."""
     upstream = start_nginx(run_dir)
     try:
-        outcomes = [
-            _measure(partial(direct_target, upstream), plan, owns_process=False, name=DIRECT_NAME),
+        outcomes = [_measure(partial(direct_target, upstream), plan, owns_process=False, name=DIRECT_NAME)]
+        if args.baseline:
+            outcomes.append(_measure_baseline(run_dir, upstream, plan, master_key, args))
+        outcomes.append(
             _measure(
                 partial(start_ferryman, run_dir, upstream, master_key, args.workers),
                 plan,
                 owns_process=True,
                 name=FERRYMAN_NAME,
-            ),
-        ]
+            )
+        )
         if not args.skip_litellm:
             outcomes.append(_measure_litellm(run_dir, upstream, plan, master_key, args.litellm_venv))
     finally:
         upstream.process.stop()
     return tuple(outcomes)
+
+
+def baseline_name(revision: str) -> str:
+    """The report column of the baseline: Ferryman at the short commit `revision` names."""
+    short = subprocess.run(
+        ["git", "rev-parse", "--short", revision], cwd=REPO_DIR, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return f"Ferryman @ {short}"
+
+
+def _measure_baseline(
+    run_dir: Path, upstream: Upstream, plan: LoadPlan, master_key: str | None, args: argparse.Namespace
+) -> Outcome:
+    """Check out `args.baseline` in a temporary worktree, measure it, and remove the worktree."""
+    checkout = run_dir / "baseline"
+    git = ["git", "-C", str(REPO_DIR)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(checkout), args.baseline], check=True)
+    try:
+        starter = partial(
+            start_ferryman,
+            run_dir,
+            upstream,
+            master_key,
+            args.workers,
+            checkout,
+            baseline_name(args.baseline),
+        )
+        return _measure(starter, plan, owns_process=True, name=baseline_name(args.baseline))
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(checkout)], check=True)
 
 
 def _measure_litellm(

@@ -27,6 +27,7 @@ from _load import (
 from _measure import LoadPlan, Phase, TargetFailure, TargetResult
 from _procs import read_tree_usage, start_process
 from _report import NOTES_MARKER, RunReport, kept_notes, render_markdown
+from _stages import StageCost, measure_stage_costs
 from _targets import (
     DIRECT_NAME,
     FERRYMAN_NAME,
@@ -250,3 +251,37 @@ def _result(name: str, rps: float, p50: float, ttfb: float) -> TargetResult:
         ttfb=TtfbResult(samples_ms=(ttfb,)),
         rss_bytes=50 * 1024**2,
     )
+
+
+def test_report_compares_against_the_baseline_and_states_each_stage_cost() -> None:
+    report = RunReport(
+        started=datetime(2026, 1, 2, tzinfo=UTC),
+        environment=(),
+        plan=LoadPlan(),
+        auth=True,
+        outcomes=(
+            _result("Ferryman @ abc1234", rps=1000, p50=1.0, ttfb=1.0),
+            _result(FERRYMAN_NAME, rps=800, p50=1.0, ttfb=1.0),
+        ),
+        stage_costs=(
+            StageCost("pipeline and attempt loop, no stages", 20.0),
+            StageCost("model_access", 0.25),
+        ),
+        baseline="Ferryman @ abc1234",
+    )
+
+    text = render_markdown(report)
+
+    assert "## Against the baseline (Ferryman @ abc1234)" in text
+    # 1 s of CPU over 10,000 vs 8,000 requests: 0.100 ms → 0.125 ms per request, +25 %.
+    assert "| CPU per request, c=50 (ms) | 0.100 | 0.125 | +0.025 (+25.0%) |" in text
+    assert "| requests/s, c=50 | 1,000 | 800 | -200 (-20.0%) |" in text
+    assert "| model_access | 0.25 |" in text
+
+
+def test_stage_costs_are_measured_for_every_stage_of_the_app() -> None:
+    costs = measure_stage_costs(requests=200, rounds=1)
+
+    assert [cost.name for cost in costs] == ["pipeline and attempt loop, no stages", "model_access"]
+    assert costs[0].microseconds > 0
+    assert all(cost.microseconds >= 0 for cost in costs)

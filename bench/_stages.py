@@ -1,0 +1,84 @@
+"""What each pipeline stage costs per request, measured in-process so the figure is the stage's own.
+
+The HTTP benchmark's CPU per request moves by ±10 % from run to run on this machine, far more than a
+stage costs, so each stage is also timed alone: the same request through the real attempt loop
+(answered by `ScriptedUpstream`, no observers) with no stages, then with each of the app's stages by
+itself. The difference is the stage's enter + exit, in microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ferryman.api.app import pipeline_stages
+from ferryman.core.attempts import AttemptLoop
+from ferryman.core.canonical import ChatRequest, Message, TextPart
+from ferryman.core.exchange import Exchange
+from ferryman.core.observer import NullObserver
+from ferryman.core.pipeline import Pipeline, Stage
+from ferryman.core.pricing import Price
+from ferryman.core.routing import Router, Target
+from ferryman.settings import settings_from_mapping
+from ferryman.testing import ScriptedUpstream
+
+MODEL = "bench-model"
+
+
+@dataclass(frozen=True, slots=True)
+class StageCost:
+    """One row: a stage's name and its cost in microseconds per request (enter + exit)."""
+
+    name: str
+    microseconds: float
+
+
+def measure_stage_costs(requests: int = 20_000, rounds: int = 5) -> tuple[StageCost, ...]:
+    """The pipeline with no stages, then each stage's own cost on top of it (best of `rounds`)."""
+    return asyncio.run(_measure(requests, rounds))
+
+
+async def _measure(requests: int, rounds: int) -> tuple[StageCost, ...]:
+    router = Router({MODEL: [Target(ScriptedUpstream(), "scripted", "bench", MODEL, Price(0.15, 0.6))]})
+    settings = settings_from_mapping(
+        {"models": [{"name": MODEL, "deployments": [{"provider": "fake", "model": MODEL}]}]}
+    )
+    bare = await _best(router, (), requests, rounds)
+    costs = [StageCost("pipeline and attempt loop, no stages", bare)]
+    for stage in pipeline_stages(settings, router):
+        with_stage = await _best(router, (stage,), requests, rounds)
+        costs.append(StageCost(stage.name, max(with_stage - bare, 0.0)))
+    return tuple(costs)
+
+
+async def _best(router: Router, stages: Sequence[Stage], requests: int, rounds: int) -> float:
+    """Microseconds per request through `stages`, the best of `rounds` (the least disturbed run)."""
+    observer = NullObserver()
+    pipeline = Pipeline(stages, AttemptLoop(router, observer), observer)
+    request = ChatRequest(model=MODEL, messages=(Message(role="user", parts=(TextPart("Say hello."),)),))
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(requests):
+            exchange = Exchange(request_id="bench")
+            exchange.admit(exchange.caller, request)
+            await pipeline.chat(exchange)
+        best = min(best, (time.perf_counter() - started) / requests * 1e6)
+    return best
+
+
+def render_stage_costs(costs: Sequence[StageCost]) -> str:
+    """The RESULTS.md section."""
+    if not costs:
+        return ""
+    lines = [
+        "## Pipeline stages\n",
+        "Each stage's own cost, in-process (see `bench/_stages.py`): the same request through the attempt "
+        "loop and `ScriptedUpstream`, without observers, with no stages and then with each stage alone.\n",
+        "| stage | µs per request |",
+        "|---|---:|",
+    ]
+    lines += [f"| {cost.name} | {cost.microseconds:.2f} |" for cost in costs]
+    return "\n".join(lines) + "\n"
