@@ -6,6 +6,7 @@ import copy
 import itertools
 import string
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -480,7 +481,7 @@ def test_reference_response_parses_with_parallel_tool_calls_and_cache_usage():
             ),
         ),
         finish_reason="tool_calls",
-        usage=Usage(input_tokens=2160, output_tokens=95, cached_tokens=2048),
+        usage=Usage(input_tokens=2160, output_tokens=95, cached_tokens=2048, cache_write_tokens=100),
     )
 
 
@@ -543,6 +544,38 @@ def test_canonical_response_renders_to_exact_message_the_sdk_accepts():
     sdk_message = SDKMessage.model_validate(rendered)
     assert sdk_message.stop_reason == "tool_use"
     assert sdk_message.usage.cache_read_input_tokens == 60
+
+
+def test_usage_renders_cache_writes_apart_and_reasoning_inside_output():
+    # From an upstream that reports everything (say OpenAI behind a gateway): Anthropic has no reasoning
+    # count, and bills thinking as output, so reasoning stays inside output_tokens.
+    usage = Usage(
+        input_tokens=3000, output_tokens=400, cached_tokens=2048, cache_write_tokens=900, reasoning_tokens=250
+    )
+    rendered: Any = wire.render_chat_response(
+        ChatResponse(
+            id="msg_1", model="m", message=Message(role="assistant"), finish_reason="stop", usage=usage
+        )
+    )
+    assert rendered["usage"] == {
+        "input_tokens": 52,
+        "cache_creation_input_tokens": 900,
+        "cache_read_input_tokens": 2048,
+        "output_tokens": 400,
+    }
+    sdk_usage = SDKMessage.model_validate(rendered).usage
+    assert (sdk_usage.cache_creation_input_tokens, sdk_usage.cache_read_input_tokens) == (900, 2048)
+    assert wire.parse_chat_response(rendered).usage == replace(usage, reasoning_tokens=0)
+
+
+def test_usage_with_more_cache_than_input_renders_no_negative_input():
+    usage = Usage(input_tokens=10, output_tokens=1, cached_tokens=8, cache_write_tokens=8)
+    rendered: Any = wire.render_chat_response(
+        ChatResponse(
+            id="msg_1", model="m", message=Message(role="assistant"), finish_reason="stop", usage=usage
+        )
+    )
+    assert rendered["usage"]["input_tokens"] == 0
 
 
 @pytest.mark.parametrize(
@@ -767,6 +800,48 @@ def test_cumulative_usage_in_message_delta_overrides_message_start():
     assert parser.finish() == []
 
 
+def _message_start_with_cache_writes() -> dict[str, Any]:
+    message = {**REFERENCE_STREAM[0][1]["message"]}
+    message["usage"] = {
+        "input_tokens": 12,
+        "cache_creation_input_tokens": 1800,
+        "cache_read_input_tokens": 1024,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1800, "ephemeral_1h_input_tokens": 0},
+        "output_tokens": 1,
+    }
+    return {"type": "message_start", "message": message}
+
+
+def test_stream_cache_writes_from_message_start_survive_a_message_delta_that_omits_them():
+    parser = wire.StreamParser()
+    parser.feed("message_start", _message_start_with_cache_writes())
+    delta: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn"},
+        "usage": {"output_tokens": 40},
+    }
+    assert parser.feed("message_delta", delta) == [
+        Finish("stop"),
+        UsageReport(Usage(input_tokens=2836, output_tokens=40, cached_tokens=1024, cache_write_tokens=1800)),
+    ]
+
+
+def test_stream_cache_counts_repeated_in_message_delta_win():
+    # Recent API versions repeat the (cumulative) input and cache counts in message_delta.
+    parser = wire.StreamParser()
+    parser.feed("message_start", _message_start_with_cache_writes())
+    usage = {
+        "input_tokens": 12,
+        "cache_creation_input_tokens": 2000,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 40,
+    }
+    delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}
+    assert parser.feed("message_delta", delta)[-1] == UsageReport(
+        Usage(input_tokens=2012, output_tokens=40, cached_tokens=0, cache_write_tokens=2000)
+    )
+
+
 def test_truncated_stream_is_finished_with_stop_and_the_usage_seen_so_far():
     parser = wire.StreamParser()
     parser.feed("message_start", REFERENCE_STREAM[0][1])
@@ -953,6 +1028,27 @@ def test_message_delta_waits_for_both_finish_and_usage(tail):
     assert renderer.render(TextDelta("late")) == b""
 
 
+def test_rendered_stream_carries_cache_reads_and_writes_to_the_sdk_and_back():
+    usage = Usage(
+        input_tokens=2836, output_tokens=40, cached_tokens=1024, cache_write_tokens=1800, reasoning_tokens=9
+    )
+    events: list[StreamEvent] = [
+        StreamStart(id="msg_1", model="m"),
+        TextDelta("Hi"),
+        Finish("stop"),
+        UsageReport(usage),
+    ]
+    frames = _decode_frames(_render_all(events))
+    message = _sdk_accumulate(frames)
+    assert (
+        message.usage.input_tokens,
+        message.usage.cache_creation_input_tokens,
+        message.usage.cache_read_input_tokens,
+        message.usage.output_tokens,
+    ) == (12, 1800, 1024, 40)
+    assert _feed_all(frames)[-1] == UsageReport(replace(usage, reasoning_tokens=0))
+
+
 def test_close_ends_a_stream_that_never_reported_usage_or_finish():
     renderer = wire.StreamRenderer("m")
     frames = renderer.render(StreamStart(id="msg_1", model="m")) + renderer.render(TextDelta("partial"))
@@ -1084,8 +1180,16 @@ def requests(draw: st.DrawFn) -> ChatRequest:
 
 
 @st.composite
+def anthropic_usages(draw: st.DrawFn, limit: int = 10**7) -> Usage:
+    """Usage Anthropic can carry: cache reads and writes inside the input, and no reasoning count."""
+    input_tokens = draw(st.integers(0, limit))
+    cached = draw(st.integers(0, input_tokens))
+    written = draw(st.integers(0, input_tokens - cached))
+    return Usage(input_tokens, draw(st.integers(0, limit)), cached, written)
+
+
+@st.composite
 def responses(draw: st.DrawFn) -> ChatResponse:
-    input_tokens = draw(st.integers(0, 10**7))
     return ChatResponse(
         id=draw(TEXT),
         model=draw(TEXT),
@@ -1095,7 +1199,7 @@ def responses(draw: st.DrawFn) -> ChatResponse:
             tool_calls=draw(tool_calls(first_id=0)),
         ),
         finish_reason=draw(st.sampled_from(FINISH_REASONS)),
-        usage=Usage(input_tokens, draw(st.integers(0, 10**7)), draw(st.integers(0, input_tokens))),
+        usage=draw(anthropic_usages()),
     )
 
 
@@ -1111,7 +1215,16 @@ def test_requests_survive_build_then_parse(req):
 def test_responses_survive_render_then_parse_and_the_sdk_accepts_them(resp):
     body = orjson.loads(orjson.dumps(wire.render_chat_response(resp)))
     assert wire.parse_chat_response(body) == resp
-    assert SDKMessage.model_validate(body).usage.output_tokens == resp.usage.output_tokens
+    sdk_usage = SDKMessage.model_validate(body).usage
+    assert (
+        sdk_usage.output_tokens,
+        sdk_usage.cache_creation_input_tokens,
+        sdk_usage.cache_read_input_tokens,
+    ) == (
+        resp.usage.output_tokens,
+        resp.usage.cache_write_tokens,
+        resp.usage.cached_tokens,
+    )
 
 
 @st.composite
@@ -1134,11 +1247,7 @@ def stream_scripts(
         events.extend(ToolCallDelta(len(calls), call.arguments[a:b]) for a, b in itertools.pairwise(bounds))
         calls.append(call)
     reason = draw(st.sampled_from(FINISH_REASONS))
-    input_tokens = draw(st.integers(0, 10**6))
-    usage = draw(
-        st.none()
-        | st.builds(Usage, st.just(input_tokens), st.integers(0, 10**6), st.integers(0, input_tokens))
-    )
+    usage = draw(st.none() | anthropic_usages(10**6))
     tail: list[StreamEvent] = [Finish(reason)] if usage is None else [Finish(reason), UsageReport(usage)]
     events.extend(draw(st.permutations(tail)))
     return events, text, calls, reason, usage

@@ -648,7 +648,7 @@ def test_text_response_with_thoughts_and_cached_tokens_parses_exactly():
             ),
         ),
         finish_reason="stop",
-        usage=Usage(input_tokens=2048, output_tokens=57, cached_tokens=1536),
+        usage=Usage(input_tokens=2048, output_tokens=57, cached_tokens=1536, reasoning_tokens=40),
     )
 
 
@@ -817,6 +817,56 @@ def test_canonical_response_renders_exact_json_the_sdk_reads():
     assert sdk.response_id == "chatcmpl-123"
 
 
+def _answer(usage: Usage) -> ChatResponse:
+    return ChatResponse(
+        id="r",
+        model="m",
+        message=Message(role="assistant", parts=(TextPart("ok"),)),
+        finish_reason="stop",
+        usage=usage,
+    )
+
+
+def test_reasoning_renders_as_thoughts_apart_from_the_candidates_and_parses_back():
+    usage = Usage(input_tokens=2048, output_tokens=57, cached_tokens=1536, reasoning_tokens=40)
+    rendered = render(_answer(usage))
+
+    assert rendered["usageMetadata"] == {
+        "promptTokenCount": 2048,
+        "candidatesTokenCount": 17,
+        "totalTokenCount": 2105,
+        "cachedContentTokenCount": 1536,
+        "thoughtsTokenCount": 40,
+    }
+    sdk = genai_types.GenerateContentResponse.model_validate(rendered).usage_metadata
+    assert sdk is not None
+    assert (sdk.candidates_token_count, sdk.thoughts_token_count, sdk.cached_content_token_count) == (
+        17,
+        40,
+        1536,
+    )
+    assert wire.parse_chat_response(rendered).usage == usage
+
+
+def test_cache_writes_have_no_gemini_field_and_stay_inside_the_prompt_count():
+    # From an Anthropic upstream: Gemini reports no writes, so they are input like any other.
+    rendered = render(
+        _answer(Usage(input_tokens=3000, output_tokens=5, cached_tokens=1000, cache_write_tokens=1900))
+    )
+    assert rendered["usageMetadata"] == {
+        "promptTokenCount": 3000,
+        "candidatesTokenCount": 5,
+        "totalTokenCount": 3005,
+        "cachedContentTokenCount": 1000,
+    }
+    assert wire.parse_chat_response(rendered).usage == Usage(3000, 5, cached_tokens=1000)
+
+
+def test_more_reasoning_than_output_renders_no_negative_candidates():
+    rendered = render(_answer(Usage(input_tokens=1, output_tokens=3, reasoning_tokens=5)))
+    assert rendered["usageMetadata"]["candidatesTokenCount"] == 0
+
+
 @pytest.mark.parametrize(
     ("finish", "gemini"),
     [("stop", "STOP"), ("length", "MAX_TOKENS"), ("content_filter", "SAFETY"), ("error", "OTHER")],
@@ -860,7 +910,7 @@ def test_text_stream_parses_to_exact_events_with_usage_from_the_last_chunk():
         TextDelta("The sky"),
         TextDelta(" is blue because of Rayleigh scattering."),
         Finish("stop"),
-        UsageReport(Usage(input_tokens=9, output_tokens=35, cached_tokens=4)),
+        UsageReport(Usage(input_tokens=9, output_tokens=35, cached_tokens=4, reasoning_tokens=25)),
     ]
 
 
@@ -1029,6 +1079,28 @@ def test_usage_before_finish_sends_the_last_frame_at_finish_and_close_adds_nothi
     assert renderer.close() == b""
 
 
+def test_streamed_reasoning_goes_out_as_thoughts_in_the_last_chunk_and_parses_back():
+    usage = Usage(input_tokens=9, output_tokens=35, cached_tokens=4, reasoning_tokens=25)
+    events: list[StreamEvent] = [
+        StreamStart(id="r", model="m"),
+        TextDelta("Blue."),
+        Finish("stop"),
+        UsageReport(usage),
+    ]
+    payloads = sse_payloads(render_all(events))
+
+    assert payloads[-1]["usageMetadata"] == {
+        "promptTokenCount": 9,
+        "candidatesTokenCount": 10,
+        "totalTokenCount": 44,
+        "cachedContentTokenCount": 4,
+        "thoughtsTokenCount": 25,
+    }
+    sdk = genai_types.GenerateContentResponse.model_validate(payloads[-1]).usage_metadata
+    assert sdk is not None and sdk.thoughts_token_count == 25
+    assert feed_all(payloads)[-1] == UsageReport(usage)
+
+
 def test_stream_without_usage_gets_its_last_frame_from_close():
     renderer = wire.StreamRenderer("m")
     sent = renderer.render(StreamStart(id="r", model="x")) + renderer.render(Finish("stop"))
@@ -1163,6 +1235,18 @@ def test_requests_survive_build_then_parse(req: ChatRequest) -> None:
 
 
 @st.composite
+def gemini_usages(draw: st.DrawFn, limit: int = 2**31) -> Usage:
+    """Usage Gemini can carry: reasoning inside the output; cached input, but no cache writes."""
+    output_tokens = draw(st.integers(0, limit))
+    return Usage(
+        input_tokens=draw(st.integers(0, limit)),
+        output_tokens=output_tokens,
+        cached_tokens=draw(st.integers(0, limit)),
+        reasoning_tokens=draw(st.integers(0, output_tokens)),
+    )
+
+
+@st.composite
 def representable_responses(draw: st.DrawFn) -> ChatResponse:
     calls = tuple(
         ToolCall(id=f"call_{i}x", name=draw(st.sampled_from(["f", "g"])), arguments=draw(arguments))
@@ -1179,7 +1263,7 @@ def representable_responses(draw: st.DrawFn) -> ChatResponse:
             tool_calls=calls,
         ),
         finish_reason=finish,
-        usage=Usage(*(draw(st.integers(0, 2**31)) for _ in range(3))),
+        usage=draw(gemini_usages()),
     )
 
 
@@ -1206,7 +1290,7 @@ def canonical_streams(draw: st.DrawFn) -> list[StreamEvent]:
         ]
     finish_and_usage: list[StreamEvent] = [
         Finish(draw(st.sampled_from(["stop", "length", "content_filter"]))),
-        UsageReport(Usage(3, 4, 1)),
+        UsageReport(draw(gemini_usages(10**6))),
     ]
     return events + (finish_and_usage if draw(st.booleans()) else finish_and_usage[::-1])
 

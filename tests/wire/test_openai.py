@@ -490,6 +490,7 @@ def test_render_chat_response_golden():
             "completion_tokens": 12,
             "total_tokens": 21,
             "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 0},
         },
     }
 
@@ -546,6 +547,100 @@ def test_openai_sdk_accepts_rendered_chat_response(response):
     assert completion.usage is not None
     assert completion.usage.prompt_tokens_details is not None
     assert completion.usage.prompt_tokens_details.cached_tokens == response.usage.cached_tokens
+
+
+# --- Usage: cache reads and writes, reasoning -----------------------------------------------------------
+
+# An o-series reply's usage as OpenAI sends it: cached input inside prompt_tokens, reasoning inside
+# completion_tokens.
+REASONING_USAGE: dict[str, Any] = {
+    "prompt_tokens": 2006,
+    "completion_tokens": 300,
+    "total_tokens": 2306,
+    "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+    "completion_tokens_details": {
+        "reasoning_tokens": 192,
+        "audio_tokens": 0,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
+    },
+}
+REASONING = Usage(input_tokens=2006, output_tokens=300, cached_tokens=1920, reasoning_tokens=192)
+
+
+def test_parse_chat_response_reads_cached_and_reasoning_tokens_as_parts_of_the_totals():
+    body = {**load("chat_response_text.json"), "usage": REASONING_USAGE}
+    assert wire.parse_chat_response(body).usage == REASONING
+
+
+def test_parse_usage_reads_cache_writes_from_the_prompt_details():
+    # The OpenAI SDK's prompt_tokens_details.cache_write_tokens; OpenRouter sends it for Anthropic models.
+    details = {"cached_tokens": 0, "cache_write_tokens": 100, "audio_tokens": 0}
+    body = {**load("chat_response_text.json"), "usage": {**REASONING_USAGE, "prompt_tokens_details": details}}
+    assert wire.parse_chat_response(body).usage == replace(REASONING, cached_tokens=0, cache_write_tokens=100)
+
+
+def test_parse_usage_reads_null_details_as_absent():
+    usage = {
+        "prompt_tokens": 5,
+        "completion_tokens": 2,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
+    body = {**load("chat_response_text.json"), "usage": usage}
+    assert wire.parse_chat_response(body).usage == Usage(5, 2)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {**REASONING_USAGE, "completion_tokens_details": {"reasoning_tokens": -1}},
+        {**REASONING_USAGE, "completion_tokens_details": []},
+        {**REASONING_USAGE, "prompt_tokens_details": {"cache_write_tokens": "9"}},
+    ],
+    ids=["negative-reasoning", "details-not-an-object", "cache-writes-not-a-number"],
+)
+def test_parse_usage_with_malformed_details_is_an_upstream_connection_error(usage):
+    with pytest.raises(UpstreamConnectionError):
+        wire.parse_chat_response({**load("chat_response_text.json"), "usage": usage})
+
+
+def test_render_usage_reports_every_part_and_cache_writes_only_when_there_are_some():
+    rendered: Any = wire.render_chat_response(text_response(usage=replace(REASONING, cache_write_tokens=64)))
+    assert rendered["usage"] == {
+        "prompt_tokens": 2006,
+        "completion_tokens": 300,
+        "total_tokens": 2306,
+        "prompt_tokens_details": {"cached_tokens": 1920, "cache_write_tokens": 64},
+        "completion_tokens_details": {"reasoning_tokens": 192},
+    }
+    usage = ChatCompletion.model_validate(rendered).usage
+    assert usage is not None
+    assert usage.prompt_tokens_details is not None and usage.completion_tokens_details is not None
+    assert usage.prompt_tokens_details.cache_write_tokens == 64
+    assert usage.completion_tokens_details.reasoning_tokens == 192
+    plain: Any = wire.render_chat_response(text_response(usage=REASONING))
+    assert plain["usage"]["prompt_tokens_details"] == {"cached_tokens": 1920}  # OpenAI's own shape
+
+
+def test_stream_usage_chunk_carries_cached_and_reasoning_tokens_in_and_out():
+    parser = wire.StreamParser()
+    chunks = [
+        chunk({"role": "assistant", "content": "Thought it through."}),
+        chunk({}, "stop"),
+        chunk(usage=REASONING_USAGE),  # the closing chunk of stream_options.include_usage
+    ]
+    events = [event for payload in chunks for event in parser.feed(None, payload)] + parser.finish()
+    assert events[-2:] == [Finish("stop"), UsageReport(REASONING)]
+    state = ChatCompletionStreamState()
+    for payload in sse_payloads(render_stream(events)):
+        state.handle_chunk(ChatCompletionChunk.model_validate(payload))
+    usage = state.get_final_completion().usage
+    assert usage is not None
+    assert usage.prompt_tokens_details is not None and usage.completion_tokens_details is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (2006, 300)
+    assert usage.prompt_tokens_details.cached_tokens == 1920
+    assert usage.completion_tokens_details.reasoning_tokens == 192
 
 
 # --- Streaming ------------------------------------------------------------------------------------------
@@ -734,6 +829,7 @@ def test_stream_renderer_golden_frames():
                 "completion_tokens": 3,
                 "total_tokens": 8,
                 "prompt_tokens_details": {"cached_tokens": 2},
+                "completion_tokens_details": {"reasoning_tokens": 0},
             },
         },
     ]
@@ -1132,7 +1228,7 @@ def chat_responses(draw: st.DrawFn) -> ChatResponse:
         model=draw(TEXTS),
         message=Message("assistant", (TextPart(text),) if text else (), tool_calls=calls),
         finish_reason=reason,  # type: ignore[arg-type]
-        usage=Usage(draw(counts), draw(counts), draw(counts)),
+        usage=Usage(*(draw(counts) for _ in range(5))),  # OpenAI keeps every part as it is
         created=draw(st.integers(0, 2**40)),
     )
 
@@ -1158,9 +1254,7 @@ def canonical_streams(draw: st.DrawFn) -> list[StreamEvent]:
         else:
             events.append(ToolCallDelta(draw(st.integers(0, calls - 1)), draw(TEXTS)))
     finish = Finish(draw(st.sampled_from(["length", "content_filter", "tool_calls" if calls else "stop"])))
-    usage = UsageReport(
-        Usage(draw(st.integers(0, 10**6)), draw(st.integers(0, 10**6)), draw(st.integers(0, 10**6)))
-    )
+    usage = UsageReport(Usage(*(draw(st.integers(0, 10**6)) for _ in range(5))))
     ending: list[StreamEvent] = [finish, usage]
     return [*events, *draw(st.permutations(ending))]
 

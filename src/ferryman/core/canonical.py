@@ -142,11 +142,21 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts; `cached_tokens` is the part of `input_tokens` served from a prompt cache."""
+    """Token counts, split the way providers bill them.
+
+    The parts are *inside* the totals, never added to them: `cached_tokens` (read from a prompt cache)
+    and `cache_write_tokens` (written to one, which Anthropic bills above the input rate) are parts of
+    `input_tokens`; `reasoning_tokens` (thinking the client never sees, billed as output) is part of
+    `output_tokens`. So `input_tokens` and `output_tokens` mean the same in every wire format, and each
+    codec moves the parts in or out of its provider's own fields. New fields go at the end: many call
+    sites build a Usage positionally (`Usage(3, 2)`).
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

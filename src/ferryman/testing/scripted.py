@@ -301,7 +301,13 @@ def _usage(spec: UsageSpec, input_words: int, output_words: int) -> Usage | None
     if spec == "words":
         return Usage(input_tokens=input_words, output_tokens=output_words)
     if isinstance(spec, FakeUsage):
-        return Usage(spec.input_tokens, spec.output_tokens, spec.cached_tokens)
+        return Usage(
+            spec.input_tokens,
+            spec.output_tokens,
+            spec.cached_tokens,
+            spec.cache_write_tokens,
+            spec.reasoning_tokens,
+        )
     return spec
 
 

@@ -47,21 +47,25 @@ def render_stop_reason(reason: FinishReason) -> str:
 
 
 def parse_usage(usage: JSONObject, path: str) -> Usage:
-    """Anthropic counts cache reads and writes apart from `input_tokens`; canonical input includes them."""
+    """Anthropic counts cache reads and writes apart from `input_tokens`; canonical input includes them.
+
+    Thinking is inside Anthropic's `output_tokens` and not reported apart, so reasoning reads as 0.
+    """
     cache_read = get_opt_int(usage, "cache_read_input_tokens", path) or 0
     cache_creation = get_opt_int(usage, "cache_creation_input_tokens", path) or 0
     return Usage(
         input_tokens=(get_opt_int(usage, "input_tokens", path) or 0) + cache_read + cache_creation,
         output_tokens=get_opt_int(usage, "output_tokens", path) or 0,
         cached_tokens=cache_read,
+        cache_write_tokens=cache_creation,
     )
 
 
 def render_usage(usage: Usage) -> JSONObject:
-    """Canonical usage as Anthropic counts it: cache reads apart from `input_tokens`."""
+    """Canonical usage as Anthropic counts it: cache reads and writes apart from `input_tokens`."""
     return {
-        "input_tokens": max(usage.input_tokens - usage.cached_tokens, 0),
-        "cache_creation_input_tokens": 0,
+        "input_tokens": max(usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens, 0),
+        "cache_creation_input_tokens": usage.cache_write_tokens,
         "cache_read_input_tokens": usage.cached_tokens,
         "output_tokens": usage.output_tokens,
     }

@@ -337,16 +337,22 @@ def _token_count(usage: JSONObject, key: str, param: str) -> int:
 
 
 def parse_usage(value: JSONValue, param: str) -> Usage | None:
-    """Thinking tokens are billed as output and tool-use prompt tokens as input, so they count there."""
+    """Thinking tokens are billed as output and tool-use prompt tokens as input, so they count there.
+
+    Gemini counts cached content inside `promptTokenCount` (as the canonical Usage does) but thoughts
+    apart from `candidatesTokenCount`, so the thoughts are added to the output and kept as its
+    reasoning part.
+    """
     if value is None:
         return None
     usage = as_object(value, param)
+    thoughts = _token_count(usage, "thoughtsTokenCount", param)
     return Usage(
         input_tokens=_token_count(usage, "promptTokenCount", param)
         + _token_count(usage, "toolUsePromptTokenCount", param),
-        output_tokens=_token_count(usage, "candidatesTokenCount", param)
-        + _token_count(usage, "thoughtsTokenCount", param),
+        output_tokens=_token_count(usage, "candidatesTokenCount", param) + thoughts,
         cached_tokens=_token_count(usage, "cachedContentTokenCount", param),
+        reasoning_tokens=thoughts,
     )
 
 
@@ -356,12 +362,18 @@ def new_response_id() -> str:
 
 
 def render_usage(usage: Usage) -> JSONObject:
-    """Canonical usage as `usageMetadata`, for whole replies and the last stream chunk."""
+    """Canonical usage as `usageMetadata`, for whole replies and the last stream chunk.
+
+    Reasoning goes back out of the candidates into `thoughtsTokenCount`, as Gemini reports it. Gemini
+    has no field for cache writes: they stay inside `promptTokenCount`.
+    """
     rendered: JSONObject = {
         "promptTokenCount": usage.input_tokens,
-        "candidatesTokenCount": usage.output_tokens,
+        "candidatesTokenCount": max(usage.output_tokens - usage.reasoning_tokens, 0),
         "totalTokenCount": usage.total_tokens,
     }
     if usage.cached_tokens:
         rendered["cachedContentTokenCount"] = usage.cached_tokens
+    if usage.reasoning_tokens:
+        rendered["thoughtsTokenCount"] = usage.reasoning_tokens
     return rendered

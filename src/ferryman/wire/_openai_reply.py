@@ -43,25 +43,46 @@ def render_finish_reason(reason: FinishReason) -> str:
 
 
 def parse_usage(reply: JSONObject) -> Usage:
-    """The `usage` of a reply or chunk; absent (some OpenAI-compatible servers omit it) is all zeros."""
+    """The `usage` of a reply or chunk; absent (some OpenAI-compatible servers omit it) is all zeros.
+
+    OpenAI counts cached input inside `prompt_tokens` and reasoning inside `completion_tokens`, as the
+    canonical Usage does, so the details are read as they are; so are cache writes, in
+    `prompt_tokens_details.cache_write_tokens` (the OpenAI SDK's field, also what OpenRouter sends for
+    the Anthropic models it fronts).
+    """
     usage = get_opt_object(reply, "usage")
     if usage is None:
         return Usage()
-    details = get_opt_object(usage, "prompt_tokens_details", "usage") or {}
+    prompt = get_opt_object(usage, "prompt_tokens_details", "usage") or {}
+    completion = get_opt_object(usage, "completion_tokens_details", "usage") or {}
     return Usage(
-        input_tokens=get_opt_int(usage, "prompt_tokens", "usage", minimum=0) or 0,
-        output_tokens=get_opt_int(usage, "completion_tokens", "usage", minimum=0) or 0,
-        cached_tokens=get_opt_int(details, "cached_tokens", "usage.prompt_tokens_details", minimum=0) or 0,
+        input_tokens=_count(usage, "prompt_tokens", "usage"),
+        output_tokens=_count(usage, "completion_tokens", "usage"),
+        cached_tokens=_count(prompt, "cached_tokens", "usage.prompt_tokens_details"),
+        cache_write_tokens=_count(prompt, "cache_write_tokens", "usage.prompt_tokens_details"),
+        reasoning_tokens=_count(completion, "reasoning_tokens", "usage.completion_tokens_details"),
     )
 
 
+def _count(obj: JSONObject, key: str, prefix: str) -> int:
+    return get_opt_int(obj, key, prefix, minimum=0) or 0
+
+
 def render_usage(usage: Usage) -> JSONObject:
-    """Canonical usage as the `usage` object of a reply or of the closing stream chunk."""
+    """Canonical usage as the `usage` object of a reply or of the closing stream chunk.
+
+    Cache writes (from Anthropic, say) go out in `prompt_tokens_details.cache_write_tokens`, so the
+    client sees what it paid for; with none the field is left out, as OpenAI itself leaves it out.
+    """
+    prompt_details: JSONObject = {"cached_tokens": usage.cached_tokens}
+    if usage.cache_write_tokens:
+        prompt_details["cache_write_tokens"] = usage.cache_write_tokens
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "prompt_tokens_details": prompt_details,
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
 
 
