@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ferryman.api.app import pipeline_stages
+from ferryman.api.app import LimiterState, StageServices, pipeline_stages
 from ferryman.core.attempts import AttemptLoop
 from ferryman.core.canonical import ChatRequest, Message, TextPart
 from ferryman.core.exchange import Exchange
@@ -22,6 +22,7 @@ from ferryman.core.pipeline import Pipeline, Stage
 from ferryman.core.pricing import Price
 from ferryman.core.routing import Router, Target
 from ferryman.settings import settings_from_mapping
+from ferryman.store.backends import open_shared_state
 from ferryman.testing import ScriptedUpstream
 
 MODEL = "bench-model"
@@ -45,9 +46,11 @@ async def _measure(requests: int, rounds: int) -> tuple[StageCost, ...]:
     settings = settings_from_mapping(
         {"models": [{"name": MODEL, "deployments": [{"provider": "fake", "model": MODEL}]}]}
     )
+    shared = await open_shared_state("memory://")
     bare = await _best(router, (), requests, rounds)
     costs = [StageCost("pipeline and attempt loop, no stages", bare)]
-    for stage in pipeline_stages(settings, router):
+    services = StageServices(LimiterState(shared.counters, shared.reservations), shared.reservations)
+    for stage in pipeline_stages(settings, router, services):
         with_stage = await _best(router, (stage,), requests, rounds)
         costs.append(StageCost(stage.name, max(with_stage - bare, 0.0)))
     return tuple(costs)

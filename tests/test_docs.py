@@ -16,7 +16,7 @@ def config_keys(model: type[BaseModel]) -> set[str]:
     """Every field name in the settings tree, nested models included."""
     keys: set[str] = set()
     for name, field in model.model_fields.items():
-        keys.add(name)
+        keys.add(field.alias or name)  # as config files spell it (`global`, not `global_`)
         for candidate in _model_types(field.annotation):
             keys |= config_keys(candidate)
     return keys

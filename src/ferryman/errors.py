@@ -10,6 +10,8 @@
     │   ├── PayloadTooLargeError    413: body over the configured cap
     │   └── RateLimitError          429: rate limit or budget; carries `retry_after`
     ├── StoreUnavailableError       503: the key database cannot be reached, so a key cannot be checked
+    ├── SharedStateUnavailableError 503: the shared-state server (Redis) failed or timed out, so limits
+    │                               and budgets cannot be checked; the core decides fail-open / closed
     ├── InvalidationNotDeliveredError
     │                               503: an admin change is saved, but other replicas could not be told
     │                               to drop their cached copy; carries what was `saved`
@@ -99,6 +101,7 @@ class RateLimitError(RequestError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+    worth_retrying: bool = True  # False where only a window's reset helps (an exhausted budget)
 
     def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
         super().__init__(message, code=code)
@@ -114,6 +117,19 @@ class StoreUnavailableError(FerrymanError):
 
     status = 503
     code = "key_store_unavailable"
+
+
+class SharedStateUnavailableError(FerrymanError):
+    """The shared-state backend (Redis) did not answer in time, refused the connection, or failed a script.
+
+    The Redis backend raises this at its boundary in place of redis-py's and the socket's own errors, so
+    the core can apply its fail-open or fail-closed policy to limits, budgets and the cache without
+    importing a Redis client. The message names the error's class only: redis-py's messages may carry
+    addresses.
+    """
+
+    status = 503
+    code = "shared_state_unavailable"
 
 
 class InvalidationNotDeliveredError(FerrymanError):

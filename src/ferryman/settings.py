@@ -15,6 +15,7 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -50,11 +51,25 @@ class Timeouts(_Strict):
 
 
 class PriceOverride(_Strict):
-    """A deployment's own price in USD per million tokens (negotiated rates, self-hosted models)."""
+    """A deployment's own price in USD per million tokens (negotiated rates, self-hosted models).
+
+    Cache rates left out bill at the input rate. `max_output_tokens` left out keeps the pinned table's
+    figure for the model, if it has one: a negotiated rate does not change how long an answer can be.
+    """
 
     input_per_mtok: Annotated[float, Field(ge=0)]
     output_per_mtok: Annotated[float, Field(ge=0)]
     cached_input_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    cache_write_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+
+
+class RateLimit(_Strict):
+    """Requests and tokens per minute and concurrent requests of one scope; omitted means unlimited."""
+
+    rpm: Annotated[int, Field(ge=1, le=10**12)] | None = None
+    tpm: Annotated[int, Field(ge=1, le=10**15)] | None = None
+    max_parallel: Annotated[int, Field(ge=1, le=10**9)] | None = None
 
 
 class Deployment(_Strict):
@@ -67,6 +82,11 @@ class Deployment(_Strict):
     api_version: str | None = Field(default=None, description="Azure-style `api-version` query value.")
     headers: dict[str, str] = Field(default_factory=dict)
     weight: Annotated[int, Field(ge=0)] = 1
+    limits: RateLimit | None = Field(
+        default=None,
+        description="The upstream's own quota for this deployment: at its limit a request goes to the "
+        "next deployment instead, so the provider never answers 429.",
+    )
     timeouts: Timeouts = Field(default_factory=Timeouts)
     price: PriceOverride | None = None
     name: str | None = Field(
@@ -109,6 +129,7 @@ class ModelRoute(_Strict):
 
     name: str = Field(min_length=1)
     deployments: list[Deployment] = Field(min_length=1)
+    limits: RateLimit | None = None
 
 
 class ServerSettings(_Strict):
@@ -145,6 +166,32 @@ class BudgetSettings(_Strict):
     monthly_usd: Annotated[float, Field(ge=0)] | None = None
 
 
+class BudgetsSettings(_Strict):
+    """Gateway-wide and per-end-user budgets, their windows' time zone, and alerts.
+
+    Keys and teams carry their own `budget`; every budget that applies to a request is reserved
+    together, at the request's worst-case cost, before the upstream is called.
+    """
+
+    global_: BudgetSettings | None = Field(default=None, alias="global")
+    end_user: BudgetSettings | None = Field(default=None, description="Applies to each end user, per key.")
+    timezone: str = Field(default="UTC", description="Where daily and monthly windows start (IANA name).")
+    alert_thresholds: list[Annotated[float, Field(gt=0, le=10)]] = Field(default_factory=lambda: [0.8, 1.0])
+    alert_webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+    hold_ttl_seconds: Annotated[float, Field(gt=0)] = 900.0
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
 class StaticKey(_Strict):
     """A client key declared in the config file, so auth works without a database.
 
@@ -167,6 +214,27 @@ class StaticKey(_Strict):
         if (self.key is None) == (self.key_hash is None):
             raise ValueError("give exactly one of key or key_hash")
         return self
+
+
+class LimitsSettings(_Strict):
+    """Gateway-wide rate limits, the default per end user, and what to do while Redis is unreachable.
+
+    Keys and teams carry their own `rpm_limit` / `tpm_limit` / `max_parallel`; models and deployments
+    their own `limits`. Under `fail_open` (the default) each replica enforces `1 / expected_replicas` of
+    every limit from its own memory until Redis answers again; under `fail_closed` limited requests are
+    refused (503) meanwhile.
+    """
+
+    global_: RateLimit | None = Field(default=None, alias="global")
+    end_user: RateLimit | None = Field(default=None, description="Applies to each end user separately.")
+    on_redis_failure: Literal["fail_open", "fail_closed"] = "fail_open"
+    expected_replicas: Annotated[int, Field(ge=1, le=10_000)] = 1
+    slot_ttl_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=900.0,
+        description="How long a concurrency slot outlives a replica that died holding it.",
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class HealthSettings(_Strict):
@@ -204,6 +272,8 @@ class Settings(_Strict):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    budgets: BudgetsSettings = Field(default_factory=BudgetsSettings)
     models: list[ModelRoute] = Field(default_factory=list)
     keys: list[StaticKey] = Field(default_factory=list)
     auto_migrate: bool = True

@@ -84,7 +84,12 @@ def test_unknown_model_in_each_format_is_404(gateway: RunningGateway) -> None:
     anthropic = b'{"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}'
     assert_error(post(gateway, "/v1/messages", anthropic), 404, code="model_not_found")
     gemini = b'{"contents": [{"role": "user", "parts": [{"text": "x"}]}]}'
-    assert_error(post(gateway, "/v1beta/models/nope:generateContent", gemini), 404, code="model_not_found")
+    response = post(gateway, "/v1beta/models/nope:generateContent", gemini)
+    assert response.status_code == 404
+    error = response.json()["error"]  # Google's own shape, as the google-genai SDK parses it
+    assert (error["code"], error["status"]) == (404, "NOT_FOUND")
+    assert "nope" in error["message"]
+    assert error["details"][0]["reason"] == "model_not_found"
 
 
 def test_body_over_the_cap_is_413(gateway: RunningGateway) -> None:

@@ -151,6 +151,13 @@ def throwaway_redis(port: int | None = None) -> Iterator[str]:
 
     Tests that stop it mid-way to see Redis fail start a new one on the same port to see it come back.
     """
+    with throwaway_redis_process(port) as (url, _process):
+        yield url
+
+
+@contextmanager
+def throwaway_redis_process(port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`throwaway_redis`, with the process too, for tests that kill it (by its PID) mid-way."""
     if shutil.which("redis-server") is None:
         pytest.fail("no Redis reachable and no redis-server found: run scripts/install-test-services.sh")
     port = port or free_port()
@@ -164,9 +171,10 @@ def throwaway_redis(port: int | None = None) -> Iterator[str]:
             if time.monotonic() > deadline or process.poll() is not None:
                 pytest.fail("redis-server did not start")
             time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", process
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         process.wait(timeout=10)
 
 

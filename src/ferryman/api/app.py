@@ -6,7 +6,9 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -33,16 +35,21 @@ from ferryman.api.openapi import install_openapi
 from ferryman.api.state import AppState
 from ferryman.core.access import ModelAccess
 from ferryman.core.attempts import AttemptLoop
+from ferryman.core.budgets import Budgets
+from ferryman.core.failover import Failover
+from ferryman.core.limits import DeploymentQuotas, Quota, RateLimits
 from ferryman.core.observer import Observer, combine
 from ferryman.core.pipeline import Pipeline, Stage
 from ferryman.core.pricing import Price, price_for
 from ferryman.core.routing import Router, Target
-from ferryman.core.shared_state import SharedState
+from ferryman.core.shared_state import Reservations, SharedState, WindowCounters
 from ferryman.core.upstream import Upstream
 from ferryman.errors import FerrymanError, InvalidRequestError, NotFoundError
 from ferryman.observability.access_log import AccessLogObserver
+from ferryman.observability.budget_alerts import BudgetAlerter
 from ferryman.observability.metrics import Metrics
 from ferryman.observability.metrics_observer import MetricsObserver
+from ferryman.observability.timed_state import TimedCounters, TimedReservations
 from ferryman.observability.tracing import (
     TRACER_NAME,
     TracingMiddleware,
@@ -50,7 +57,7 @@ from ferryman.observability.tracing import (
     create_tracer_provider,
 )
 from ferryman.providers import create_provider
-from ferryman.settings import Deployment, Settings, load_settings
+from ferryman.settings import BudgetSettings, Deployment, RateLimit, Settings, load_settings
 from ferryman.store.backends import open_shared_state
 from ferryman.store.service import KeyService
 
@@ -96,9 +103,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         keys = await KeyService.open(settings)  # migrates (or checks) the schema first
-        # In-process until the Redis backends register their schemes (limits and budgets need them).
-        shared = await open_shared_state("memory://")
-        state = build_state(settings, metrics or Metrics.create(), tracer, keys, extra_stages, shared)
+        shared = await open_shared_state(settings.redis_url or "memory://")
+        local = await open_shared_state("memory://") if settings.redis_url else shared
+        app_metrics = metrics or Metrics.create()
+        alerts = BudgetAlerter(app_metrics, settings.budgets.alert_webhook_url)
+        services = StageServices(
+            limiter_state(settings, shared, local, app_metrics),
+            TimedReservations(shared.reservations, app_metrics.shared_state_seconds),
+            alerts,
+        )
+        state = build_state(settings, shared, app_metrics, tracer, keys, extra_stages, services)
         app.state.ferryman = admin.state.ferryman = state
         if not state.auth.enabled:
             log.warning("no master_key configured: the gateway accepts requests without a key")
@@ -112,6 +126,9 @@ def create_app(
             if tracer_provider is not None:
                 tracer_provider.shutdown()
             await shared.close()
+            if local is not shared:
+                await local.close()
+            await alerts.aclose()
             await keys.aclose()
 
     middleware = [Middleware(RequestIdMiddleware)]
@@ -167,15 +184,104 @@ def app_from_env() -> GatewayApp:
     return create_app(load_settings(os.environ.get("FERRYMAN_CONFIG") or None))
 
 
-def pipeline_stages(settings: Settings, router: Router) -> list[Stage]:
+@dataclass(frozen=True, slots=True)
+class LimiterState:
+    """Where rate limits count: the shared state, behind the Redis failure policy when it is Redis."""
+
+    counters: WindowCounters
+    slots: Reservations
+
+
+def limiter_state(
+    settings: Settings, shared: SharedState, local: SharedState, metrics: Metrics
+) -> LimiterState:
+    """The rate limits' state: timed, and with Redis, failing over to `local` as `limits` configures."""
+    counters: WindowCounters = shared.counters
+    slots: Reservations = shared.reservations
+    if local is not shared:
+
+        def report(degraded: bool) -> None:
+            metrics.limiter_degraded.set(1 if degraded else 0)
+            if degraded:
+                log.warning("shared state unreachable: rate limits now %s", settings.limits.on_redis_failure)
+            else:
+                log.warning("shared state reachable again: rate limits shared across replicas")
+
+        failover = Failover(
+            shared.counters,
+            shared.reservations,
+            local.counters,
+            local.reservations,
+            policy=settings.limits.on_redis_failure,
+            replicas=settings.limits.expected_replicas,
+            on_change=report,
+        )
+        counters, slots = failover, failover
+    histogram = metrics.shared_state_seconds
+    return LimiterState(TimedCounters(counters, histogram), TimedReservations(slots, histogram))
+
+
+@dataclass(frozen=True, slots=True)
+class StageServices:
+    """What the stages run on: the limiter's state (with its Redis failure policy), the budgets'
+    reservations (never failed over: money does not fall back to a local guess), budget alerts."""
+
+    limiter: LimiterState
+    budget_holds: Reservations
+    alerts: BudgetAlerter | None = None
+
+
+def pipeline_stages(settings: Settings, router: Router, services: StageServices) -> list[Stage]:
     """The request pipeline, in the order a request meets it (docs/architecture.md draws it).
 
-    Each stage is one module in `ferryman.core`; adding one is a line here. Rate limits, budget
-    reservations and the response cache take their places after model access.
+    Each stage is one module in `ferryman.core`; adding one is a line here. The response cache takes
+    its place after the budgets.
     """
+    limits, budgets, limiter = settings.limits, settings.budgets, services.limiter
+    alerts = services.alerts
     return [
         ModelAccess(router),  # 403 for a model the key may not use, 404 for one nobody serves
+        RateLimits(  # 429 past RPM / TPM / concurrency of key, team, end user, model, gateway
+            limiter.counters,
+            limiter.slots,
+            global_quota=_quota(limits.global_),
+            end_user_quota=_quota(limits.end_user),
+            model_quotas={route.name: _quota(route.limits) for route in settings.models},
+            slot_ttl=limits.slot_ttl_seconds,
+        ),
+        Budgets(  # 429 insufficient_quota unless the worst case fits every budget; settles on exit
+            services.budget_holds,
+            router,
+            global_budget=_budget(budgets.global_),
+            end_user_budget=_budget(budgets.end_user),
+            timezone=ZoneInfo(budgets.timezone),
+            thresholds=budgets.alert_thresholds,
+            hold_ttl=budgets.hold_ttl_seconds,
+            on_alert=alerts.alert if alerts is not None else lambda alert: None,
+            on_level=alerts.level if alerts is not None else lambda budget, ratio: None,
+        ),
     ]
+
+
+def _budget(budget: BudgetSettings | None) -> tuple[float | None, float | None]:
+    return (budget.daily_usd, budget.monthly_usd) if budget is not None else (None, None)
+
+
+def deployment_quotas(settings: Settings, limiter: LimiterState) -> DeploymentQuotas | None:
+    """The upstream quotas of deployments that declare one; None when none does (no lookups at all)."""
+    quotas = {
+        deployment.label: _quota(deployment.limits)
+        for route in settings.models
+        for deployment in route.deployments
+        if deployment.limits is not None
+    }
+    if not quotas:
+        return None
+    return DeploymentQuotas(limiter.counters, limiter.slots, quotas, settings.limits.slot_ttl_seconds)
+
+
+def _quota(limit: RateLimit | None) -> Quota:
+    return Quota(limit.rpm, limit.tpm, limit.max_parallel) if limit is not None else Quota()
 
 
 def build_observer(metrics: Metrics, tracer: Tracer | None) -> Observer:
@@ -189,11 +295,12 @@ def build_observer(metrics: Metrics, tracer: Tracer | None) -> Observer:
 
 def build_state(
     settings: Settings,
+    shared: SharedState,
     metrics: Metrics,
     tracer: Tracer | None = None,
     keys: KeyService | None = None,
     extra_stages: Sequence[Stage] = (),
-    shared: SharedState | None = None,
+    services: StageServices | None = None,
 ) -> AppState:
     """Create every upstream client and the objects requests share."""
     upstreams: list[Upstream] = []
@@ -205,8 +312,12 @@ def build_state(
             routes.setdefault(route.name, []).append(_target(upstream, deployment))
     router = Router(routes)
     observer = build_observer(metrics, tracer)
-    stages = [*pipeline_stages(settings, router), *extra_stages]
-    pipeline = Pipeline(stages, AttemptLoop(router, observer), observer)
+    services = services or StageServices(
+        LimiterState(shared.counters, shared.reservations), shared.reservations
+    )
+    stages = [*pipeline_stages(settings, router, services), *extra_stages]
+    attempts = AttemptLoop(router, observer, quotas=deployment_quotas(settings, services.limiter))
+    pipeline = Pipeline(stages, attempts, observer)
     master = settings.master_key.get_secret_value() if settings.master_key else None
     return AppState(
         settings=settings,
@@ -232,13 +343,18 @@ async def _no_dependencies() -> dict[str, bool]:
 
 
 def _target(upstream: Upstream, deployment: Deployment) -> Target:
+    price = pinned = price_for(deployment.model)
     override = deployment.price
-    price = price_for(
-        deployment.model,
-        Price(override.input_per_mtok, override.output_per_mtok, override.cached_input_per_mtok)
-        if override
-        else None,
-    )
+    if override is not None:
+        # an override changes the rates, not the model: unless it says otherwise, the limit stays pinned
+        limit = override.max_output_tokens or (pinned.max_output_tokens if pinned else None)
+        price = Price(
+            override.input_per_mtok,
+            override.output_per_mtok,
+            cached_input=override.cached_input_per_mtok,
+            cache_write=override.cache_write_per_mtok,
+            max_output_tokens=limit,
+        )
     return Target(
         upstream=upstream,
         provider=deployment.provider,

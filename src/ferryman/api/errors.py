@@ -9,6 +9,8 @@ An admin change saved but not announced to the other replicas also carries the s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import orjson
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -28,15 +30,24 @@ def error_body(exc: FerrymanError) -> bytes:
     return orjson.dumps(body)
 
 
-def error_response(exc: FerrymanError) -> Response:
-    """The full HTTP response for `exc`, with `Retry-After` where the client should wait."""
-    headers: dict[str, str] = {}
+def error_response(
+    exc: FerrymanError, *, headers: Mapping[str, str] | None = None, body: bytes | None = None
+) -> Response:
+    """The full HTTP response for `exc`, with `Retry-After` where the client should wait (and, for the
+    gateway's own limits, `retry-after-ms`, which the OpenAI SDKs prefer); `body` replaces the OpenAI
+    shape for ingress formats with their own, `headers` adds what the pipeline's stages set."""
+    extra: dict[str, str] = dict(headers or {})
     retry_after: float | None = None
     if isinstance(exc, RateLimitError | UpstreamStatusError):
         retry_after = exc.retry_after
     if retry_after is not None:
-        headers["retry-after"] = str(max(int(retry_after + 0.999), 0))
-    return Response(error_body(exc), status_code=exc.status, media_type="application/json", headers=headers)
+        extra["retry-after"] = str(max(int(retry_after + 0.999), 0))
+        if isinstance(exc, RateLimitError):
+            extra["retry-after-ms"] = str(max(round(retry_after * 1000), 0))
+            if not exc.worth_retrying:
+                extra["x-should-retry"] = "false"  # the OpenAI and Anthropic SDKs then do not retry
+    payload = error_body(exc) if body is None else body
+    return Response(payload, status_code=exc.status, media_type="application/json", headers=extra)
 
 
 async def handle_ferryman_error(request: Request, exc: Exception) -> Response:

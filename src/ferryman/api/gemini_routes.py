@@ -13,17 +13,49 @@ from ferryman.api.serve import ChatFormat, serve
 from ferryman.errors import FerrymanError
 from ferryman.wire import gemini as wire
 
+# HTTP status → the google.rpc status name Google's APIs put beside it.
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _error_body(exc: FerrymanError) -> bytes:
+    """Google's error object; our stable reason (`model_not_found`, `rate_limit_exceeded`…) rides in an
+    `ErrorInfo` detail, where Google puts its own."""
+    info: dict[str, object] = {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": exc.code or exc.type,
+        "domain": "ferryman",
+    }
+    if exc.param is not None:
+        info["metadata"] = {"param": exc.param}
+    status = _GOOGLE_STATUS.get(exc.status, "UNKNOWN")
+    return orjson.dumps(
+        {"error": {"code": exc.status, "message": exc.message, "status": status, "details": [info]}}
+    )
+
 
 def _stream_error(exc: FerrymanError) -> bytes:
     """Google's error object, as a final stream chunk."""
-    payload = {"error": {"code": exc.status, "message": exc.message, "status": exc.type.upper()}}
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+    return b"data: " + _error_body(exc) + b"\n\n"
 
 
 GEMINI_FORMAT = ChatFormat(
     render_response=wire.render_chat_response,
     make_renderer=lambda model, body: wire.StreamRenderer(model),
     render_stream_error=_stream_error,
+    render_error=_error_body,
+    cost_comment=False,
 )
 
 

@@ -8,7 +8,7 @@ streamed or not, and for embeddings.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ferryman.api.body import read_json_object
+from ferryman.api.errors import error_body, error_response
 from ferryman.api.state import AppState
 from ferryman.core.canonical import (
     ChatRequest,
@@ -35,10 +36,14 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class Ingress(Protocol):
-    """An ingress format's answer to an admitted request."""
+    """An ingress format's answer to an admitted request, and its shape of an error."""
 
     async def respond(self, state: AppState, exchange: Exchange, body: JSONObject) -> Response:
         """Run the pipeline and answer in this format; a whole answer also finishes the exchange."""
+        ...
+
+    def error_body(self, exc: FerrymanError) -> bytes:
+        """A refusal or failure as this format's clients parse it."""
         ...
 
 
@@ -57,7 +62,8 @@ async def serve(
         return await ingress.respond(state, exchange, body)
     except FerrymanError as exc:
         state.pipeline.finish(exchange, exc)
-        raise
+        # A refusal carries the stages' headers too (x-ratelimit-* on a 429).
+        return error_response(exc, headers=exchange.headers, body=ingress.error_body(exc))
 
 
 class StreamRenderer(Protocol):
@@ -79,6 +85,10 @@ class ChatFormat:
     render_response: Callable[[ChatResponse], JSONObject]
     make_renderer: Callable[[str, JSONObject], StreamRenderer]  # (client's model, client's body)
     render_stream_error: Callable[[FerrymanError], bytes]
+    render_error: Callable[[FerrymanError], bytes] = error_body
+    # Whether the format's SDKs skip SSE comment lines, as the SSE standard says (google-genai's
+    # parser reads any line but `data:` as JSON, so Gemini streams carry no cost comment).
+    cost_comment: bool = True
 
     async def respond(self, state: AppState, exchange: Exchange, body: JSONObject) -> Response:
         """A whole answer, or a stream that starts once its first batch has arrived."""
@@ -86,10 +96,14 @@ class ChatFormat:
         if exchange.stream:
             stream = await state.pipeline.stream(exchange)
             renderer = self.make_renderer(exchange.model, body)
-            relay = _Relay(state, exchange, stream, renderer, self.render_stream_error)
-            return _PipelineStreamingResponse(relay)
+            relay = _Relay(state, exchange, stream, renderer, self.render_stream_error, self.cost_comment)
+            return _PipelineStreamingResponse(relay, answer_headers(exchange))
         response = await state.pipeline.chat(exchange)
         return _finish_whole(state, exchange, orjson.dumps(self.render_response(response)))
+
+    def error_body(self, exc: FerrymanError) -> bytes:
+        """This format's error body."""
+        return self.render_error(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +111,7 @@ class EmbeddingFormat:
     """What an embeddings ingress format contributes: how to render the vectors for the client."""
 
     render_response: Callable[[EmbeddingResponse, JSONObject], JSONObject]  # (answer, client's body)
+    render_error: Callable[[FerrymanError], bytes] = error_body
 
     async def respond(self, state: AppState, exchange: Exchange, body: JSONObject) -> Response:
         """The vectors, rendered."""
@@ -104,12 +119,32 @@ class EmbeddingFormat:
         response = await state.pipeline.embed(exchange)
         return _finish_whole(state, exchange, orjson.dumps(self.render_response(response, body)))
 
+    def error_body(self, exc: FerrymanError) -> bytes:
+        """This format's error body."""
+        return self.render_error(exc)
+
 
 def _finish_whole(state: AppState, exchange: Exchange, payload: bytes) -> Response:
     if exchange.request_body is not None:
         exchange.response_body = payload.decode()
     state.pipeline.finish(exchange)
-    return Response(payload, media_type="application/json")
+    return Response(payload, media_type="application/json", headers=answer_headers(exchange))
+
+
+def answer_headers(exchange: Exchange) -> dict[str, str]:
+    """The governance headers of an answer: which model and deployment served it, what it cost (whole
+    answers; a stream's cost comes as its last comment line), and what the stages added."""
+    headers = {"x-ferryman-model": exchange.model}
+    if exchange.deployment:
+        headers["x-ferryman-deployment"] = exchange.deployment
+    if exchange.cost is not None and not exchange.stream:
+        headers["x-ferryman-cost-usd"] = format_cost(exchange.cost)
+    return headers | exchange.headers
+
+
+def format_cost(cost: float) -> str:
+    """Dollars with enough places for a one-token request, without float noise (`0.0000045`)."""
+    return f"{cost:.10f}".rstrip("0").rstrip(".") if cost else "0"
 
 
 class _Relay:
@@ -123,8 +158,10 @@ class _Relay:
         stream: AnswerStream,
         renderer: StreamRenderer,
         render_error: Callable[[FerrymanError], bytes],
+        cost_comment: bool,
     ) -> None:
         self._state = state
+        self._cost_comment_wanted = cost_comment
         self._exchange = exchange
         self._stream = stream
         self._renderer = renderer
@@ -143,7 +180,7 @@ class _Relay:
                 if frames:
                     self._keep(frames)
                     yield frames
-            closing = self._renderer.close()
+            closing = self._cost_comment() + self._renderer.close()
             self._keep(closing)
             self._completed = True
             yield closing
@@ -168,6 +205,14 @@ class _Relay:
         finally:
             self._state.pipeline.finish(self._exchange, error)
 
+    def _cost_comment(self) -> bytes:
+        """`: ferryman-cost-usd=…`, an SSE comment every SDK's parser skips, before the stream's end.
+
+        The stream's stages have exited by now (the iteration ended), so the cost is settled."""
+        if self._exchange.cost is None or not self._cost_comment_wanted:
+            return b""
+        return f": ferryman-cost-usd={format_cost(self._exchange.cost)}\n\n".encode()
+
     def _keep(self, frames: bytes) -> None:
         if self._exchange.response_body is not None:
             self._exchange.response_body += frames.decode()
@@ -177,8 +222,8 @@ class _PipelineStreamingResponse(StreamingResponse):
     """A streaming response that closes its relay even when the body was never iterated (a client
     that hangs up before the first write), so the stages' exits and the log line are never skipped."""
 
-    def __init__(self, relay: _Relay) -> None:
-        super().__init__(relay.frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+    def __init__(self, relay: _Relay, headers: Mapping[str, str]) -> None:
+        super().__init__(relay.frames(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
         self._close: Callable[[], Awaitable[None]] = relay.close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -30,8 +30,8 @@ class AppState:
     pipeline: Pipeline
     upstreams: list[Upstream]
     dependencies: DependencyWatch
+    shared: SharedState  # counters, reservations, cache, ledger for the stages
     tracer: Tracer | None = None
-    shared: SharedState | None = None  # counters, reservations, cache, ledger for the stages
 
     @property
     def deployment_health(self) -> DeploymentHealth:

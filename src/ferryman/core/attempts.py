@@ -10,6 +10,7 @@ so retries with backoff, `Retry-After` and circuit breakers plug in as policies,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -29,6 +30,7 @@ from ferryman.core.canonical import (
 )
 from ferryman.core.deployment_health import DeploymentHealth
 from ferryman.core.exchange import Exchange
+from ferryman.core.limits import DeploymentQuotas, LimitExceededError
 from ferryman.core.observer import Attempt, Observer
 from ferryman.core.routing import Router, Target
 from ferryman.core.upstream import StreamBatch
@@ -100,13 +102,16 @@ class AttemptLoop:
         *,
         health: DeploymentHealth | None = None,
         policy: AttemptPolicy | None = None,
+        quotas: DeploymentQuotas | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.router = router
         self.observer = observer
         self.health = health if health is not None else DeploymentHealth()
         self.policy: AttemptPolicy = policy if policy is not None else FallbackPolicy()
+        self.quotas = quotas
         self._sleep = sleep
+        self._background: set[asyncio.Future[None]] = set()
 
     def order(self, model: str) -> list[Target]:
         """The router's order, with deployments that health marks unavailable moved to the end: they
@@ -121,6 +126,7 @@ class AttemptLoop:
     async def chat(self, exchange: Exchange, request: ChatRequest) -> ChatResponse:
         """A whole chat answer."""
         response, attempt = await self._run(exchange, lambda target: target.upstream.chat(request))
+        await self._end(attempt, response.usage.total_tokens)
         self.settle(exchange, attempt, response.usage)
         return replace(response, model=request.model)
 
@@ -131,6 +137,7 @@ class AttemptLoop:
             return target.upstream.embed(replace(request, model=target.upstream_model))
 
         response, attempt = await self._run(exchange, call)
+        await self._end(attempt, response.usage.total_tokens)
         self.settle(exchange, attempt, response.usage)
         return replace(response, model=request.model)
 
@@ -160,12 +167,23 @@ class AttemptLoop:
         index = 0
         while True:
             target = order[index]
+            grant = None
+            if self.quotas is not None and self.quotas.limits(target):
+                try:
+                    grant = await self.quotas.admit(exchange, target)
+                except LimitExceededError:
+                    if index + 1 == len(order):
+                        raise  # no deployment has headroom: the client gets the 429, not the upstream
+                    index += 1
+                    continue
             attempt = self._begin(exchange, target)
+            attempt.grant = grant
             try:
                 with self.observer.calling(attempt):
                     result = await call(target)
             except ProviderError as exc:
                 exchange.upstream_seconds += time.perf_counter() - attempt.started
+                await self._end(attempt, None)
                 decision = self._failed(exchange, attempt, exc, remaining=len(order) - index - 1)
                 if decision.action == "give_up" or (decision.action == "next" and index + 1 == len(order)):
                     raise
@@ -176,10 +194,26 @@ class AttemptLoop:
             except BaseException:
                 exchange.upstream_seconds += time.perf_counter() - attempt.started
                 self.observer.attempt_abandoned(exchange, attempt)
+                await self._shielded(self._end(attempt, None))
                 raise
             exchange.upstream_seconds += time.perf_counter() - attempt.started
             attempt.answered = True
             return result, attempt
+
+    async def _shielded(self, work: Awaitable[None]) -> None:
+        """Run `work` to the end even when the task is being cancelled (a client that hung up must
+        still give back its quota); a cancellation while waiting leaves it finishing on its own."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+    async def _end(self, attempt: Attempt, tokens: int | None) -> None:
+        """Give back what the attempt took from its deployment's quota (once)."""
+        grant, attempt.grant = attempt.grant, None
+        if grant is not None and self.quotas is not None:
+            await self.quotas.end(grant, tokens)
 
     def _begin(self, exchange: Exchange, target: Target) -> Attempt:
         exchange.attempts += 1
@@ -263,6 +297,7 @@ class AttemptLoop:
             if usage is None:
                 usage = _estimate_usage(request, output_chars, exchange)
             self.settle(exchange, attempt, usage, estimated=estimated, ok=not failed)
+            await self._shielded(self._end(attempt, usage.total_tokens))
 
 
 def _estimate_usage(request: ChatRequest, output_chars: int, exchange: Exchange) -> Usage:

@@ -49,6 +49,8 @@ class Exchange:
     error: str | None = None
     http_status: int | None = None
     finished: float | None = None
+    # Headers stages want on the answer (x-ratelimit-*, x-ferryman-cost-usd, …), refusals included:
+    headers: dict[str, str] = field(default_factory=dict)
     # Kept only with `logging.log_bodies`:
     request_body: JSONObject | None = None
     response_body: str | None = None

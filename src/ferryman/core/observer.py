@@ -16,11 +16,14 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ferryman.core.exchange import Exchange
 from ferryman.core.routing import Target
 from ferryman.errors import ProviderError
+
+if TYPE_CHECKING:
+    from ferryman.core.limits import QuotaGrant
 
 
 @dataclass(slots=True, eq=False)
@@ -34,6 +37,7 @@ class Attempt:
     target: Target
     started: float = field(default_factory=time.perf_counter)
     answered: bool = False
+    grant: QuotaGrant | None = None  # what the attempt took from its deployment's quota
 
 
 class Observer(Protocol):

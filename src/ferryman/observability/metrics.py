@@ -26,6 +26,7 @@ from prometheus_client import (
 # LLM calls take from tens of milliseconds (a cached or tiny reply) to minutes (long generations).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
+SHARED_STATE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -49,6 +50,12 @@ class Metrics:
     dependency_up: Gauge
     unpriced: Counter
     invalidation_failures: Counter
+    rate_limited: Counter
+    budget_utilization: Gauge
+    budget_alerts: Counter
+    limiter_degraded: Gauge
+    shared_state_seconds: Histogram
+    ledger_backlog: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -124,6 +131,47 @@ class Metrics:
                 "Admin changes saved but not announced to other replicas (Redis refused the notice), "
                 "so those replicas may honour the old key until their key cache expires it",
                 registry=reg,
+            ),
+            budget_utilization=Gauge(
+                "ai_api_budget_utilization_ratio",
+                "Spent ÷ limit of the budget this replica settled last, by scope and window",
+                ["scope", "window"],
+                registry=reg,
+                multiprocess_mode="max",
+            ),
+            budget_alerts=Counter(
+                "ai_api_budget_alerts_total",
+                "Budget threshold crossings announced (once per budget, window and threshold, fleet-wide)",
+                ["scope", "window", "threshold"],
+                registry=reg,
+            ),
+            rate_limited=Counter(
+                "ai_api_rate_limited_total",
+                "Requests refused by a rate limit, by the scope whose limit was reached",
+                ["scope"],
+                registry=reg,
+            ),
+            limiter_degraded=Gauge(
+                "ai_api_rate_limiter_degraded",
+                "1 while rate limits run on this replica's local share because Redis is unreachable",
+                registry=reg,
+                multiprocess_mode="max",
+            ),
+            shared_state_seconds=Histogram(
+                "ai_api_shared_state_seconds",
+                "Latency of one shared-state call (the limiter's Redis round trip), by operation",
+                ["operation"],
+                buckets=SHARED_STATE_BUCKETS,
+                registry=reg,
+            ),
+            # One stream for the whole deployment: every live worker's feeder reports the same figure, so
+            # workers are combined by max (a sum would count it once per worker), and "live" drops a dead
+            # worker's value instead of keeping its last reading forever.
+            ledger_backlog=Gauge(
+                "ai_api_ledger_backlog",
+                "Spend entries in Redis not yet written to the SQL ledger (pending or not yet read)",
+                registry=reg,
+                multiprocess_mode="livemax",
             ),
         )
 

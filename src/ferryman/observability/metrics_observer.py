@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 
 from ferryman.core.exchange import Exchange
+from ferryman.core.limits import LimitExceededError
 from ferryman.core.observer import Attempt
 from ferryman.errors import PermissionDeniedError, ProviderError
 from ferryman.observability.metrics import Metrics
@@ -63,6 +64,8 @@ class MetricsObserver:
         m = self.metrics
         if isinstance(error, PermissionDeniedError) and error.code == "model_not_allowed":
             m.auth_failures.labels("forbidden_model").inc()
+        elif isinstance(error, LimitExceededError):
+            m.rate_limited.labels(error.scope).inc()
         if not exchange.provider:
             return
         m.requests.labels(exchange.provider, exchange.status, exchange.model).inc()

@@ -1,0 +1,225 @@
+"""Rate limits as a stage and deployment quotas in the attempt loop, socket-free on in-memory state."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ferryman.core.attempts import AttemptLoop
+from ferryman.core.caller import Caller, Limits
+from ferryman.core.canonical import ChatRequest, Message, TextPart, Usage
+from ferryman.core.exchange import Exchange
+from ferryman.core.failover import Failover, LimiterUnavailableError
+from ferryman.core.limits import MINUTE, DeploymentQuotas, LimitExceededError, Quota, RateLimits
+from ferryman.core.pipeline import Pipeline
+from ferryman.core.routing import Router
+from ferryman.core.shared_state import Window
+from ferryman.errors import SharedStateUnavailableError
+from ferryman.store.memory import MemoryReservations, MemoryWindowCounters
+from ferryman.testing import Answer, ScriptedUpstream, Stream
+from tests.core.conftest import RecordingObserver, target
+
+KEY = Caller(key_alias="app", key_id="k1", key_limits=Limits(rpm_limit=3))
+
+
+def exchange_for(caller: Caller = KEY, text: str = "hello there", *, stream: bool = False) -> Exchange:
+    exchange = Exchange(request_id="req")
+    messages = (Message(role="user", parts=(TextPart(text),)),)
+    exchange.admit(caller, ChatRequest(model="m", messages=messages, stream=stream))
+    return exchange
+
+
+def limited_pipeline(
+    upstream: ScriptedUpstream | None = None, counters: MemoryWindowCounters | None = None, **quotas: Quota
+) -> tuple[Pipeline, MemoryWindowCounters]:
+    counters = counters or MemoryWindowCounters()
+    stage = RateLimits(
+        counters,
+        MemoryReservations(),
+        global_quota=quotas.get("global_quota"),
+        end_user_quota=quotas.get("end_user_quota"),
+        model_quotas={"m": quotas["model_quota"]} if "model_quota" in quotas else None,
+    )
+    observer = RecordingObserver()
+    router = Router({"m": [target(upstream or ScriptedUpstream())]})
+    return Pipeline([stage], AttemptLoop(router, observer), observer), counters
+
+
+async def test_a_key_gets_exactly_its_requests_per_minute() -> None:
+    pipeline, _ = limited_pipeline()
+    for remaining in ("2", "1", "0"):
+        exchange = exchange_for()
+        await pipeline.chat(exchange)
+        assert exchange.headers["x-ratelimit-remaining-requests"] == remaining
+        assert exchange.headers["x-ratelimit-limit-requests"] == "3"
+    with pytest.raises(LimitExceededError) as refused:
+        await pipeline.chat(exchange_for())
+    assert refused.value.status == 429 and refused.value.scope == "key"
+    assert 0 < refused.value.retry_after <= MINUTE
+    assert "3 requests per minute" in refused.value.message
+
+
+async def test_concurrent_requests_never_pass_the_limit() -> None:
+    upstream = ScriptedUpstream()
+    pipeline, _ = limited_pipeline(upstream)
+    results = await asyncio.gather(
+        *(pipeline.chat(exchange_for()) for _ in range(20)), return_exceptions=True
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 3
+    assert all(isinstance(r, LimitExceededError) for r in results if isinstance(r, BaseException))
+    assert len(upstream.calls) == 3  # a refused request never reaches the upstream
+
+
+async def test_tokens_reserve_the_estimate_and_settle_to_what_the_provider_counted() -> None:
+    upstream = ScriptedUpstream()
+    upstream.script(Answer.text("ok", usage=Usage(input_tokens=40, output_tokens=60)))
+    caller = Caller(key_alias="app", key_id="k1", key_limits=Limits(tpm_limit=1000))
+    pipeline, counters = limited_pipeline(upstream)
+    exchange = exchange_for(caller)
+    await pipeline.chat(exchange)
+    assert await counters.count(Window("tpm:key:k1", 1000, MINUTE)) == 100
+    assert exchange.headers["x-ratelimit-limit-tokens"] == "1000"
+
+
+async def test_a_request_over_its_token_limit_gives_back_its_request_count() -> None:
+    caller = Caller(key_alias="app", key_id="k1", key_limits=Limits(rpm_limit=5, tpm_limit=10))
+    pipeline, counters = limited_pipeline()
+    with pytest.raises(LimitExceededError, match="tokens per minute"):
+        await pipeline.chat(exchange_for(caller, "word " * 200))
+    assert await counters.count(Window("rpm:key:k1", 5, MINUTE)) == 0
+
+
+async def test_concurrency_slots_are_taken_and_given_back() -> None:
+    upstream = ScriptedUpstream()
+    upstream.script(Stream.text("a b", chunks=2), Stream.text("c d", chunks=2))
+    caller = Caller(key_alias="app", key_id="k1", key_limits=Limits(max_parallel=2))
+    pipeline, _ = limited_pipeline(upstream)
+    first = await pipeline.stream(exchange_for(caller, stream=True))
+    second = await pipeline.stream(exchange_for(caller, stream=True))
+    with pytest.raises(LimitExceededError, match="2 at once"):
+        await pipeline.chat(exchange_for(caller))
+    [_ async for _ in first]  # the first stream ends: its slot is free again
+    await pipeline.chat(exchange_for(caller))
+    await second.aclose()
+
+
+@pytest.mark.parametrize(
+    ("scope", "caller", "quotas"),
+    [
+        ("team", Caller(key_alias="a", key_id="k", team_id="t", team_limits=Limits(rpm_limit=1)), {}),
+        ("end_user", Caller(key_alias="a", key_id="k", end_user="alice"), {"end_user_quota": Quota(rpm=1)}),
+        ("model", Caller(key_alias="a", key_id="k"), {"model_quota": Quota(rpm=1)}),
+        ("global", Caller(key_alias="a", key_id="k"), {"global_quota": Quota(rpm=1)}),
+    ],
+)
+async def test_each_scope_limits_and_names_itself(
+    scope: str, caller: Caller, quotas: dict[str, Quota]
+) -> None:
+    pipeline, _ = limited_pipeline(**quotas)
+    await pipeline.chat(exchange_for(caller))
+    with pytest.raises(LimitExceededError) as refused:
+        await pipeline.chat(exchange_for(caller))
+    assert refused.value.scope == scope
+
+
+async def test_end_users_of_one_key_are_limited_apart() -> None:
+    pipeline, _ = limited_pipeline(end_user_quota=Quota(rpm=1))
+    for user in ("alice", "bob"):
+        await pipeline.chat(exchange_for(Caller(key_alias="a", key_id="k", end_user=user)))
+    with pytest.raises(LimitExceededError):
+        await pipeline.chat(exchange_for(Caller(key_alias="a", key_id="k", end_user="alice")))
+
+
+async def test_an_unlimited_request_costs_no_state_call() -> None:
+    class Exploding(MemoryWindowCounters):
+        async def check_and_add(self, windows, amount):  # type: ignore[no-untyped-def]
+            raise AssertionError("no limit applies: no call expected")
+
+    pipeline, _ = limited_pipeline(counters=Exploding())
+    exchange = exchange_for(Caller(key_alias="free", key_id="k2"))
+    await pipeline.chat(exchange)
+    assert "x-ratelimit-limit-requests" not in exchange.headers
+
+
+async def test_a_deployment_at_its_quota_is_passed_over_and_never_provoked() -> None:
+    a, b = ScriptedUpstream("a"), ScriptedUpstream("b")
+    quotas = DeploymentQuotas(
+        MemoryWindowCounters(), MemoryReservations(), {"a": Quota(rpm=2), "b": Quota(rpm=1)}
+    )
+    router = Router({"m": [target(a, 1), target(b, 0)]})
+    observer = RecordingObserver()
+    pipeline = Pipeline([], AttemptLoop(router, observer, quotas=quotas), observer)
+    deployments = []
+    for _ in range(3):
+        exchange = exchange_for(Caller(key_alias="x"))
+        await pipeline.chat(exchange)
+        deployments.append(exchange.deployment)
+    assert deployments == ["a", "a", "b"]
+    with pytest.raises(LimitExceededError) as refused:
+        await pipeline.chat(exchange_for(Caller(key_alias="x")))
+    assert refused.value.scope == "deployment"
+    assert (len(a.calls), len(b.calls)) == (2, 1)
+
+
+async def test_a_deployment_concurrency_slot_is_held_for_the_whole_stream() -> None:
+    a = ScriptedUpstream("a")
+    a.script(Stream.text("x y", chunks=2))
+    quotas = DeploymentQuotas(MemoryWindowCounters(), MemoryReservations(), {"a": Quota(max_parallel=1)})
+    observer = RecordingObserver()
+    pipeline = Pipeline([], AttemptLoop(Router({"m": [target(a)]}), observer, quotas=quotas), observer)
+    stream = await pipeline.stream(exchange_for(Caller(key_alias="x"), stream=True))
+    with pytest.raises(LimitExceededError):
+        await pipeline.chat(exchange_for(Caller(key_alias="x")))
+    [_ async for _ in stream]
+    await pipeline.chat(exchange_for(Caller(key_alias="x")))
+
+
+class Unreachable(MemoryWindowCounters):
+    """A shared state that is down until `up` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+
+    async def check_and_add(self, windows, amount):  # type: ignore[no-untyped-def]
+        if not self.up:
+            raise SharedStateUnavailableError("redis down")
+        return await super().check_and_add(windows, amount)
+
+
+def failover(shared: Unreachable, policy: str, clock: list[float], changes: list[bool]) -> Failover:
+    return Failover(
+        shared,
+        MemoryReservations(),
+        MemoryWindowCounters(),
+        MemoryReservations(),
+        policy=policy,  # type: ignore[arg-type]
+        replicas=3,
+        retry_seconds=1.0,
+        on_change=changes.append,
+        clock=lambda: clock[0],
+    )
+
+
+async def test_fail_open_enforces_a_local_share_then_recovers() -> None:
+    shared, clock, changes = Unreachable(), [0.0], []
+    state = failover(shared, "fail_open", clock, changes)
+    window = [Window("rpm:key:k", 30, MINUTE)]
+    allowed = [(await state.check_and_add(window, 1)).allowed for _ in range(12)]
+    assert allowed.count(True) == 10  # 30 across 3 expected replicas
+    assert changes == [True] and state.degraded
+    shared.up = True
+    assert not (await state.check_and_add(window, 1)).allowed  # still local until the retry time
+    clock[0] = 1.5
+    assert (await state.check_and_add(window, 1)).allowed  # shared again, by itself
+    assert changes == [True, False] and not state.degraded
+
+
+async def test_fail_closed_refuses_while_the_shared_state_is_down() -> None:
+    shared, clock, changes = Unreachable(), [0.0], []
+    state = failover(shared, "fail_closed", clock, changes)
+    with pytest.raises(LimiterUnavailableError) as refused:
+        await state.check_and_add([Window("rpm:key:k", 30, MINUTE)], 1)
+    assert refused.value.status == 503
+    await state.add([Window("rpm:key:k", 30, MINUTE)], -1)  # corrections never raise
