@@ -1,8 +1,10 @@
 """The shared-state contract every backend meets, then what only the in-process backend promises.
 
 The contract tests take a `backend` fixture parametrized by URL; a new backend joins by adding its URL
-to `BACKEND_URLS`. Time passes through `backend.advance`: a fake clock for `memory://`, real sleeping
-for a server that measures time itself, so durations here stay around a second.
+(or the fixture serving it) to `BACKEND_URLS`. Time passes through `backend.advance`: a fake clock for
+`memory://`, real sleeping for a server that measures time itself, so durations here stay around a
+second. Redis runs standalone, as a 3-master Cluster and behind a Sentinel, each test under a fresh
+key prefix; the shared standalone Redis is cleaned of that prefix afterwards, never flushed.
 """
 
 from __future__ import annotations
@@ -18,14 +20,22 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 import ferryman.core.shared_state as shared_state_module
 from ferryman.core.shared_state import Admission, Ceiling, SharedState, SpendEntry, Window, within_limit
 from ferryman.errors import ConfigError
 from ferryman.store.backends import open_shared_state
 from ferryman.store.memory import MemoryCache, MemoryReservations, MemoryWindowCounters, open_memory_state
+from tests.store.redis_topologies import redis_cluster_url, redis_sentinel_url  # noqa: F401 - fixtures
 
-BACKEND_URLS = ["memory://"]
+BACKEND_URLS = [
+    pytest.param("memory://", id="memory"),
+    pytest.param("redis_url", id="redis"),
+    pytest.param("redis_cluster_url", id="redis-cluster"),
+    pytest.param("redis_sentinel_url", id="redis-sentinel"),
+]
+"""`memory://` itself, or the name of the fixture serving a real server's URL."""
 
 
 class FakeClock:
@@ -59,12 +69,33 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if url.startswith("memory:"):
         clock = FakeClock()
         opened = Backend(await open_memory_state(url, clock=clock), clock.advance)
-    else:
-        opened = Backend(await open_shared_state(url), asyncio.sleep)
+        try:
+            yield opened
+        finally:
+            await opened.state.close()
+        return
+    server_url: str = request.getfixturevalue(url)
+    prefix = f"test-{uuid.uuid4().hex}"
+    # A timeout well above the 0.25 s default: these tests are about semantics, and a burst of 200 calls
+    # on a shared, busy machine can wait longer than that for the event loop alone.
+    # tests/store/test_redis_state.py checks the default's failure behaviour.
+    opened = Backend(await open_shared_state(f"{server_url}?prefix={prefix}&timeout=2"), asyncio.sleep)
     try:
         yield opened
     finally:
         await opened.state.close()
+        if url == "redis_url":  # the shared Redis: take away this test's keys (the stream never expires)
+            await _delete_prefixed(server_url, prefix)
+
+
+async def _delete_prefixed(url: str, prefix: str) -> None:
+    client = Redis.from_url(url)
+    try:
+        for pattern in (f"{{{prefix}}}:*", f"{prefix}:*"):
+            async for name in client.scan_iter(match=pattern, count=1000):
+                await client.delete(name)
+    finally:
+        await client.aclose()
 
 
 def spend(request_id: str, at: datetime, cost: float | None = 0.01) -> SpendEntry:

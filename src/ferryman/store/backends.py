@@ -17,6 +17,10 @@ from ferryman.errors import ConfigError
 
 SHARED_STATE_BACKENDS: dict[str, str] = {
     "memory": "ferryman.store.memory:open_memory_state",
+    "redis": "ferryman.store.redis_state:open_redis_state",
+    "rediss": "ferryman.store.redis_state:open_redis_state",
+    "redis+sentinel": "ferryman.store.redis_state:open_redis_state",
+    "redis+cluster": "ferryman.store.redis_state:open_redis_state",
 }
 """URL scheme → `"module:callable"` opening that backend's `SharedState`."""
 
@@ -37,5 +41,5 @@ def shared_state_opener(url: str) -> SharedStateOpener:
 
 
 async def open_shared_state(url: str) -> SharedState:
-    """Open the backend `url` names (`memory://`, …); the caller closes it with `SharedState.close`."""
+    """Open the backend `url` names (`memory://`, `redis://`, …); the caller closes it with `close`."""
     return await shared_state_opener(url)(url)

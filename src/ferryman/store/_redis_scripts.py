@@ -1,0 +1,343 @@
+"""The Lua scripts behind the Redis backend: each check-and-change is one script, so it is atomic.
+
+Redis runs a script to completion before any other command, so a check and the change that follows it
+cannot be interleaved by another replica. Every script reads the time from `redis.call('TIME')`, never
+from its caller, so replicas with skewed clocks agree; times are microseconds since the epoch, scores
+and durations alike. The semantics copy `store/memory.py` step for step (its docstrings are the
+reference), so the same contract tests pass against both.
+
+Conventions shared by every script:
+- Key names come from `KEYS` (built in Python by `redis_state._Keys`) or from a hold's record, which
+  stores the names it was given; a script never invents a key name, so the naming lives in one place.
+- Numbers travel as strings: `ARGV` values are Python `repr(float)`s, which `tonumber` reads back to the
+  same double, and replies carry floats as `%.17g` strings, because Redis truncates a Lua number in a
+  reply to an integer, and `redis.call` would format a number argument with only 14 digits.
+- A sorted-set member starts with its amount (`<amount>:<unique part>`), so the amount of an entry
+  that slides out or a hold that lapses is known without another lookup.
+- An admission reply is `{allowed (1/0), retry_after seconds, refused index (1-based, 0 = none),
+  remaining...}`, the fields of `Admission` in order.
+"""
+
+from __future__ import annotations
+
+_PRELUDE = """
+local function fmt(x) return string.format('%.17g', x) end
+local function amount_of(member) return tonumber(string.match(member, '^([^:]*)')) end
+local function within(total, limit) return total <= limit + 1e-9 * math.max(1, math.abs(limit)) end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local function ms_until(at)  -- a PEXPIRE argument: whole milliseconds, at least 1, never overflowing
+  local ms = math.ceil((at - now) / 1000)
+  if ms < 1 then ms = 1 elseif ms > 1e15 then ms = 1e15 end
+  return string.format('%d', ms)
+end
+"""
+
+WINDOWS = (
+    _PRELUDE
+    + """
+-- KEYS: per window, its series hash (total, span, seq) and its entries sorted set (score = time).
+-- ARGV: mode ('check' | 'add' | 'count'), amount, then per window: limit, seconds (microseconds).
+local mode, amount = ARGV[1], tonumber(ARGV[2])
+local windows, series, order = {}, {}, {}
+for i = 1, #KEYS / 2 do
+  local w = {limit = tonumber(ARGV[1 + 2 * i]), seconds = tonumber(ARGV[2 + 2 * i])}
+  local s = series[KEYS[2 * i - 1]]
+  if s == nil then  -- windows sharing a key share one series, kept for the longest of them
+    s = {hash = KEYS[2 * i - 1], entries = KEYS[2 * i], longest = w.seconds}
+    local stored = redis.call('HMGET', s.hash, 'total', 'span')
+    s.total, s.span = tonumber(stored[1]) or 0, tonumber(stored[2])  -- span nil: no such series
+    series[s.hash] = s
+    order[#order + 1] = s
+  elseif w.seconds > s.longest then
+    s.longest = w.seconds
+  end
+  w.series = s
+  windows[i] = w
+end
+
+local function prune(s)  -- drop the units that slid out of the longest window, and their total
+  s.span = math.max(s.span, s.longest)
+  local cutoff = fmt(now - s.span)
+  local gone = redis.call('ZRANGEBYSCORE', s.entries, '-inf', cutoff)
+  for _, member in ipairs(gone) do s.total = s.total - amount_of(member) end
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', s.entries, '-inf', cutoff) end
+  s.live = redis.call('ZCARD', s.entries)
+  if s.live == 0 then s.total = 0 end  -- drop the rounding residue of the adds and removals
+end
+
+local function used(w)  -- the running total, unless a shorter window shares the series
+  local s = w.series
+  if s.span == nil then return 0 end
+  if w.seconds >= s.span then return s.total end
+  local sum = 0
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', s.entries, '(' .. fmt(now - w.seconds), '+inf')) do
+    sum = sum + amount_of(member)
+  end
+  return sum
+end
+
+local function wait(w, u)  -- microseconds until enough of the oldest units slide out for amount to fit
+  local s = w.series
+  if s.span ~= nil then
+    local rank = redis.call('ZCOUNT', s.entries, '-inf', fmt(now - w.seconds))
+    while rank < s.live do  -- by rank, a page at a time: most refusals stop at the first page
+      local page = redis.call('ZRANGE', s.entries, rank, rank + 127, 'WITHSCORES')
+      for j = 1, #page, 2 do
+        u = u - amount_of(page[j])
+        if within(u + amount, w.limit) then return tonumber(page[j + 1]) + w.seconds - now end
+      end
+      rank = rank + 128
+    end
+  end
+  return w.seconds  -- more than the limit itself: it never fits, try a window later
+end
+
+local function record()
+  for _, s in ipairs(order) do
+    s.span = math.max(s.span or 0, s.longest)
+    local seq = redis.call('HINCRBY', s.hash, 'seq', 1)
+    redis.call('ZADD', s.entries, fmt(now), fmt(amount) .. ':' .. seq)
+    s.total, s.live = s.total + amount, (s.live or 0) + 1
+  end
+end
+
+local function save()  -- the series lives as long as its newest unit counts in its longest window
+  for _, s in ipairs(order) do
+    if s.span ~= nil then
+      if s.live == 0 then
+        redis.call('DEL', s.hash, s.entries)
+      else
+        redis.call('HSET', s.hash, 'total', fmt(s.total), 'span', fmt(s.span))
+        local newest = tonumber(redis.call('ZRANGE', s.entries, -1, -1, 'WITHSCORES')[2])
+        local ms = ms_until(newest + s.span)
+        redis.call('PEXPIRE', s.hash, ms)
+        redis.call('PEXPIRE', s.entries, ms)
+      end
+    end
+  end
+end
+
+if mode == 'add' and amount == 0 then return {1} end
+for _, s in ipairs(order) do if s.span ~= nil then prune(s) end end
+if mode == 'add' then
+  record()
+  save()
+  return {1}
+end
+local u = {}
+for i, w in ipairs(windows) do u[i] = used(w) end
+if mode == 'count' then
+  save()
+  return {fmt(u[1])}
+end
+local refused, retry = 0, 0
+for i, w in ipairs(windows) do
+  if not within(u[i] + amount, w.limit) then
+    if refused == 0 then refused = i end
+    retry = math.max(retry, wait(w, u[i]))
+  end
+end
+local added = 0
+if refused == 0 then
+  record()
+  added = amount
+end
+save()
+local reply = {refused == 0 and 1 or 0, fmt(retry / 1000000), refused}
+for i, w in ipairs(windows) do reply[3 + i] = fmt(w.limit - u[i] - added) end
+return reply
+"""
+)
+
+_LEVELS = """
+-- A ceiling's level is a hash (committed, until, held) and a sorted set of its open holds
+-- (member '<amount>:<reservation id>', score = when the hold lapses).
+local levels, level_order = {}, {}
+local function level(hash, holds)  -- loaded once per script, lapsed holds dropped, ended period zeroed
+  local L = levels[hash]
+  if L ~= nil then return L end
+  local v = redis.call('HMGET', hash, 'committed', 'until', 'held')
+  L = {hash = hash, holds = holds, committed = tonumber(v[1]) or 0, ends = tonumber(v[2]) or 0}
+  L.held = tonumber(v[3]) or 0
+  local lapsed = redis.call('ZRANGEBYSCORE', holds, '-inf', fmt(now))
+  for _, member in ipairs(lapsed) do L.held = L.held - amount_of(member) end
+  if #lapsed > 0 then redis.call('ZREMRANGEBYSCORE', holds, '-inf', fmt(now)) end
+  L.count = redis.call('ZCARD', holds)
+  if L.count == 0 then L.held = 0 end
+  if L.ends <= now then L.committed = 0 end  -- the period ended: its spend has nothing to protect
+  levels[hash] = L
+  level_order[#level_order + 1] = L
+  return L
+end
+
+local function unhold(L, member, amount)
+  if redis.call('ZREM', L.holds, member) == 1 then  -- 0: it lapsed, and level() already dropped it
+    L.count, L.held = L.count - 1, L.held - amount
+    if L.count == 0 then L.held = 0 end
+  end
+end
+
+local function save_levels()  -- nothing held, nothing spent: the same as no level at all
+  for _, L in ipairs(level_order) do
+    if L.count == 0 and L.committed == 0 then
+      redis.call('DEL', L.hash, L.holds)
+    else
+      redis.call('HSET', L.hash, 'committed', fmt(L.committed), 'until', fmt(L.ends), 'held', fmt(L.held))
+      local keep = L.ends
+      if L.count > 0 then
+        local last = tonumber(redis.call('ZRANGE', L.holds, -1, -1, 'WITHSCORES')[2])
+        redis.call('PEXPIRE', L.holds, ms_until(last))
+        keep = math.max(keep, last)
+      end
+      redis.call('PEXPIRE', L.hash, ms_until(keep))
+    end
+  end
+end
+"""
+
+RESERVE = (
+    _PRELUDE
+    + _LEVELS
+    + """
+-- KEYS: the hold's record, then per ceiling its level hash and holds set.
+-- ARGV: reservation id, amount, hold ttl (us), then per ceiling: limit, ttl (us).
+-- Reply: {-1} when the id is already known, else an admission.
+local record = KEYS[1]
+if redis.call('EXISTS', record) == 1 then return {-1} end
+local id, amount, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local ceilings = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local c = {limit = tonumber(ARGV[2 + 2 * i]), ttl = tonumber(ARGV[3 + 2 * i])}
+  c.level = level(KEYS[2 * i], KEYS[2 * i + 1])
+  c.used = c.level.committed + c.level.held
+  ceilings[i] = c
+end
+
+local function wait(c)  -- microseconds until the holds in the way lapse, else until the period ends
+  local L = c.level
+  if L.count == 0 and L.committed == 0 then return c.ttl end  -- the amount alone is over the limit
+  local lifetime = c.ttl
+  if L.ends > now then lifetime = L.ends - now end
+  if within(L.committed + amount, c.limit) then
+    local held, rank = L.held, 0
+    while rank < L.count do
+      local page = redis.call('ZRANGE', L.holds, rank, rank + 127, 'WITHSCORES')
+      for j = 1, #page, 2 do
+        held = held - amount_of(page[j])
+        if within(L.committed + held + amount, c.limit) then return tonumber(page[j + 1]) - now end
+      end
+      rank = rank + 128
+    end
+  end
+  return lifetime
+end
+
+local refused, retry = 0, 0
+for i, c in ipairs(ceilings) do
+  if not within(c.used + amount, c.limit) then
+    if refused == 0 then refused = i end
+    retry = math.max(retry, wait(c))
+  end
+end
+local added = 0
+if refused == 0 then
+  added = amount
+  local expires = now + ttl
+  local member = fmt(amount) .. ':' .. id
+  local by_hash, distinct = {}, {}  -- ceilings sharing a key share one level, held for the longest period
+  for _, c in ipairs(ceilings) do
+    local slot = by_hash[c.level.hash]
+    if slot == nil then
+      slot = {level = c.level, period = now + c.ttl}
+      by_hash[c.level.hash] = slot
+      distinct[#distinct + 1] = slot
+    else
+      slot.period = math.max(slot.period, now + c.ttl)
+    end
+  end
+  local fields, forget = {'amount', fmt(amount), 'expires', fmt(expires), 'state', 'open'}, expires
+  for n, slot in ipairs(distinct) do
+    local L = slot.level
+    redis.call('ZADD', L.holds, fmt(expires), member)
+    L.count, L.held, L.ends = L.count + 1, L.held + amount, math.max(L.ends, slot.period)
+    forget = math.max(forget, slot.period)
+    for _, value in ipairs({'hash' .. n, L.hash, 'holds' .. n, L.holds, 'period' .. n, fmt(slot.period)}) do
+      fields[#fields + 1] = value
+    end
+  end
+  fields[#fields + 1], fields[#fields + 2] = 'n', tostring(#distinct)
+  redis.call('HSET', record, unpack(fields))
+  -- an open hold is known until it lapses, then kept while a late settle could still commit
+  redis.call('PEXPIRE', record, ms_until(forget))
+end
+save_levels()
+local reply = {refused == 0 and 1 or 0, fmt(retry / 1000000), refused}
+for i, c in ipairs(ceilings) do reply[3 + i] = fmt(c.limit - c.used - added) end
+return reply
+"""
+)
+
+CLOSE_HOLD = (
+    _PRELUDE
+    + _LEVELS
+    + """
+-- KEYS: the hold's record. ARGV: reservation id, the actual cost to commit ('' to release).
+-- Reply: 1 when the hold was closed now, 0 when it was unknown or already closed.
+local record = KEYS[1]
+local fields = redis.call('HGETALL', record)
+local hold = {}
+for j = 1, #fields, 2 do hold[fields[j]] = fields[j + 1] end
+if hold.state == nil or hold.state == 'closed' then return 0 end
+local actual, expires = tonumber(ARGV[2]), tonumber(hold.expires)
+local member = hold.amount .. ':' .. ARGV[1]
+for i = 1, tonumber(hold.n) do
+  local L = level(hold['hash' .. i], hold['holds' .. i])
+  local period = tonumber(hold['period' .. i])
+  if actual ~= nil and period > now then  -- a period that has ended has nothing left to protect
+    L.committed = L.committed + actual
+    L.ends = math.max(L.ends, period)
+  end
+  unhold(L, member, tonumber(hold.amount))
+end
+save_levels()
+if expires <= now then
+  redis.call('DEL', record)  -- settled after it lapsed: no longer needed to refuse a second reserve
+else
+  redis.call('HSET', record, 'state', 'closed')
+  redis.call('PEXPIRE', record, ms_until(expires))
+end
+return 1
+"""
+)
+
+LEVEL = (
+    _PRELUDE
+    + _LEVELS
+    + """
+-- KEYS: the level hash and holds set. Reply: {committed, held}.
+local L = level(KEYS[1], KEYS[2])
+save_levels()
+return {fmt(L.committed), fmt(L.held)}
+"""
+)
+
+RESTORE = (
+    _PRELUDE
+    + _LEVELS
+    + """
+-- KEYS: the level hash and holds set. ARGV: committed, ttl (us). Holds are left as they are.
+local L = level(KEYS[1], KEYS[2])
+L.committed, L.ends = tonumber(ARGV[1]), now + tonumber(ARGV[2])
+save_levels()
+return 1
+"""
+)
+
+LEDGER_APPEND = """
+-- KEYS: the request's seen-marker, the ledger stream. ARGV: request id, entry JSON, marker ttl (ms).
+-- Reply: 1 when appended, 0 for a request id already recorded.
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then return 0 end
+redis.call('XADD', KEYS[2], '*', 'request_id', ARGV[1], 'entry', ARGV[2])
+return 1
+"""
