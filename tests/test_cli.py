@@ -70,3 +70,12 @@ def test_missing_file_fails(tmp_path: Path) -> None:
     result = check_config(tmp_path / "absent.yaml")
     assert result.returncode == 1
     assert "cannot read" in result.stderr
+
+
+def test_a_redis_url_the_gateway_cannot_use_is_an_error_at_check(tmp_path: Path) -> None:
+    path = tmp_path / "redis.yaml"
+    path.write_text("redis_url: 'redis+sentinel://:s3cret-pw@127.0.0.1:26379'\nmodels: []\n")
+    result = check_config(path)
+    assert result.returncode == 1
+    assert "redis_url" in result.stderr and "service name" in result.stderr
+    assert "s3cret-pw" not in result.stderr

@@ -24,6 +24,7 @@ from ferryman.core.pricing import price_for
 from ferryman.errors import ConfigError
 from ferryman.observability.logging import configure_logging
 from ferryman.settings import Settings, load_settings
+from ferryman.store._redis_connect import parse_redis_url
 from ferryman.store.migrate import SchemaBehindError, ensure_schema
 
 
@@ -67,13 +68,24 @@ def _check_config(path: str) -> int:
     except ConfigError as exc:
         _print_problems(path, exc.problems)
         return 1
-    problems = _unpriced(settings)
+    problems = _unpriced(settings) + _redis_url_problems(settings)
     if problems:
         _print_problems(path, problems)
         return 1
     deployments = sum(len(route.deployments) for route in settings.models)
     print(f"{path}: OK ({len(settings.models)} models, {deployments} deployments)")
     return 0
+
+
+def _redis_url_problems(settings: Settings) -> list[tuple[str, str]]:
+    """A `redis_url` the gateway could not connect with, found before it serves (never echoing it)."""
+    if not settings.redis_url:
+        return []
+    try:
+        parse_redis_url(settings.redis_url)
+    except ConfigError as exc:
+        return exc.problems
+    return []
 
 
 def _unpriced(settings: Settings) -> list[tuple[str, str]]:

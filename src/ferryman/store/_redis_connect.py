@@ -3,7 +3,7 @@
 `parse_redis_url` reads the four URL forms (documented in `store.redis_state`) into a `RedisTarget`;
 `connect` builds the client. Two choices hold for every topology:
 
-- `timeout` (default 0.25 s) bounds every socket connect and read, so a hung Redis fails a request
+- `timeout` (default 1 s) bounds every socket connect and read, so a hung Redis fails a request
   quickly instead of hanging it, and the core's fail-open or fail-closed policy decides what happens.
 - redis-py's own retries are off: re-sending a script after a read timeout could apply it twice (the
   first one may have run), which would double-count a rate-limit unit or a budget hold. A failed call
@@ -38,7 +38,7 @@ TOPOLOGIES: dict[str, Topology] = {
     "redis+sentinel": "sentinel",
     "redis+cluster": "cluster",
 }
-DEFAULT_TIMEOUT = 0.25
+DEFAULT_TIMEOUT = 1.0  # short next to any LLM call; 0.25 s timed out spuriously on a loaded 2-core box
 DEFAULT_PREFIX = "ferryman"
 DEFAULT_MAX_CONNECTIONS = 64
 _DEFAULT_PORTS: dict[Topology, int] = {"standalone": 6379, "sentinel": 26379, "cluster": 6379}
@@ -186,6 +186,29 @@ class Connected:
         finally:
             if self.sentinel is not None:
                 await self.sentinel.aclose()
+
+
+def connect_pubsub(target: RedisTarget) -> tuple[Redis, Sentinel | None]:
+    """A plain client for publish / subscribe on `target`, whose reads may wait as long as a
+    subscription lasts (no socket timeout): the master behind a Sentinel; on a Cluster, its first
+    startup node (a PUBLISH reaches every node's subscribers, and redis-py's cluster client has no
+    pub/sub); the server itself otherwise."""
+    options: dict[str, Any] = {
+        "username": target.username,
+        "password": target.password,
+        "socket_connect_timeout": max(target.timeout, 1.0),
+        "retry": Retry(NoBackoff(), 0),  # the invalidation bus retries (and reconnects) itself
+        **target.options,
+    }
+    if target.topology == "sentinel":
+        assert target.service_name is not None  # noqa: S101 - parse_redis_url requires it
+        sentinel_options: dict[str, Any] = {"socket_connect_timeout": options["socket_connect_timeout"]}
+        if target.tls:
+            sentinel_options["ssl"] = True
+        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+        return sentinel.master_for(target.service_name, db=target.db, ssl=target.tls, **options), sentinel
+    host, port = target.hosts[0]
+    return Redis(host=host, port=port, db=target.db, ssl=target.tls, **options), None
 
 
 def connect(target: RedisTarget) -> Connected:

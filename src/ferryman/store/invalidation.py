@@ -20,9 +20,11 @@ from datetime import datetime
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from ferryman.errors import InvalidationNotDeliveredError
+from ferryman.store._redis_connect import connect_pubsub, parse_redis_url
 from ferryman.store.cache import GrantCache
 from ferryman.store.records import utc_now
 
@@ -109,8 +111,9 @@ class LocalInvalidation:
 class RedisInvalidation:
     """Publishes notices on `ferryman:keys:invalidate` and applies every notice it hears."""
 
-    def __init__(self, redis: Redis, cache: GrantCache) -> None:
+    def __init__(self, redis: Redis, cache: GrantCache, sentinel: Sentinel | None = None) -> None:
         self._redis = redis
+        self._sentinel = sentinel
         self._cache = cache
         self._status = InvalidationStatus(backend="redis")
         self._subscribed = asyncio.Event()
@@ -121,7 +124,8 @@ class RedisInvalidation:
         cls, url: str, cache: GrantCache, *, listen: bool, wait: float = 5.0
     ) -> RedisInvalidation:
         """Connect; with `listen`, subscribe and wait (up to `wait` s) until the subscription is live."""
-        bus = cls(Redis.from_url(url), cache)
+        redis, sentinel = connect_pubsub(parse_redis_url(url))  # every form `redis_url` may take
+        bus = cls(redis, cache, sentinel)
         if listen:
             bus._listener = asyncio.create_task(bus._listen(), name="ferryman-key-invalidation")
             try:
@@ -179,6 +183,8 @@ class RedisInvalidation:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
     async def _listen(self) -> None:
         """Subscribe and apply notices forever, reconnecting with backoff."""

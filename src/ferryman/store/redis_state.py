@@ -12,7 +12,7 @@ URLs (`?timeout=` and `?prefix=` on any form; other options pass through to redi
     redis+sentinel://[user:password@]h1:p1,h2:p2/<service_name>[/db]   the master Sentinel names
     redis+cluster://[user:password@]h1:p1,h2:p2     Redis Cluster, from those startup nodes
 
-- `timeout` (seconds, default 0.25) bounds each connect and read, and the wait for a free connection:
+- `timeout` (seconds, default 1) bounds each connect and read, and the wait for a free connection:
   a hung Redis fails a call with `SharedStateUnavailableError` instead of hanging the request.
 - `prefix` (default `ferryman`) starts every key, so several gateways can share one Redis.
 - `max_connections` (default 64) caps this process's connections (per node, for a cluster).

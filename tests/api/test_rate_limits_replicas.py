@@ -1,0 +1,132 @@
+"""Exact limits across replicas: three gateway processes sharing one real Redis admit exactly the limit,
+and a Redis that dies mid-load is survived as the failure policy says, then recovered from."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ferryman.core.estimate import estimate_input_tokens
+from ferryman.testing import FakeOpenAI, Reply
+from ferryman.wire import openai as openai_wire
+from tests.processes import gateway_process
+from tests.store.fixtures import throwaway_redis, throwaway_redis_process
+from tests.store.redis_topologies import redis_cluster, redis_sentinel
+
+pytestmark = pytest.mark.slow
+KEY = "fm-replicated-key"
+BODY = {"model": "chat", "messages": [{"role": "user", "content": "count me in"}]}
+
+
+@pytest.fixture(scope="module")
+def slow_upstream() -> Iterator[FakeOpenAI]:
+    """Answers after 2 s, so every admission of a burst happens before any request settles."""
+    with FakeOpenAI() as fake:
+        fake.script.set_default(Reply.echo(delay=2.0))
+        yield fake
+
+
+def replica_config(redis_url: str, upstream: FakeOpenAI, **key: Any) -> dict[str, Any]:
+    deployment = {"provider": "openai", "model": "gpt-4o-mini", "api_base": upstream.base_url, "api_key": "k"}
+    return {
+        "redis_url": redis_url,
+        "data_dir": ":memory:",
+        "server": {"shutdown_delay_seconds": 0},
+        "limits": {"expected_replicas": 3},
+        "keys": [{"alias": "replicated", "key": KEY, **key}],
+        "models": [{"name": "chat", "deployments": [deployment]}],
+    }
+
+
+@contextlib.contextmanager
+def replicas(config: dict[str, Any], tmp_path: Path, count: int = 3) -> Iterator[list[str]]:
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(gateway_process(config, tmp_path))[1] for _ in range(count)]
+
+
+async def burst(urls: list[str], total: int) -> Counter[int]:
+    """`total` requests at once, spread round-robin over the replicas; their status codes, counted."""
+    limits = httpx.Limits(max_connections=total, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+        async def one(i: int) -> int:
+            response = await client.post(
+                urls[i % len(urls)] + "/v1/chat/completions",
+                json=BODY,
+                headers={"authorization": f"Bearer {KEY}"},
+            )
+            return response.status_code
+
+        return Counter(await asyncio.gather(*(one(i) for i in range(total))))
+
+
+def test_three_replicas_admit_exactly_the_requests_per_minute(
+    tmp_path: Path, slow_upstream: FakeOpenAI
+) -> None:
+    with (
+        throwaway_redis() as redis_url,
+        replicas(replica_config(redis_url, slow_upstream, rpm_limit=100), tmp_path) as urls,
+    ):
+        statuses = asyncio.run(burst(urls, 300))
+    assert statuses == Counter({200: 100, 429: 200})
+
+
+@pytest.mark.parametrize("topology", ["cluster", "sentinel"])
+def test_the_same_exactness_on_redis_cluster_and_through_sentinel(
+    tmp_path: Path, slow_upstream: FakeOpenAI, topology: str
+) -> None:
+    topologies = {"cluster": redis_cluster, "sentinel": redis_sentinel}
+    with (
+        topologies[topology]() as redis_url,
+        replicas(replica_config(redis_url, slow_upstream, rpm_limit=50), tmp_path) as urls,
+    ):
+        statuses = asyncio.run(burst(urls, 150))
+    assert statuses == Counter({200: 50, 429: 100})
+
+
+def test_three_replicas_admit_exactly_the_tokens_per_minute(
+    tmp_path: Path, slow_upstream: FakeOpenAI
+) -> None:
+    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY))  # type: ignore[arg-type]
+    config = replica_config("", slow_upstream, tpm_limit=40 * estimate)
+    with throwaway_redis() as redis_url, replicas({**config, "redis_url": redis_url}, tmp_path) as urls:
+        statuses = asyncio.run(burst(urls, 150))
+    assert statuses == Counter({200: 40, 429: 110})
+
+
+def test_three_replicas_hold_exactly_max_parallel(tmp_path: Path, slow_upstream: FakeOpenAI) -> None:
+    with (
+        throwaway_redis() as redis_url,
+        replicas(replica_config(redis_url, slow_upstream, max_parallel=10), tmp_path) as urls,
+    ):
+        statuses = asyncio.run(burst(urls, 120))
+    assert statuses == Counter({200: 10, 429: 110})
+
+
+@pytest.mark.parametrize(("policy", "while_down"), [("fail_open", 200), ("fail_closed", 503)])
+def test_a_redis_killed_mid_load_is_survived_then_recovered(
+    tmp_path: Path, policy: str, while_down: int
+) -> None:
+    with FakeOpenAI() as fast, contextlib.ExitStack() as stack:
+        redis_url, redis_process = stack.enter_context(throwaway_redis_process())
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        config = replica_config(redis_url, fast, rpm_limit=5)
+        config["limits"] = {"on_redis_failure": policy}  # one replica: its local share is the whole limit
+        config["health"] = {"required": ["database"]}
+        _, url = stack.enter_context(gateway_process(config, tmp_path))
+        assert asyncio.run(burst([url], 3)) == Counter({200: 3})
+        redis_process.send_signal(signal.SIGKILL)
+        redis_process.wait(timeout=10)
+        down = asyncio.run(burst([url], 4))
+        assert down == Counter({while_down: 4}), down
+        stack.enter_context(throwaway_redis(port))  # Redis is back, empty
+        asyncio.run(asyncio.sleep(1.2))  # the limiter tries Redis again after a second
+        assert asyncio.run(burst([url], 8)) == Counter({200: 5, 429: 3})
