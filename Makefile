@@ -42,5 +42,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+## The spend-ledger benchmark: a month of 1 M ledger rows in a throwaway PostgreSQL database, then
+## GET /admin/spend grouped by key per day, timed; written to bench/LEDGER.md.
+.PHONY: bench-ledger
+bench-ledger: $(STAMP)
+	$(BIN)/python bench/ledger.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

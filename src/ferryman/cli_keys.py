@@ -1,8 +1,9 @@
-"""`ferryman db …`, `ferryman keys …` and `ferryman teams …`: the admin API for people without curl.
+"""`ferryman db …`, `keys …`, `teams …` and `spend`: the admin API for people without curl.
 
 The commands talk to the database directly (and publish revocations to Redis when it is configured, so
 running replicas drop a revoked key at once). Options mirror the admin API's body fields; output is the
-same JSON the API returns. A new key's secret is printed once, at creation or rotation.
+same JSON the API returns. A new key's secret is printed once, at creation or rotation. `ferryman spend`
+asks the spend ledger what `GET /admin/spend` asks, and prints a table, that JSON or that CSV.
 """
 
 from __future__ import annotations
@@ -13,26 +14,38 @@ import hashlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import date
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
 from ferryman.api.admin import (
+    MAX_SPEND_ROWS,
     KeyBody,
     KeyList,
+    SpendQuery,
+    SpendReport,
     TeamBody,
     TeamList,
     key_changes,
     key_created,
     key_out,
+    run_spend_query,
+    spend_columns,
+    spend_csv,
+    spend_json,
+    spend_query,
+    spend_records,
     team_changes,
     team_out,
 )
-from ferryman.errors import ConfigError, FerrymanError, InvalidationNotDeliveredError
+from ferryman.errors import ConfigError, FerrymanError, InvalidationNotDeliveredError, InvalidRequestError
 from ferryman.settings import Settings, load_settings
-from ferryman.store.migrate import head_revision, schema_revision, upgrade_schema
+from ferryman.store.database import open_engine
+from ferryman.store.migrate import ensure_schema, head_revision, schema_revision, upgrade_schema
 from ferryman.store.records import KeySettings, TeamSettings
 from ferryman.store.service import KeyService
+from ferryman.store.sql_ledger import GROUP_FIELDS, SqlLedger
 
 Saved = TypeVar("Saved")
 
@@ -55,6 +68,7 @@ def add_admin_commands(commands: Any) -> None:
     _add_team_commands(
         commands.add_parser("teams", help="teams").add_subparsers(dest="action", required=True)
     )
+    _add_spend_command(commands.add_parser("spend", help="spend from the ledger, as GET /admin/spend"))
 
 
 def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -107,8 +121,22 @@ def _add_team_commands(teams: Any) -> None:
         _with_config(teams.add_parser(name, help=f"{name} a team")).add_argument("id")
 
 
+def _add_spend_command(spend: argparse.ArgumentParser) -> None:
+    _with_config(spend)
+    spend.add_argument("--group-by", default="day", help=f"comma-separated: {', '.join(GROUP_FIELDS)}")
+    spend.add_argument("--from", dest="start", help="first UTC day, e.g. 2026-11-01, or an ISO 8601 instant")
+    spend.add_argument("--to", dest="end", help="end: exclusive at midnight (2026-12-01), else its day too")
+    spend.add_argument("--key-id", help="only this key")
+    spend.add_argument("--team-id", help="only this team")
+    spend.add_argument("--limit", type=int, default=10_000, help="at most this many rows (default 10000)")
+    spend.add_argument("--format", dest="output", choices=("table", "json", "csv"), default="table")
+
+
 def run_admin_command(args: argparse.Namespace) -> int:
-    """Run a `db`, `keys` or `teams` command; 0 on success, 1 on a refused operation, 2 on bad input."""
+    """Run a `db`, `keys`, `teams` or `spend` command; 0 on success, 1 on a refused operation, 2 on bad
+    input."""
+    if args.command == "spend":
+        return _spend_command(args)
     if args.command == "keys" and args.action == "hash":
         secret = sys.stdin.readline().strip()
         print(hashlib.sha256(secret.encode()).hexdigest())
@@ -146,6 +174,75 @@ async def _db_command(settings: Settings, args: argparse.Namespace) -> int:
     head = head_revision()
     print(f"schema revision: {current or '(empty)'}; newest: {head}")
     return 0 if current == head or args.action == "upgrade" else 1
+
+
+def _spend_command(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+        if not 1 <= args.limit <= MAX_SPEND_ROWS:
+            raise InvalidRequestError(f"limit: between 1 and {MAX_SPEND_ROWS}", param="limit")
+        query = spend_query(
+            args.group_by, args.start, args.end, key_id=args.key_id, team_id=args.team_id, limit=args.limit
+        )
+    except ConfigError as exc:
+        for path, message in exc.problems:
+            print(f"{args.config}: {path}: {message}", file=sys.stderr)
+        return 2
+    except InvalidRequestError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(_spend_report(settings, query))
+    except FerrymanError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(json.loads(spend_json(report)), indent=2))
+    elif args.output == "csv":
+        sys.stdout.write(spend_csv(report))
+    else:
+        print(spend_table(report))
+    return 0
+
+
+async def _spend_report(settings: Settings, query: SpendQuery) -> SpendReport:
+    """The report from the config's database, after migrating (or checking) its schema as `serve` does."""
+    url = settings.store_url
+    engine = open_engine(url)
+    try:
+        await ensure_schema(url, auto_migrate=settings.auto_migrate, engine=engine)
+        return await run_spend_query(SqlLedger(engine), query)
+    finally:
+        await engine.dispose()
+
+
+def spend_table(report: SpendReport) -> str:
+    """The report for a terminal: aligned columns (groups left, sums right), then the totals."""
+    columns = spend_columns(report.query)
+    grouped = len(report.query.group_by)
+    cells = [columns, *([_shown(record[name]) for name in columns] for record in spend_records(report))]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i < grouped else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in cells
+    ]
+    totals = report.totals
+    cost = _shown(totals.known_cost_usd)
+    lines.append(f"total: {totals.requests} requests, ${cost} priced, {totals.unpriced_requests} unpriced")
+    if report.has_more:
+        lines.append(f"(only the first {report.query.limit} rows are shown; the total covers them all)")
+    return "\n".join(lines)
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return value.isoformat() if isinstance(value, date) else str(value)
 
 
 async def _with_service(settings: Settings, operation: Operation, args: argparse.Namespace) -> BaseModel:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, DateTime, bindparam, inspect, text
@@ -17,12 +18,13 @@ from sqlalchemy.exc import DBAPIError
 from ferryman.store.database import open_engine
 from ferryman.store.migrate import (
     SchemaBehindError,
+    alembic_config,
     ensure_schema,
     head_revision,
     schema_revision,
     upgrade_schema,
 )
-from ferryman.store.tables import Base
+from ferryman.store.tables import Base, outside_metadata
 from tests.store.fixtures import fresh_postgres_database
 
 
@@ -36,13 +38,16 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
 
 
 def schema_drift(connection: Connection) -> list[object]:
-    return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+    """What differs between the database and the models, leaving out the dialect-only objects the models
+    leave out on purpose (PostgreSQL's ledger partitions, SQLite's unique request-id index)."""
+    opts = {"include_name": lambda name, type_, parents: not outside_metadata(name, type_, parents)}
+    return list(compare_metadata(MigrationContext.configure(connection, opts=opts), Base.metadata))
 
 
 async def test_upgrade_from_empty_reaches_head_and_matches_the_models(empty_database: str) -> None:
     assert await schema_revision(empty_database) is None
     await upgrade_schema(empty_database)
-    assert await schema_revision(empty_database) == head_revision() == "0003"
+    assert await schema_revision(empty_database) == head_revision() == "0004"
     engine = open_engine(empty_database)
     try:
         async with engine.connect() as conn:
@@ -65,7 +70,7 @@ async def test_upgrade_from_the_previous_revision_keeps_data(empty_database: str
                 {"hash": "a" * 64, "now": datetime(2025, 1, 1, tzinfo=UTC)},
             )
         await upgrade_schema(empty_database)
-        assert await schema_revision(empty_database) == "0003"
+        assert await schema_revision(empty_database) == "0004"
         async with engine.connect() as conn:
             row = (
                 await conn.execute(text("SELECT key_hash, last_used_at FROM api_keys WHERE id = 'k1'"))
@@ -134,3 +139,64 @@ async def test_schema_behind_with_auto_migrate_off_names_the_command(empty_datab
     assert await schema_revision(empty_database) == "0001"  # nothing was changed
     await ensure_schema(empty_database, auto_migrate=True)
     await ensure_schema(empty_database, auto_migrate=False)  # at head: accepted
+
+
+async def test_0004_adds_the_spend_ledger_partitioned_on_postgresql(empty_database: str) -> None:
+    await upgrade_schema(empty_database, "0003")
+    await upgrade_schema(empty_database)
+    engine = open_engine(empty_database)
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        async with engine.connect() as conn:
+            ledger_pk = await conn.run_sync(lambda sync: inspect(sync).get_pk_constraint("spend_ledger"))
+            daily_pk = await conn.run_sync(lambda sync: inspect(sync).get_pk_constraint("spend_daily"))
+            by_key_pk = await conn.run_sync(
+                lambda sync: inspect(sync).get_pk_constraint("spend_daily_by_key")
+            )
+            columns = await conn.run_sync(lambda sync: inspect(sync).get_columns("spend_ledger"))
+            indexes = await conn.run_sync(lambda sync: inspect(sync).get_indexes("spend_ledger"))
+            if postgres:
+                kind = await conn.scalar(
+                    text("SELECT relkind::text FROM pg_class WHERE relname = 'spend_ledger'")
+                )
+                default = await conn.scalar(
+                    text(
+                        "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_class c "
+                        "WHERE c.relname = 'spend_ledger_default'"
+                    )
+                )
+        assert ledger_pk["constrained_columns"] == ["request_id", "at"]
+        rollup_key = ["day", "key_id", "team_id", "end_user", "model", "provider"]
+        assert daily_pk["constrained_columns"] == rollup_key
+        assert by_key_pk["constrained_columns"] == [c for c in rollup_key if c != "end_user"]
+        nullable = {column["name"]: column["nullable"] for column in columns}
+        assert nullable["cost_usd"] is True  # NULL is "unpriced", never 0
+        assert nullable["reasoning_tokens"] is False and nullable["cache_write_tokens"] is False
+        unique = {index["name"] for index in indexes if index["unique"]}
+        if postgres:
+            assert (kind, default) == ("p", "DEFAULT")  # partitioned, with a default partition
+            assert unique == set()  # a unique index must hold the partition key: the PK does
+        else:
+            assert unique == {"uq_spend_ledger_request_id"}
+    finally:
+        await engine.dispose()
+
+
+async def test_0004_downgrades_cleanly(empty_database: str) -> None:
+    await upgrade_schema(empty_database)
+    engine = open_engine(empty_database)
+
+    def downgrade(sync: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = sync
+        command.downgrade(config, "0003")
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(downgrade)
+        async with engine.connect() as conn:
+            tables = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+        assert not any(name.startswith("spend_") for name in tables)
+    finally:
+        await engine.dispose()
+    assert await schema_revision(empty_database) == "0003"

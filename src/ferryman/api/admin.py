@@ -5,15 +5,19 @@ our 400 error naming the field (`handle_validation_error`). Every field is bound
 what the database columns hold, so no value can reach SQL and fail there. One body model per resource
 serves both POST and PATCH: on PATCH only the fields present in the body change, and an explicit `null`
 clears one. Secrets appear in exactly two responses — creation and rotation — and nowhere else.
+`GET /admin/spend` reports the spend ledger's daily rollup, as JSON or CSV (`ferryman spend` shares
+its parsing and rendering).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar, cast
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query
@@ -28,6 +32,15 @@ from ferryman.errors import InvalidationNotDeliveredError, InvalidRequestError
 from ferryman.observability.metrics import Metrics
 from ferryman.store.records import IssuedKey, KeyRecord, KeySettings, Limits, TeamRecord, TeamSettings
 from ferryman.store.service import KeyService
+from ferryman.store.sql_ledger import (
+    GROUP_FIELDS,
+    MAX_TEXT,
+    SUMS,
+    SpendRow,
+    SqlLedger,
+    UsageTotals,
+    open_ledger,
+)
 
 # The ceilings of the columns behind the fields (`store/tables.py`): BIGINT, INTEGER, NUMERIC(18, 6).
 MAX_BIGINT = 2**63 - 1
@@ -212,8 +225,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "No such key or team."),
         (
             503,
-            "The key store is unavailable (`key_store_unavailable`), or the change is saved but the other "
-            "replicas could not be told (`invalidation_not_delivered`; the saved resource is in `saved`).",
+            "The key store or the spend ledger is unavailable (`key_store_unavailable`, "
+            "`ledger_unavailable`), or the change is saved but the other replicas could not be told "
+            "(`invalidation_not_delivered`; the saved resource is in `saved`).",
         ),
     )
 }
@@ -423,6 +437,204 @@ async def delete_team(team_id: ResourceId, keys: Keys, announce: Announce) -> Te
     return await announce(keys.delete_team(team_id), team_out)
 
 
+MAX_SPEND_ROWS = 100_000
+
+
+class SpendRowOut(BaseModel):
+    """One group: the dimensions grouped by (only those are present), then the group's sums."""
+
+    day: date | None = None
+    key_id: str | None = None
+    team_id: str | None = None
+    end_user: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost_usd: float | None = Field(description="Priced requests only; null when none had a price.")
+    unpriced_requests: int = Field(description="Requests whose model had no price: not in `cost_usd`.")
+
+
+class SpendReportOut(BaseModel):
+    """Spend per group over whole UTC days, ordered by the groups."""
+
+    group_by: list[str]
+    data: list[SpendRowOut]
+    requests: int
+    total_cost_usd: float | None = Field(description="Of the priced requests, over every row.")
+    unpriced_requests: int
+    has_more: bool = Field(description="More groups than `limit`: the totals still cover them all.")
+
+
+@dataclass(frozen=True, slots=True)
+class SpendQuery:
+    """A validated spend question, from query parameters or the command line."""
+
+    group_by: tuple[str, ...]
+    start: datetime | None
+    end: datetime | None
+    key_id: str | None = None
+    team_id: str | None = None
+    limit: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class SpendReport:
+    """The answer: the rows, the totals over everything asked (also past `limit`)."""
+
+    query: SpendQuery
+    rows: list[SpendRow]
+    totals: UsageTotals
+    has_more: bool
+
+
+def spend_query(
+    group_by: str,
+    start: str | None,
+    end: str | None,
+    *,
+    key_id: str | None = None,
+    team_id: str | None = None,
+    limit: int = 10_000,
+) -> SpendQuery:
+    """Parse `group_by` (comma-separated) and the `from` / `to` bounds; InvalidRequestError names the
+    parameter at fault."""
+    groups = tuple(dict.fromkeys(part.strip() for part in group_by.split(",") if part.strip()))
+    unknown = [name for name in groups if name not in GROUP_FIELDS]
+    if not groups or unknown:
+        problem = f"unknown {', '.join(unknown)}; " if unknown else ""
+        raise InvalidRequestError(
+            f"group_by: {problem}choose from {', '.join(GROUP_FIELDS)}, comma-separated", param="group_by"
+        )
+    begins, ends = _instant(start, "from"), _instant(end, "to")
+    if begins is not None and ends is not None and ends <= begins:
+        raise InvalidRequestError("to: must be after from", param="to")
+    return SpendQuery(groups, begins, ends, key_id, team_id, limit)
+
+
+def _instant(value: str | None, param: str) -> datetime | None:
+    """A date (`2026-11-01`, midnight UTC) or an ISO 8601 instant (naive means UTC)."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return _utc(datetime.fromisoformat(value.strip()))
+    except (ValueError, OverflowError):
+        raise InvalidRequestError(
+            f"{param}: expected a date (2026-11-01) or an ISO 8601 instant, got {value[:40]!r}", param=param
+        ) from None
+
+
+async def run_spend_query(ledger: SqlLedger, query: SpendQuery) -> SpendReport:
+    """Ask the ledger; totals come from the rows unless `limit` cut them, then from one more query."""
+
+    async def ask(group_by: tuple[str, ...], limit: int | None) -> list[SpendRow]:
+        return await ledger.spend_report(
+            group_by, query.start, query.end, key_id=query.key_id, team_id=query.team_id, limit=limit
+        )
+
+    rows = await ask(query.group_by, query.limit + 1)
+    if len(rows) <= query.limit:
+        totals = UsageTotals(*(sum(getattr(row.totals, name) for row in rows) for name in SUMS))
+        return SpendReport(query, rows, totals, has_more=False)
+    [everything] = await ask((), None)
+    return SpendReport(query, rows[: query.limit], everything.totals, has_more=True)
+
+
+def spend_columns(query: SpendQuery) -> list[str]:
+    """The fields of a report row, in order: the groups as asked, then the sums."""
+    return [*(GROUP_FIELDS[name] for name in query.group_by), *SUMS]
+
+
+def spend_records(report: SpendReport) -> list[dict[str, Any]]:
+    """The report's rows as the JSON body's `data`."""
+    fields = [GROUP_FIELDS[name] for name in report.query.group_by]
+    return [
+        {name: getattr(row, name) for name in fields}
+        | {
+            "requests": row.totals.requests,
+            "input_tokens": row.totals.input_tokens,
+            "output_tokens": row.totals.output_tokens,
+            "cached_tokens": row.totals.cached_tokens,
+            "cost_usd": row.cost_usd,
+            "unpriced_requests": row.totals.unpriced_requests,
+        }
+        for row in report.rows
+    ]
+
+
+def spend_json(report: SpendReport) -> bytes:
+    """The JSON body (`SpendReportOut`)."""
+    body = {
+        "group_by": list(report.query.group_by),
+        "data": spend_records(report),
+        "requests": report.totals.requests,
+        "total_cost_usd": report.totals.known_cost_usd,
+        "unpriced_requests": report.totals.unpriced_requests,
+        "has_more": report.has_more,
+    }
+    return orjson.dumps(body)
+
+
+# A spreadsheet runs a cell starting with one of these as a formula; end-user names come from clients.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spend_csv(report: SpendReport) -> str:
+    """The CSV body: a header row, then one row per group; a missing value is an empty cell."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    columns = spend_columns(report.query)
+    writer.writerow(columns)
+    for record in spend_records(report):
+        writer.writerow([_cell(record[name]) for name in columns])
+    return buffer.getvalue()
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    text = value.isoformat() if isinstance(value, date) else str(value)
+    return "'" + text if isinstance(value, str) and text.startswith(_FORMULA_START) else text
+
+
+def spend_ledger(request: Request) -> SqlLedger:
+    """The spend ledger, on the key store's database (keys, teams and spend share it)."""
+    engine = key_service(request).engine
+    if engine is None:  # pragma: no cover - the lifespan always opens the key store on an engine
+        raise RuntimeError("the key store has no database")
+    return open_ledger(engine)
+
+
+SpendLedger = Annotated[SqlLedger, Depends(spend_ledger)]
+Filter = Annotated[str | None, Query(max_length=MAX_TEXT, pattern=PRINTABLE)]  # no stored id is longer
+
+
+async def spend(
+    ledger: SpendLedger,
+    group_by: Annotated[
+        str, Query(max_length=100, description=f"Comma-separated, any of: {', '.join(GROUP_FIELDS)}.")
+    ] = "day",
+    start: Annotated[
+        str | None, Query(alias="from", max_length=40, description="First UTC day (or instant's day).")
+    ] = None,
+    end: Annotated[
+        str | None, Query(alias="to", max_length=40, description="Exclusive at midnight, else its day too.")
+    ] = None,
+    key_id: Filter = None,
+    team_id: Filter = None,
+    output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+    limit: Annotated[int, Query(ge=1, le=MAX_SPEND_ROWS)] = 10_000,
+) -> Response:
+    """Spend from the ledger's daily rollup, grouped by key, team, end user, model, provider and / or day."""
+    query = spend_query(group_by, start, end, key_id=key_id, team_id=team_id, limit=limit)
+    report = await run_spend_query(ledger, query)
+    if output == "csv":
+        return Response(spend_csv(report), media_type="text/csv; charset=utf-8")
+    return Response(spend_json(report), media_type="application/json")
+
+
 _ROUTES: tuple[tuple[str, str, Callable[..., Any], int], ...] = (
     ("POST", "/keys", create_key, 201),
     ("GET", "/keys", list_keys, 200),
@@ -445,6 +657,13 @@ def admin_router() -> APIRouter:
     )
     for method, path, endpoint, status in _ROUTES:
         router.add_api_route(path, endpoint, methods=[method], status_code=status)
+    router.add_api_route(
+        "/spend",
+        spend,
+        methods=["GET"],
+        response_model=SpendReportOut,
+        responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+    )
     return router
 
 

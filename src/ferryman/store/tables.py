@@ -1,16 +1,31 @@
-"""The SQL schema of teams and virtual keys, as SQLAlchemy 2 declarative tables.
+"""The SQL schema of teams, virtual keys and the spend ledger, as SQLAlchemy 2 declarative tables.
 
 This is the *current* shape, used by queries; the migrations in `ferryman.migrations` are its history
 and must reach the same shape. Timestamps are stored in UTC and always read back timezone-aware, so
-SQLite (which drops the zone) and PostgreSQL behave alike.
+SQLite (which drops the zone) and PostgreSQL behave alike. A few objects live outside this metadata
+because they exist on one dialect only (`outside_metadata` names them, for schema comparisons).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, MetaData, Numeric, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -98,3 +113,116 @@ class KeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# Dollars per request reach a millionth of a cent (ten tokens of a cheap model), so the ledger keeps
+# twelve decimals; NUMERIC on PostgreSQL makes every sum exact, whatever order rows are added in.
+Cost = Numeric(24, 12, asdecimal=False)
+
+LEDGER_PARTITION_PREFIX = "spend_ledger_"
+"""PostgreSQL partitions of `spend_ledger` (`spend_ledger_default`, `spend_ledger_y2026m11`, …): made by
+the migration and by the writer, ahead of each month; they are the parent's storage, not tables of
+their own, so they are not in the metadata."""
+
+SQLITE_LEDGER_UNIQUE = "uq_spend_ledger_request_id"
+"""SQLite's unique index on `spend_ledger.request_id`. PostgreSQL cannot have it: a unique index of a
+partitioned table must contain the partition key, so there the primary key `(request_id, at)` and the
+writer's look-up before inserting keep request ids unique."""
+
+
+def outside_metadata(name: str | None, type_: str, parent_names: object) -> bool:
+    """Whether a reflected object is one of those kept out of the metadata on purpose (Alembic's
+    `include_name` hook wants the opposite: pass `not outside_metadata(...)`)."""
+    if name is None:
+        return False
+    if type_ == "table":
+        return name.startswith(LEDGER_PARTITION_PREFIX)
+    return type_ == "index" and name == SQLITE_LEDGER_UNIQUE
+
+
+class LedgerRow(Base):
+    """One request's final cost, written once per request id (`core.shared_state.SpendEntry`).
+
+    `cost_usd` is NULL for an unpriced request, never 0. On PostgreSQL the table is partitioned by
+    month on `at`, so months of history stay cheap to keep, to query and to drop; the primary key has to
+    include `at` for that. Text columns are unbounded: a value too long for a column would fail every
+    batch that carries it, so `store.sql_ledger` bounds values itself, the same way everywhere.
+    """
+
+    __tablename__ = "spend_ledger"
+    __table_args__ = (
+        # BRIN: a few pages summarise a month of append-ordered timestamps (a B-tree on SQLite).
+        Index("ix_spend_ledger_at", "at", postgresql_using="brin"),
+        {"postgresql_partition_by": "RANGE (at)"},
+    )
+
+    request_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(Text)
+    team_id: Mapped[str | None] = mapped_column(Text)
+    end_user: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)
+    provider: Mapped[str] = mapped_column(Text)
+    deployment: Mapped[str] = mapped_column(Text)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    output_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cost_usd: Mapped[float | None] = mapped_column(Cost)
+    estimated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+
+
+class _DailySums:
+    """The sums both rollups keep. `cost_usd` sums the priced requests only; `unpriced_requests` counts
+    the others."""
+
+    requests: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float] = mapped_column(Cost)
+    unpriced_requests: Mapped[int] = mapped_column(BigInteger)
+
+
+class DailySpendRow(_DailySums, Base):
+    """The ledger summed per UTC day, key, team, end user, model and provider: what reports read.
+
+    Written in the same transaction as the ledger rows it sums, and only for rows that transaction
+    actually inserted, so it always equals the ledger. An absent key, team or end user is stored as ''
+    rather than NULL: NULLs are distinct in a unique index, so a NULL column would let a replayed batch
+    start a second row instead of adding to the first (and '' keeps the key a plain B-tree both SQLite
+    and PostgreSQL can name in `ON CONFLICT`, unlike a `COALESCE` expression index). Ids are never '',
+    and the writer stores an empty end user as none.
+    """
+
+    __tablename__ = "spend_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    key_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    team_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    end_user: Mapped[str] = mapped_column(Text, primary_key=True)
+    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    provider: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
+class KeyDailySpendRow(_DailySums, Base):
+    """`spend_daily` without the end user, written alongside it: what reports and usage read unless
+    they ask about end users.
+
+    End users are the one dimension without a bound (a consumer app has thousands), so a key's month in
+    `spend_daily` can have nearly as many rows as the ledger; here it has at most one row per day, model
+    and provider, and reports by key, team, model or day never pay for end-user cardinality.
+    """
+
+    __tablename__ = "spend_daily_by_key"
+    __table_args__ = (  # a key's or a team's own usage (`GET /v1/usage`, rebuilding budgets)
+        Index("ix_spend_daily_by_key_key_id", "key_id", "day"),
+        Index("ix_spend_daily_by_key_team_id", "team_id", "day"),
+    )
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    key_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    team_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    provider: Mapped[str] = mapped_column(Text, primary_key=True)
