@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
 from ferryman.core.attempts import AttemptLoop
 from ferryman.core.caller import Caller, Limits
 from ferryman.core.canonical import ChatRequest, Message, TextPart, Usage
+from ferryman.core.estimate import estimate_input_tokens
 from ferryman.core.exchange import Exchange
 from ferryman.core.failover import Failover, LimiterUnavailableError
-from ferryman.core.limits import MINUTE, DeploymentQuotas, LimitExceededError, Quota, RateLimits
-from ferryman.core.pipeline import Pipeline
+from ferryman.core.limits import (
+    MINUTE,
+    PARALLEL_RETRY_AFTER,
+    DeploymentQuotas,
+    LimitExceededError,
+    Quota,
+    RateLimits,
+)
+from ferryman.core.pipeline import Outcome, Pipeline
 from ferryman.core.routing import Router
-from ferryman.core.shared_state import Window
+from ferryman.core.shared_state import Admission, Ceiling, Hold, Reservations, Window, WindowCounters
 from ferryman.errors import SharedStateUnavailableError
 from ferryman.store.memory import MemoryReservations, MemoryWindowCounters
 from ferryman.testing import Answer, ScriptedUpstream, Stream
@@ -133,13 +142,156 @@ async def test_end_users_of_one_key_are_limited_apart() -> None:
 
 async def test_an_unlimited_request_costs_no_state_call() -> None:
     class Exploding(MemoryWindowCounters):
-        async def check_and_add(self, windows, amount):  # type: ignore[no-untyped-def]
+        async def check_and_add(self, windows: Sequence[Window], amount: float) -> Admission:
+            raise AssertionError("no limit applies: no call expected")
+
+        async def admit(
+            self,
+            windows: Sequence[tuple[Window, float]],
+            hold: Hold | None = None,
+            *,
+            holds: Reservations | None = None,
+        ) -> Admission:
             raise AssertionError("no limit applies: no call expected")
 
     pipeline, _ = limited_pipeline(counters=Exploding())
     exchange = exchange_for(Caller(key_alias="free", key_id="k2"))
     await pipeline.chat(exchange)
     assert "x-ratelimit-limit-requests" not in exchange.headers
+
+
+class CountingCounters:
+    """`WindowCounters` that log every call by name into `calls`, shared with `CountingReservations`."""
+
+    def __init__(self, inner: WindowCounters, calls: list[str]) -> None:
+        self.inner, self.calls = inner, calls
+
+    async def check_and_add(self, windows: Sequence[Window], amount: float) -> Admission:
+        self.calls.append("check_and_add")
+        return await self.inner.check_and_add(windows, amount)
+
+    async def add(self, windows: Sequence[Window], amount: float) -> None:
+        self.calls.append("add")
+        await self.inner.add(windows, amount)
+
+    async def count(self, window: Window) -> float:
+        self.calls.append("count")
+        return await self.inner.count(window)
+
+    async def admit(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        hold: Hold | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> Admission:
+        self.calls.append("admit")
+        inner_holds = holds.inner if isinstance(holds, CountingReservations) else holds
+        return await self.inner.admit(windows, hold, holds=inner_holds)
+
+
+class CountingReservations:
+    """`Reservations` that log every call by name into `calls`."""
+
+    def __init__(self, inner: Reservations, calls: list[str]) -> None:
+        self.inner, self.calls = inner, calls
+
+    async def reserve(
+        self, reservation_id: str, ceilings: Sequence[Ceiling], amount: float, ttl: float
+    ) -> Admission:
+        self.calls.append("reserve")
+        return await self.inner.reserve(reservation_id, ceilings, amount, ttl)
+
+    async def settle(self, reservation_id: str, actual: float) -> None:
+        self.calls.append("settle")
+        await self.inner.settle(reservation_id, actual)
+
+    async def release(self, reservation_id: str) -> None:
+        self.calls.append("release")
+        await self.inner.release(reservation_id)
+
+    async def level(self, key: str) -> tuple[float, float]:
+        self.calls.append("level")
+        return await self.inner.level(key)
+
+    async def restore(self, key: str, committed: float, ttl: float) -> None:
+        self.calls.append("restore")
+        await self.inner.restore(key, committed, ttl)
+
+
+async def test_a_request_with_every_kind_of_limit_is_admitted_in_one_state_call() -> None:
+    calls: list[str] = []
+    counters, slots = MemoryWindowCounters(), MemoryReservations()
+    key_limits = Limits(rpm_limit=5, tpm_limit=1000, max_parallel=2)
+    team_limits = Limits(rpm_limit=10, tpm_limit=5000, max_parallel=4)
+    caller = Caller(key_alias="app", key_id="k1", key_limits=key_limits, team_id="t", team_limits=team_limits)
+    stage = RateLimits(
+        CountingCounters(counters, calls),
+        CountingReservations(slots, calls),
+        global_quota=Quota(rpm=100, tpm=100_000, max_parallel=10),
+    )
+    exchange = exchange_for(caller)
+    assert exchange.request is not None
+    estimate = estimate_input_tokens(exchange.request)
+    await stage.enter(exchange)
+    assert calls == ["admit"]  # requests, tokens and a slot, for every scope: one call
+    for scope in ("key:k1", "team:t", "global:all"):
+        assert await counters.count(Window(f"rpm:{scope}", 1, MINUTE)) == 1
+        assert await counters.count(Window(f"tpm:{scope}", 1, MINUTE)) == estimate
+        assert await slots.level(f"parallel:{scope}") == (0, 1)
+    assert exchange.headers["x-ratelimit-remaining-requests"] == "4"  # the key: the tightest
+    assert exchange.headers["x-ratelimit-remaining-tokens"] == str(1000 - estimate)
+    exchange.usage = Usage(input_tokens=40, output_tokens=60)
+    await stage.exit(exchange, Outcome("answered"))
+    assert calls == ["admit", "release", "add"]  # the slot given back, the estimate settled to 100
+    assert await slots.level("parallel:key:k1") == (0, 0)
+    assert await counters.count(Window("tpm:team:t", 1, MINUTE)) == 100
+    calls.clear()
+    full = [exchange_for(caller), exchange_for(caller)]
+    for held in full:
+        await stage.enter(held)
+    calls.clear()
+    with pytest.raises(LimitExceededError, match="2 at once"):
+        await stage.enter(exchange_for(caller))
+    assert calls == ["admit"]  # a refusal leaves nothing to roll back
+    assert await counters.count(Window("rpm:key:k1", 1, MINUTE)) == 3
+
+
+async def test_a_full_slot_is_named_before_a_full_window() -> None:
+    caller = Caller(key_alias="app", key_id="k1", key_limits=Limits(rpm_limit=1, max_parallel=1))
+    stage = RateLimits(MemoryWindowCounters(), MemoryReservations())
+    first = exchange_for(caller)
+    await stage.enter(first)
+    with pytest.raises(LimitExceededError, match="1 at once") as both_full:  # the slot frees soonest
+        await stage.enter(exchange_for(caller))
+    assert (both_full.value.retry_after, both_full.value.scope) == (PARALLEL_RETRY_AFTER, "key")
+    await stage.exit(first, Outcome("answered"))
+    refused = exchange_for(caller)
+    with pytest.raises(LimitExceededError, match="1 requests per minute") as window_full:
+        await stage.enter(refused)
+    assert MINUTE - 5 < window_full.value.retry_after <= MINUTE
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_a_deployment_quota_is_one_state_call_per_attempt() -> None:
+    calls: list[str] = []
+    quotas = DeploymentQuotas(
+        CountingCounters(MemoryWindowCounters(), calls),
+        CountingReservations(MemoryReservations(), calls),
+        {"a": Quota(rpm=2, tpm=1000, max_parallel=1)},
+    )
+    a = ScriptedUpstream("a")
+    observer = RecordingObserver()
+    pipeline = Pipeline([], AttemptLoop(Router({"m": [target(a)]}), observer, quotas=quotas), observer)
+    await pipeline.chat(exchange_for(Caller(key_alias="x")))
+    assert calls[0] == "admit" and calls.count("admit") == 1
+    assert not {"check_and_add", "reserve"} & set(calls)
+    await pipeline.chat(exchange_for(Caller(key_alias="x")))
+    calls.clear()
+    with pytest.raises(LimitExceededError) as refused:
+        await pipeline.chat(exchange_for(Caller(key_alias="x")))
+    assert calls == ["admit"]
+    assert refused.value.scope == "deployment" and refused.value.retry_after > PARALLEL_RETRY_AFTER
 
 
 async def test_a_deployment_at_its_quota_is_passed_over_and_never_provoked() -> None:
@@ -182,18 +334,39 @@ class Unreachable(MemoryWindowCounters):
         super().__init__()
         self.up = False
 
-    async def check_and_add(self, windows, amount):  # type: ignore[no-untyped-def]
+    async def check_and_add(self, windows: Sequence[Window], amount: float) -> Admission:
         if not self.up:
             raise SharedStateUnavailableError("redis down")
         return await super().check_and_add(windows, amount)
 
+    async def admit(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        hold: Hold | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> Admission:
+        if not self.up:
+            raise SharedStateUnavailableError("redis down")
+        return await super().admit(windows, hold, holds=holds)
 
-def failover(shared: Unreachable, policy: str, clock: list[float], changes: list[bool]) -> Failover:
+
+def failover(
+    shared: Unreachable,
+    policy: str,
+    clock: list[float],
+    changes: list[bool],
+    *,
+    shared_slots: MemoryReservations | None = None,
+    local_counters: MemoryWindowCounters | None = None,
+    local_slots: MemoryReservations | None = None,
+) -> Failover:
+    """A failover on `shared` with 3 expected replicas; the other stores are fresh unless given."""
     return Failover(
         shared,
-        MemoryReservations(),
-        MemoryWindowCounters(),
-        MemoryReservations(),
+        MemoryReservations() if shared_slots is None else shared_slots,
+        MemoryWindowCounters() if local_counters is None else local_counters,
+        MemoryReservations() if local_slots is None else local_slots,
         policy=policy,  # type: ignore[arg-type]
         replicas=3,
         retry_seconds=1.0,
@@ -203,7 +376,7 @@ def failover(shared: Unreachable, policy: str, clock: list[float], changes: list
 
 
 async def test_fail_open_enforces_a_local_share_then_recovers() -> None:
-    shared, clock, changes = Unreachable(), [0.0], []
+    shared, clock, changes = Unreachable(), [0.0], list[bool]()
     state = failover(shared, "fail_open", clock, changes)
     window = [Window("rpm:key:k", 30, MINUTE)]
     allowed = [(await state.check_and_add(window, 1)).allowed for _ in range(12)]
@@ -217,9 +390,52 @@ async def test_fail_open_enforces_a_local_share_then_recovers() -> None:
 
 
 async def test_fail_closed_refuses_while_the_shared_state_is_down() -> None:
-    shared, clock, changes = Unreachable(), [0.0], []
+    shared, clock, changes = Unreachable(), [0.0], list[bool]()
     state = failover(shared, "fail_closed", clock, changes)
     with pytest.raises(LimiterUnavailableError) as refused:
         await state.check_and_add([Window("rpm:key:k", 30, MINUTE)], 1)
     assert refused.value.status == 503
     await state.add([Window("rpm:key:k", 30, MINUTE)], -1)  # corrections never raise
+
+
+async def test_fail_open_admits_on_a_local_share_and_releases_local_holds_locally() -> None:
+    shared, clock, changes = Unreachable(), [0.0], list[bool]()
+    shared_slots, local_counters, local_slots = (
+        MemoryReservations(),
+        MemoryWindowCounters(),
+        MemoryReservations(),
+    )
+    state = failover(
+        shared,
+        "fail_open",
+        clock,
+        changes,
+        shared_slots=shared_slots,
+        local_counters=local_counters,
+        local_slots=local_slots,
+    )
+    rpm, tpm = Window("rpm:key:k", 30, MINUTE), Window("tpm:key:k", 3000, MINUTE)
+    parallel = Ceiling("parallel:key:k", 6, 60)  # 2 for each of 3 expected replicas
+    answers = [
+        await state.admit([(rpm, 1), (tpm, 40)], Hold(f"s{i}", (parallel,), 1, 60), holds=state)
+        for i in range(3)
+    ]
+    assert [a.allowed for a in answers] == [True, True, False]
+    assert answers[0].remaining == (9, 960, 1)  # the local shares: 10 requests, 1000 tokens, 2 slots
+    assert (await local_counters.count(tpm), await local_slots.level(parallel.key)) == (80, (0, 2))
+    shared.up, clock[0] = True, 1.5
+    assert (await state.admit([(rpm, 1)], Hold("s9", (parallel,), 1, 60), holds=state)).allowed
+    assert await shared_slots.level(parallel.key) == (0, 1)  # shared again, holds and all
+    await state.release("s0")  # made locally, released locally although the shared state is back
+    assert await local_slots.level(parallel.key) == (0, 1)
+    with pytest.raises(ValueError):
+        await state.admit([], Hold("s10", (parallel,), 1, 60), holds=shared_slots)  # not its own slots
+
+
+async def test_fail_closed_refuses_an_admission_while_the_shared_state_is_down() -> None:
+    shared, clock, changes = Unreachable(), [0.0], list[bool]()
+    state = failover(shared, "fail_closed", clock, changes)
+    with pytest.raises(LimiterUnavailableError):
+        await state.admit(
+            [(Window("rpm:key:k", 30, MINUTE), 1)], Hold("s", (Ceiling("p", 1, 60),), 1, 60), holds=state
+        )

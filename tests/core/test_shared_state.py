@@ -23,7 +23,15 @@ import pytest
 from redis.asyncio import Redis
 
 import ferryman.core.shared_state as shared_state_module
-from ferryman.core.shared_state import Admission, Ceiling, SharedState, SpendEntry, Window, within_limit
+from ferryman.core.shared_state import (
+    Admission,
+    Ceiling,
+    Hold,
+    SharedState,
+    SpendEntry,
+    Window,
+    within_limit,
+)
 from ferryman.errors import ConfigError
 from ferryman.store.backends import open_shared_state
 from ferryman.store.memory import MemoryCache, MemoryReservations, MemoryWindowCounters, open_memory_state
@@ -133,6 +141,8 @@ def test_core_module_imports_only_the_standard_library() -> None:
         lambda: Window("w", limit=math.nan, seconds=60),
         lambda: Ceiling("c", limit=1, ttl=math.inf),
         lambda: Admission(False, retry_after=math.inf),
+        lambda: Hold("h", (), amount=-1, ttl=1.0),
+        lambda: Hold("h", (), amount=1, ttl=math.inf),
         lambda: spend("r", datetime(2025, 1, 1)),  # naive
         lambda: spend("r", datetime(2025, 1, 1, tzinfo=timezone(timedelta(hours=2)))),
         lambda: spend("r", datetime(2025, 1, 1, tzinfo=UTC), cost=-0.5),
@@ -386,6 +396,161 @@ async def test_concurrent_reservations_never_overshoot(backend: Backend) -> None
     assert held == pytest.approx(2.0)
 
 
+# --- admissions: every window and a hold in one step ---------------------------------------------------
+
+
+def slot(backend: Backend, name: str, ceiling: Ceiling, ttl: float = 1.0) -> Hold:
+    """One concurrency slot on `ceiling`, under an id no other test uses."""
+    return Hold(backend.key(name), (ceiling,), 1, ttl)
+
+
+async def test_admit_adds_each_window_its_own_amount(backend: Backend) -> None:
+    counters = backend.state.counters
+    rpm = Window(backend.key("rpm"), limit=5, seconds=1.0)
+    tpm = Window(backend.key("tpm"), limit=100, seconds=1.0)
+    answer = await counters.admit([(rpm, 1), (tpm, 40)])
+    assert (answer.allowed, answer.retry_after, answer.refused_key, answer.remaining) == (
+        True,
+        0,
+        None,
+        (4, 60),
+    )
+    assert (await counters.count(rpm), await counters.count(tpm)) == (1, 40)
+    refused = await counters.admit([(rpm, 1), (tpm, 61)])
+    assert (refused.allowed, refused.refused_key, refused.remaining) == (False, tpm.key, (4, 60))
+    assert (await counters.count(rpm), await counters.count(tpm)) == (1, 40)
+    hour = Window(rpm.key, limit=50, seconds=3.0)  # one key, two windows: one counter, added to once
+    assert (await counters.admit([(rpm, 2), (hour, 2)])).remaining == (2, 47)
+    assert await counters.admit([]) == Admission(True)
+
+
+async def test_an_admitted_hold_is_released_and_settled_through_reservations(backend: Backend) -> None:
+    counters, reservations = backend.state.counters, backend.state.reservations
+    rpm = Window(backend.key("rpm"), limit=10, seconds=1.0)
+    parallel = Ceiling(backend.key("parallel"), limit=2, ttl=5.0)
+    first = await counters.admit([(rpm, 1)], slot(backend, "a", parallel), holds=reservations)
+    assert (first.allowed, first.remaining) == (True, (9, 1))
+    assert (await counters.admit([(rpm, 1)], slot(backend, "b", parallel), holds=reservations)).allowed
+    assert await reservations.level(parallel.key) == (0, 2)
+    full = await counters.admit([(rpm, 1)], slot(backend, "c", parallel), holds=reservations)
+    assert (full.allowed, full.refused_key, full.remaining) == (False, parallel.key, (8, 0))
+    await reservations.release(backend.key("a"))
+    assert await reservations.level(parallel.key) == (0, 1)
+    await reservations.settle(backend.key("b"), 0.5)  # like any hold: committed, and no longer held
+    assert await reservations.level(parallel.key) == (0.5, 0)
+    assert (await counters.admit([(rpm, 1)], slot(backend, "c", parallel), holds=reservations)).allowed
+    assert await counters.count(rpm) == 3  # the refused admission counted nothing
+
+
+async def test_an_admitted_hold_lapses_by_its_ttl_and_a_late_settle_still_commits(backend: Backend) -> None:
+    counters, reservations = backend.state.counters, backend.state.reservations
+    ceiling = Ceiling(backend.key("parallel"), limit=1, ttl=5.0)
+    crashed = slot(backend, "crashed", ceiling, ttl=0.5)
+    assert (await counters.admit([], crashed, holds=reservations)).allowed
+    await backend.advance(0.2)
+    refused = await reservations.reserve(backend.key("next"), [ceiling], 1, ttl=0.5)
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(0.3, abs=0.05)  # the admitted hold lapses by then
+    await backend.advance(0.4)
+    assert await reservations.level(ceiling.key) == (0, 0)
+    assert (await reservations.reserve(backend.key("next"), [ceiling], 1, ttl=0.5)).allowed
+    await reservations.settle(crashed.reservation_id, 2)  # the upstream answered late: the spend happened
+    assert await reservations.level(ceiling.key) == (2, 1)
+
+
+async def test_a_refusing_window_holds_nothing_and_a_refusing_ceiling_counts_nothing(
+    backend: Backend,
+) -> None:
+    counters, reservations = backend.state.counters, backend.state.reservations
+    rpm = Window(backend.key("rpm"), limit=10, seconds=1.0)
+    tpm = Window(backend.key("tpm"), limit=100, seconds=1.0)
+    key, team = Ceiling(backend.key("key"), 5, 5.0), Ceiling(backend.key("team"), 5, 5.0)
+    hold = Hold(backend.key("r1"), (key, team), 1, 1.0)
+    await counters.add([tpm], 95)
+    by_window = await counters.admit([(rpm, 1), (tpm, 10)], hold, holds=reservations)
+    assert (by_window.allowed, by_window.refused_key, by_window.remaining) == (False, tpm.key, (10, 5, 5, 5))
+    assert (await reservations.level(key.key), await reservations.level(team.key)) == ((0, 0), (0, 0))
+    await reservations.restore(team.key, 5, ttl=5.0)
+    by_ceiling = await counters.admit([(rpm, 1), (tpm, 5)], hold, holds=reservations)
+    assert (by_ceiling.allowed, by_ceiling.refused_key, by_ceiling.remaining) == (
+        False,
+        team.key,
+        (10, 5, 5, 0),
+    )
+    assert (await counters.count(rpm), await counters.count(tpm)) == (0, 95)
+    assert (await reservations.level(key.key), await reservations.level(team.key)) == ((0, 0), (5, 0))
+    await reservations.settle(hold.reservation_id, 1)  # a refused hold does not exist: nothing to settle
+    assert await reservations.level(key.key) == (0, 0)
+
+
+async def test_admit_names_the_first_refusal_and_waits_for_every_one(backend: Backend) -> None:
+    counters, reservations = backend.state.counters, backend.state.reservations
+    window = Window(backend.key("rpm"), limit=1, seconds=1.0)
+    roomy = Window(backend.key("roomy"), limit=10, seconds=1.0)
+    ceiling = Ceiling(backend.key("parallel"), limit=1, ttl=5.0)
+    await counters.add([window], 1)
+    assert (await reservations.reserve(backend.key("blocker"), [ceiling], 1, ttl=1.5)).allowed
+    await backend.advance(0.2)
+    hold = slot(backend, "r", ceiling)
+    both = await counters.admit([(window, 1)], hold, holds=reservations)
+    assert (both.allowed, both.refused_key, both.remaining) == (False, window.key, (0, 0))
+    assert both.retry_after == pytest.approx(1.3, abs=0.05)  # the ceiling's wait: the longer of the two
+    alone = await counters.admit([(window, 1)])
+    assert alone.retry_after == pytest.approx(0.8, abs=0.05)  # the window's own wait
+    ceiling_only = await counters.admit([(roomy, 1)], hold, holds=reservations)
+    assert (ceiling_only.refused_key, ceiling_only.remaining) == (ceiling.key, (10, 0))
+    assert ceiling_only.retry_after == pytest.approx(1.3, abs=0.05)  # until the blocking hold lapses
+    assert (await counters.count(window), await counters.count(roomy)) == (1, 0)
+    assert await reservations.level(ceiling.key) == (0, 1)
+
+
+async def test_admit_refuses_what_no_backend_can_admit(backend: Backend) -> None:
+    counters, reservations = backend.state.counters, backend.state.reservations
+    window = Window(backend.key("w"), limit=10, seconds=1.0)
+    ceiling = Ceiling(backend.key("c"), limit=10, ttl=5.0)
+    with pytest.raises(ValueError):
+        await counters.admit([(window, -1)])  # corrections go through add()
+    with pytest.raises(ValueError):
+        await counters.admit([(window, 1), (Window(window.key, 20, 2.0), 2)])  # one counter, two amounts
+    with pytest.raises(ValueError):
+        await counters.admit([(window, 1)], slot(backend, "r", ceiling))  # a hold needs its store
+    known = slot(backend, "known", ceiling)
+    assert (await counters.admit([], known, holds=reservations)).allowed
+    with pytest.raises(ValueError):
+        await counters.admit([(window, 1)], known, holds=reservations)
+    with pytest.raises(ValueError):
+        await reservations.reserve(known.reservation_id, [ceiling], 1, ttl=1.0)  # one id space with reserve
+    assert await counters.count(window) == 0
+    assert await reservations.level(ceiling.key) == (0, 1)
+
+
+async def test_concurrent_admissions_never_overshoot_a_window_or_a_ceiling(backend: Backend) -> None:
+    counters, reservations = backend.state.counters, backend.state.reservations
+    rpm = Window(backend.key("rpm"), limit=20, seconds=1.0)
+    tpm = Window(backend.key("tpm"), limit=1000, seconds=1.0)
+    roomy = Ceiling(backend.key("roomy"), limit=50, ttl=5.0)
+    answers = await asyncio.gather(
+        *(
+            counters.admit([(rpm, 1), (tpm, 10)], slot(backend, f"a{i}", roomy, ttl=2.0), holds=reservations)
+            for i in range(200)
+        )
+    )
+    assert sum(a.allowed for a in answers) == 20
+    assert (await counters.count(rpm), await counters.count(tpm)) == (20, 200)
+    assert await reservations.level(roomy.key) == (0, 20)
+    wide = Window(backend.key("wide"), limit=50, seconds=1.0)
+    tight = Ceiling(backend.key("tight"), limit=5, ttl=5.0)
+    answers = await asyncio.gather(
+        *(
+            counters.admit([(wide, 1)], slot(backend, f"b{i}", tight, ttl=2.0), holds=reservations)
+            for i in range(200)
+        )
+    )
+    assert sum(a.allowed for a in answers) == 5
+    assert await counters.count(wide) == 5  # the refused 195 counted nothing
+    assert await reservations.level(tight.key) == (0, 5)
+
+
 # --- cache and ledger ----------------------------------------------------------------------------------
 
 
@@ -446,6 +611,39 @@ async def test_memory_counters_forget_expired_keys() -> None:
     await clock.advance(1)
     await counters.add([Window("survivor", limit=5, seconds=1)], 1)
     assert len(counters) == 1
+
+
+class ElsewhereReservations:
+    """A `Reservations` of some other backend, which an in-process admission cannot reach atomically."""
+
+    async def reserve(self, reservation_id: str, ceilings: object, amount: float, ttl: float) -> Admission:
+        raise AssertionError("never called")
+
+    async def settle(self, reservation_id: str, actual: float) -> None:
+        raise AssertionError("never called")
+
+    async def release(self, reservation_id: str) -> None:
+        raise AssertionError("never called")
+
+    async def level(self, key: str) -> tuple[float, float]:
+        raise AssertionError("never called")
+
+    async def restore(self, key: str, committed: float, ttl: float) -> None:
+        raise AssertionError("never called")
+
+
+async def test_memory_admit_takes_its_hold_in_the_reservations_given() -> None:
+    clock = FakeClock()
+    counters, reservations = MemoryWindowCounters(clock), MemoryReservations(clock)
+    hold = Hold("r", (Ceiling("c", limit=1, ttl=60),), 1, ttl=10)
+    with pytest.raises(ValueError):
+        await counters.admit(
+            [(Window("k", 1, 60), 1)], hold, holds=ElsewhereReservations()
+        )  # not an in-process store
+    assert (await counters.admit([(Window("k", 1, 60), 1)], hold, holds=reservations)).allowed
+    assert await reservations.level("c") == (0, 1)
+    await reservations.release("r")
+    assert await reservations.level("c") == (0, 0)
 
 
 async def test_memory_reservations_forget_lapsed_holds_and_ended_periods() -> None:

@@ -9,6 +9,7 @@ throwaway `redis-server` (stopped by PID); the rest run on the session's Redis u
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -26,8 +27,9 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 
-from ferryman.core.shared_state import Ceiling, SharedState, SpendEntry, Window
+from ferryman.core.shared_state import Ceiling, Hold, SharedState, SpendEntry, Window
 from ferryman.errors import ConfigError, SharedStateUnavailableError
+from ferryman.store import _redis_scripts as scripts
 from ferryman.store._redis_connect import parse_redis_url
 from ferryman.store.backends import open_shared_state
 from ferryman.store.redis_state import (
@@ -41,7 +43,9 @@ from tests.processes import free_port
 from tests.store.fixtures import throwaway_redis
 from tests.store.redis_topologies import redis_tls
 
-TIMEOUT = 0.25  # shorter than the 1 s default, passed explicitly so the bound the failure tests check is visible
+TIMEOUT = (
+    0.25  # shorter than the 1 s default, passed explicitly so the bound the failure tests check is visible
+)
 CAUGHT_WITHIN = 4 * TIMEOUT  # a connect, a handshake read and the command read, with slack for a busy box
 
 
@@ -293,6 +297,42 @@ async def test_a_late_settle_frees_the_id_and_an_ended_period_takes_nothing(
         assert await reservations.level("brief") == (0, 0)
 
 
+async def test_an_admitted_hold_is_stored_as_reserve_stores_it(redis_url: str, prefix: str) -> None:
+    async with opened(redis_url, prefix=prefix) as state, raw_client(redis_url) as client:
+        ceilings = (Ceiling("parallel:key", 10, 60), Ceiling("parallel:team", 10, 60))
+        admitted = await state.counters.admit(
+            [(Window("rpm", 10, 60), 1)], Hold("admitted", ceilings, 1, 30), holds=state.reservations
+        )
+        assert admitted.allowed
+        assert (await state.reservations.reserve("reserved", ceilings, 1, ttl=30)).allowed
+        records = [
+            cast(dict[bytes, bytes], await client.hgetall(f"{{{prefix}}}:hold:{name}"))
+            for name in ("admitted", "reserved")
+        ]
+        assert records[0].keys() == records[1].keys()
+        assert {k: v for k, v in records[0].items() if k not in (b"expires", b"period1", b"period2")} == {
+            k: v for k, v in records[1].items() if k not in (b"expires", b"period1", b"period2")
+        }
+        for ceiling in ceilings:
+            holds = await client.zrange(f"{{{prefix}}}:ceiling-holds:{ceiling.key}", 0, -1)
+            assert sorted(holds) == [b"1:admitted", b"1:reserved"]
+        names = [key.decode() async for key in client.scan_iter(match=f"*{prefix}*")]
+        assert len({key_slot(name.encode()) for name in names}) == 1  # one Cluster slot for the script
+        await state.reservations.release("admitted")
+        assert await state.reservations.level("parallel:team") == (0, 1)
+
+
+async def test_an_admission_holds_only_in_its_own_redis_state(redis_url: str, prefix: str) -> None:
+    async with (
+        opened(redis_url, prefix=prefix) as state,
+        opened(redis_url, prefix=f"{prefix}-other") as other,
+    ):
+        hold = Hold("r", (Ceiling("parallel", 1, 60),), 1, 30)
+        with pytest.raises(ValueError):
+            await state.counters.admit([(Window("rpm", 1, 60), 1)], hold, holds=other.reservations)
+        assert await state.counters.count(Window("rpm", 1, 60)) == 0
+
+
 # --- one round trip, Redis's clock ---------------------------------------------------------------------
 
 
@@ -317,6 +357,16 @@ async def test_each_operation_is_one_round_trip(
             "release": lambda: state.reservations.release("r"),
             "level": lambda: state.reservations.level(ceiling.key),
             "restore": lambda: state.reservations.restore(ceiling.key, 1, ttl=5),
+            "admit": lambda: state.counters.admit(
+                [(window, 1), (Window("tpm", 10_000, 60), 40)],  # requests and tokens, each its own amount
+                Hold(
+                    uuid.uuid4().hex,
+                    (Ceiling("parallel:key", 10, 60), Ceiling("parallel:team", 10, 60)),
+                    1,
+                    5,
+                ),
+                holds=state.reservations,
+            ),
             "cache.set": lambda: state.cache.set("k", b"v", ttl=5),
             "cache.get": lambda: state.cache.get("k"),
             "ledger.append": lambda: state.ledger.append(spend(f"{prefix}-rt")),
@@ -324,10 +374,14 @@ async def test_each_operation_is_one_round_trip(
         for operation in operations.values():  # connect and load every script first
             await operation()
         monkeypatch.setattr(Connection, "send_packed_command", counting)
+        admit_sha = hashlib.sha1(scripts.ADMIT.encode(), usedforsecurity=False).hexdigest().encode()
         for name, operation in operations.items():
             sent.clear()
             await operation()
             assert len(sent) == 1, name
+            if name == "admit":  # one script for every limit, not a pipeline or a transaction of several
+                packed = b"".join(cast(list[bytes], sent[0]))
+                assert b"EVALSHA" in packed and admit_sha in packed
 
 
 async def test_windows_and_holds_run_on_redis_time_not_the_callers(

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, TypeVar
 
-from ferryman.core.shared_state import Admission, Ceiling, Reservations, Window, WindowCounters
+from ferryman.core.shared_state import Admission, Ceiling, Hold, Reservations, Window, WindowCounters
 from ferryman.errors import FerrymanError, SharedStateUnavailableError
 
 T = TypeVar("T")
@@ -83,6 +83,36 @@ class Failover:
             lambda: self._shared[0].count(window), lambda: self._local[0].count(self._share(window))
         )
 
+    async def admit(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        hold: Hold | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> Admission:
+        """Windows and a slot in one step: on the shared pair when reachable, else on the local pair with
+        this replica's share of every window limit and ceiling (the hold then released locally), or 503.
+
+        A hold is taken in these slots, so `holds` must be this object (as the stage passes the same
+        `Failover` as counters and as slots): each side's counters then take it in their own slots.
+        """
+        if hold is not None and holds is not self:
+            raise ValueError("a Failover takes a hold in its own slots: pass holds=<this Failover>")
+        (shared_counters, shared_slots), (local_counters, local_slots) = self._shared, self._local
+
+        async def local() -> Admission:
+            shares = [(self._share(window), amount) for window, amount in windows]
+            if hold is None:
+                return await local_counters.admit(shares)
+            ceilings = tuple(Ceiling(c.key, self._scaled(c.limit), c.ttl) for c in hold.ceilings)
+            local_hold = Hold(hold.reservation_id, ceilings, hold.amount, hold.ttl)
+            admission = await local_counters.admit(shares, local_hold, holds=local_slots)
+            if admission.allowed:
+                self._local_holds.add(hold.reservation_id)
+            return admission
+
+        return await self._either(lambda: shared_counters.admit(windows, hold, holds=shared_slots), local)
+
     async def reserve(
         self, reservation_id: str, ceilings: Sequence[Ceiling], amount: float, ttl: float
     ) -> Admission:
@@ -91,7 +121,8 @@ class Failover:
         async def local() -> Admission:
             shares = [Ceiling(c.key, self._scaled(c.limit), c.ttl) for c in ceilings]
             admission = await self._local[1].reserve(reservation_id, shares, amount, ttl)
-            self._local_holds.add(reservation_id)
+            if admission.allowed:  # a refused hold does not exist: nothing to release, nothing to remember
+                self._local_holds.add(reservation_id)
             return admission
 
         return await self._either(

@@ -1,12 +1,14 @@
 """Rate limits as a pipeline stage: requests and tokens per minute and concurrent requests, per scope.
 
 Every scope that applies to a request — its key, its team, its end user, its model, the gateway as a
-whole — is checked together, all or nothing, through the core's shared-state interfaces, so the limits
-hold across replicas exactly when the state is shared (Redis) and in one process when it is not. Tokens
+whole — is checked together, all or nothing, in one `WindowCounters.admit` call (one Redis round trip,
+one script, whatever mix of limits applies), so the limits hold across replicas exactly when the state
+is shared (Redis) and in one process when it is not, and a refusal leaves nothing to roll back. Tokens
 per minute reserve the prompt's estimate up front and are settled to the provider's count on exit; a
-concurrency slot is a reservation released on exit, and one held by a replica that died expires by
-itself after `slot_ttl`. Deployment quotas are not a stage: they are `DeploymentQuotas`, consulted by the
-attempt loop before each attempt, so a deployment at its limit is skipped rather than provoked into a 429.
+concurrency slot is a hold taken in that same call and released on exit, and one held by a replica
+that died expires by itself after `slot_ttl`. Deployment quotas are not a stage: they are
+`DeploymentQuotas`, consulted by the attempt loop before each attempt (one `admit` call too), so a
+deployment at its limit is skipped rather than provoked into a 429.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from ferryman.core.caller import Limits
 from ferryman.core.estimate import estimate_input_tokens
 from ferryman.core.exchange import Exchange
 from ferryman.core.routing import Target
-from ferryman.core.shared_state import Admission, Ceiling, Reservations, Window, WindowCounters
+from ferryman.core.shared_state import (
+    Admission,
+    Ceiling,
+    Hold,
+    Reservations,
+    Window,
+    WindowCounters,
+    within_limit,
+)
 from ferryman.errors import RateLimitError
 
 if TYPE_CHECKING:  # the pipeline imports the attempt loop, which imports this module
@@ -106,30 +116,26 @@ class RateLimits:
         return [scope for scope in scopes if scope.quota]
 
     async def enter(self, exchange: Exchange) -> Answer | None:
-        """Take a slot, count the request and reserve its estimated tokens, or refuse with 429."""
+        """Count the request, reserve its estimated tokens and take a slot in one call, or refuse with 429."""
         scopes = self.scopes(exchange)
         if not scopes:
             return None
         assert exchange.request is not None  # noqa: S101 - the api admitted it before the pipeline
         estimate = estimate_input_tokens(exchange.request)
-        slot_id = await self._take_slots(scopes)
         rpm = [Window(f"rpm:{s.kind}:{s.id}", s.quota.rpm, MINUTE) for s in scopes if s.quota.rpm]
         tpm = [Window(f"tpm:{s.kind}:{s.id}", s.quota.tpm, MINUTE) for s in scopes if s.quota.tpm]
-        try:
-            requests = await self._counters.check_and_add(rpm, 1) if rpm else None
-            _refuse_unless(exchange, requests, rpm, scopes, "requests")
-            try:
-                tokens = await self._counters.check_and_add(tpm, estimate) if tpm else None
-                _refuse_unless(exchange, tokens, tpm, scopes, "tokens")
-            except BaseException:
-                if requests is not None:
-                    await self._counters.add(rpm, -1)  # this request was never served
-                raise
-        except BaseException:
-            if slot_id is not None:
-                await self._slots.release(slot_id)
-            raise
-        exchange.notes[self.name] = _Held(slot_id, tpm, estimate, scopes)
+        parallel = [
+            Ceiling(f"parallel:{s.kind}:{s.id}", s.quota.max_parallel, self._slot_ttl)
+            for s in scopes
+            if s.quota.max_parallel
+        ]
+        slot = _slot(parallel, self._slot_ttl)
+        windows = [(window, 1.0) for window in rpm] + [(window, float(estimate)) for window in tpm]
+        admission = await self._counters.admit(windows, slot, holds=self._slots)
+        if not admission.allowed:
+            raise _refusal(exchange, admission, rpm, tpm, slot, scopes)
+        exchange.notes[self.name] = _Held(slot.reservation_id if slot else None, tpm, estimate, scopes)
+        requests, tokens = admission.remaining[: len(rpm)], admission.remaining[len(rpm) : len(windows)]
         exchange.headers.update(_headers(rpm, requests, "requests") | _headers(tpm, tokens, "tokens"))
         return None
 
@@ -144,25 +150,6 @@ class RateLimits:
             actual = exchange.usage.total_tokens if exchange.usage is not None else 0
             if actual != held.estimate:
                 await self._counters.add(held.tpm_windows, actual - held.estimate)
-
-    async def _take_slots(self, scopes: Sequence[Scope]) -> str | None:
-        ceilings = [
-            Ceiling(f"parallel:{s.kind}:{s.id}", s.quota.max_parallel, self._slot_ttl)
-            for s in scopes
-            if s.quota.max_parallel
-        ]
-        if not ceilings:
-            return None
-        slot_id = f"slot-{uuid.uuid4().hex}"  # never the client's request id: clients may reuse those
-        admission = await self._slots.reserve(slot_id, ceilings, 1, self._slot_ttl)
-        if not admission.allowed:
-            scope = _scope_of(admission.refused_key, scopes)
-            raise LimitExceededError(
-                f"Too many concurrent requests: the {scope.kind} allows {scope.quota.max_parallel} at once.",
-                retry_after=PARALLEL_RETRY_AFTER,
-                scope=scope.kind,
-            )
-        return slot_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,35 +182,24 @@ class DeploymentQuotas:
         return target.deployment in self._quotas
 
     async def admit(self, exchange: Exchange, target: Target) -> QuotaGrant:
-        """Take the deployment's share for this attempt, or raise `LimitExceededError` when it has no
-        headroom (nothing is kept then)."""
+        """Take the deployment's share for this attempt in one call, or raise `LimitExceededError` when
+        it has no headroom (nothing is kept then)."""
         quota, name = self._quotas[target.deployment], target.deployment
         assert exchange.request is not None  # noqa: S101 - admitted before the attempt loop runs
         estimate = estimate_input_tokens(exchange.request)
-        slot_id: str | None = None
-        if quota.max_parallel:
-            slot_id = f"slot-{uuid.uuid4().hex}"
-            ceiling = Ceiling(f"parallel:deployment:{name}", quota.max_parallel, self._slot_ttl)
-            if not (await self._slots.reserve(slot_id, [ceiling], 1, self._slot_ttl)).allowed:
-                raise _deployment_full(name, PARALLEL_RETRY_AFTER)
         rpm = Window(f"rpm:deployment:{name}", quota.rpm, MINUTE) if quota.rpm else None
         tpm = Window(f"tpm:deployment:{name}", quota.tpm, MINUTE) if quota.tpm else None
-        try:
-            if rpm is not None:
-                admission = await self._counters.check_and_add([rpm], 1)
-                if not admission.allowed:
-                    raise _deployment_full(name, admission.retry_after)
-            if tpm is not None:
-                admission = await self._counters.check_and_add([tpm], estimate)
-                if not admission.allowed:
-                    if rpm is not None:
-                        await self._counters.add([rpm], -1)
-                    raise _deployment_full(name, admission.retry_after)
-        except BaseException:
-            if slot_id is not None:
-                await self._slots.release(slot_id)
-            raise
-        return QuotaGrant(slot_id, tpm, estimate)
+        parallel = f"parallel:deployment:{name}"
+        slot = _slot(
+            [Ceiling(parallel, quota.max_parallel, self._slot_ttl)] if quota.max_parallel else [],
+            self._slot_ttl,
+        )
+        windows = [(window, amount) for window, amount in ((rpm, 1.0), (tpm, float(estimate))) if window]
+        admission = await self._counters.admit(windows, slot, holds=self._slots)
+        if not admission.allowed:
+            slot_full = _full_ceiling(admission, slot, len(windows)) is not None
+            raise _deployment_full(name, PARALLEL_RETRY_AFTER if slot_full else admission.retry_after)
+        return QuotaGrant(slot.reservation_id if slot else None, tpm, estimate)
 
     async def end(self, grant: QuotaGrant, tokens: int | None) -> None:
         """The attempt is over: free its slot, settle its token estimate to `tokens` (None: unknown,
@@ -254,18 +230,53 @@ def _scope_of(key: str | None, scopes: Sequence[Scope]) -> Scope:
     return scopes[0]
 
 
-def _refuse_unless(
+def _slot(ceilings: Sequence[Ceiling], ttl: float) -> Hold | None:
+    """One concurrency slot on every ceiling, as a single hold (`None`: no concurrency limit applies)."""
+    if not ceilings:
+        return None
+    slot_id = f"slot-{uuid.uuid4().hex}"  # never the client's request id: clients may reuse those
+    return Hold(slot_id, tuple(ceilings), 1, ttl)
+
+
+def _full_ceiling(admission: Admission, slot: Hold | None, windows: int) -> Ceiling | None:
+    """The first of the slot's ceilings that refused, if any did.
+
+    `refused_key` names only the first refusal, and windows come first. A refusal's `remaining` (after
+    the `windows` entries) is what each ceiling had left, so the slot did not fit where its amount does
+    not fit in that (read the same way on a `Failover`'s local share, whose limits are smaller).
+    """
+    if slot is None:
+        return None
+    for ceiling, left in zip(slot.ceilings, admission.remaining[windows:], strict=False):
+        if not within_limit(slot.amount, left):
+            return ceiling
+    return None
+
+
+def _refusal(
     exchange: Exchange,
-    admission: Admission | None,
-    windows: Sequence[Window],
+    admission: Admission,
+    rpm: Sequence[Window],
+    tpm: Sequence[Window],
+    slot: Hold | None,
     scopes: Sequence[Scope],
-    unit: str,
-) -> None:
-    """Raise the 429 for a refused admission, with the refusing window's `x-ratelimit-*` headers."""
-    if admission is None or admission.allowed:
-        return
-    scope = _scope_of(admission.refused_key, scopes)
-    window = next((w for w in windows if w.key == admission.refused_key), windows[0])
+) -> LimitExceededError:
+    """The 429 for a refused admission, naming the scope and unit that refused.
+
+    A full concurrency slot is named first, with `PARALLEL_RETRY_AFTER` (a slot frees when any request
+    ends, and the slot's own wait is when the holds lapse, up to `slot_ttl`); otherwise the refusing
+    window, with its `x-ratelimit-*` headers and the admission's wait for every refusing window.
+    """
+    full = _full_ceiling(admission, slot, len(rpm) + len(tpm))
+    window = next((w for w in (*rpm, *tpm) if w.key == admission.refused_key), None)
+    if full is not None or window is None:  # by the contract, a key that is no window is a ceiling
+        scope = _scope_of(full.key if full is not None else admission.refused_key, scopes)
+        return LimitExceededError(
+            f"Too many concurrent requests: the {scope.kind} allows {scope.quota.max_parallel} at once.",
+            retry_after=PARALLEL_RETRY_AFTER,
+            scope=scope.kind,
+        )
+    scope, unit = _scope_of(window.key, scopes), "requests" if window in rpm else "tokens"
     exchange.headers.update(
         {
             f"x-ratelimit-limit-{unit}": f"{window.limit:g}",
@@ -273,7 +284,7 @@ def _refuse_unless(
             f"x-ratelimit-reset-{unit}": f"{math.ceil(admission.retry_after)}s",
         }
     )
-    raise LimitExceededError(
+    return LimitExceededError(
         f"Rate limit reached: the {scope.kind} allows {window.limit:g} {unit} per minute; "
         f"retry in {math.ceil(admission.retry_after)} s.",
         retry_after=admission.retry_after,
@@ -281,14 +292,14 @@ def _refuse_unless(
     )
 
 
-def _headers(windows: Sequence[Window], admission: Admission | None, unit: str) -> dict[str, str]:
+def _headers(windows: Sequence[Window], remaining: Sequence[float], unit: str) -> dict[str, str]:
     """OpenAI's `x-ratelimit-*` headers for the tightest window (the one with the least left)."""
-    if admission is None or not windows or not admission.remaining:
+    if not windows or len(remaining) != len(windows):
         return {}
-    index = min(range(len(windows)), key=lambda i: admission.remaining[i])
+    index = min(range(len(windows)), key=lambda i: remaining[i])
     window = windows[index]
     return {
         f"x-ratelimit-limit-{unit}": f"{window.limit:g}",
-        f"x-ratelimit-remaining-{unit}": str(max(math.floor(admission.remaining[index]), 0)),
+        f"x-ratelimit-remaining-{unit}": str(max(math.floor(remaining[index]), 0)),
         f"x-ratelimit-reset-{unit}": f"{window.seconds:g}s",  # a sliding window is fully clear by then
     }

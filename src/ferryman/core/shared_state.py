@@ -66,6 +66,39 @@ class Admission:
         _require(0 <= self.retry_after < math.inf, "retry_after must be finite and >= 0")
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A reservation to take in the same atomic step as an admission's windows (see `WindowCounters.admit`).
+
+    The fields are `Reservations.reserve`'s arguments, so the hold, once taken, is one like any other:
+    released with `release`, settled with `settle`, lapsing after `ttl` seconds.
+    """
+
+    reservation_id: str
+    ceilings: tuple[Ceiling, ...]
+    amount: float
+    ttl: float
+
+    def __post_init__(self) -> None:
+        _require(self.amount >= 0, f"hold {self.reservation_id!r}: amount must be >= 0")
+        _require(0 < self.ttl < math.inf, f"hold {self.reservation_id!r}: ttl must be positive and finite")
+
+
+def require_admissible(windows: Sequence[tuple[Window, float]]) -> None:
+    """Raise `ValueError` for windows no backend can admit; every backend's `admit` checks this way.
+
+    An amount must be >= 0 (corrections go through `add`), and windows sharing a key must carry the same
+    amount: they share one counter, which is added to once.
+    """
+    amounts: dict[str, float] = {}
+    for window, amount in windows:
+        _require(amount >= 0, f"window {window.key!r}: admitted amounts are >= 0; corrections use add()")
+        _require(
+            amounts.setdefault(window.key, amount) == amount,
+            f"window {window.key!r}: windows sharing a key must admit the same amount",
+        )
+
+
 class WindowCounters(Protocol):
     """Sliding-window counters for rate limits (requests, tokens, parallel requests)."""
 
@@ -88,6 +121,33 @@ class WindowCounters(Protocol):
 
     async def count(self, window: Window) -> float:
         """What `window` counts now."""
+        ...
+
+    async def admit(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        hold: Hold | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> Admission:
+        """Add each window's own amount and take `hold`, all in one atomic step, or do nothing at all.
+
+        The rate-limit stage's whole admission (requests: 1, tokens: the estimate, a concurrency slot) in
+        one call: one round trip to a shared backend, and nothing to roll back by hand when one limit
+        refuses. The answer is `check_and_add`'s, over the windows then the hold's ceilings in the order
+        given: `refused_key` names the first that refused, `retry_after` is the longest wait among those
+        that refused (each computed as `check_and_add` and `reserve` compute theirs), `remaining` has one
+        entry per window, then one per ceiling.
+
+        `holds` is the `Reservations` the hold is taken in, and is then released or settled through: it
+        must be these counters' own backend (a `SharedState`'s `counters` and `reservations`, or the same
+        pair behind a wrapper), because one atomic step cannot span two stores. The store is named at
+        the call rather than bound when the counters are built, so the pairing the caller relies on for
+        `release` is the one it states, and a backend refuses one it cannot reach in the same step
+        (`ValueError`) instead of taking a hold nobody will release. `holds` is required with a `hold`,
+        ignored without one. Amounts follow `require_admissible`; a hold whose id is already known raises
+        `ValueError`, as `reserve` does, and adds nothing to any window.
+        """
         ...
 
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from prometheus_client import Histogram
 
-from ferryman.core.shared_state import Admission, Ceiling, Reservations, Window, WindowCounters
+from ferryman.core.shared_state import Admission, Ceiling, Hold, Reservations, Window, WindowCounters
 
 T = TypeVar("T")
 
@@ -36,6 +36,19 @@ class TimedCounters:
         """Timed as `count`."""
         return await _timed(self._histogram, "count", self._inner.count(window))
 
+    async def admit(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        hold: Hold | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> Admission:
+        """Timed as `admit`. The inner counters take the hold in the store `holds` wraps: the app wraps
+        both halves of one pair, and only the unwrapped pair is one backend (one atomic step)."""
+        inner_holds = holds.inner if isinstance(holds, TimedReservations) else holds
+        work = self._inner.admit(windows, hold, holds=inner_holds)
+        return await _timed(self._histogram, "admit", work)
+
 
 class TimedReservations:
     """`Reservations` with each call timed."""
@@ -43,6 +56,11 @@ class TimedReservations:
     def __init__(self, inner: Reservations, histogram: Histogram) -> None:
         self._inner = inner
         self._histogram = histogram
+
+    @property
+    def inner(self) -> Reservations:
+        """The reservations timed: where `TimedCounters.admit` has its inner counters take a hold."""
+        return self._inner
 
     async def reserve(
         self, reservation_id: str, ceilings: Sequence[Ceiling], amount: float, ttl: float

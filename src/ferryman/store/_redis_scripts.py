@@ -16,6 +16,10 @@ Conventions shared by every script:
   that slides out or a hold that lapses is known without another lookup.
 - An admission reply is `{allowed (1/0), retry_after seconds, refused index (1-based, 0 = none),
   remaining...}`, the fields of `Admission` in order.
+- Scripts are assembled from shared chunks: `_PRELUDE` (time, numbers), `_JUDGE` (the all-or-nothing
+  answer over windows and ceilings alike), `_SERIES` (windows), `_LEVELS` and `_HOLDS` (ceilings and
+  holds). ADMIT is WINDOWS' check and RESERVE run as one script from the same chunks, so an admitted
+  hold is a reserved hold, key for key, and the logic each relies on exists once.
 """
 
 from __future__ import annotations
@@ -33,37 +37,49 @@ local function ms_until(at)  -- a PEXPIRE argument: whole milliseconds, at least
 end
 """
 
-WINDOWS = (
-    _PRELUDE
-    + """
--- KEYS: per window, its series hash (total, span, seq) and its entries sorted set (score = time).
--- ARGV: mode ('check' | 'add' | 'count'), amount, then per window: limit, seconds (microseconds).
-local mode, amount = ARGV[1], tonumber(ARGV[2])
-local windows, series, order = {}, {}, {}
-for i = 1, #KEYS / 2 do
-  local w = {limit = tonumber(ARGV[1 + 2 * i]), seconds = tonumber(ARGV[2 + 2 * i])}
-  local s = series[KEYS[2 * i - 1]]
-  if s == nil then  -- windows sharing a key share one series, kept for the longest of them
-    s = {hash = KEYS[2 * i - 1], entries = KEYS[2 * i], longest = w.seconds}
-    local stored = redis.call('HMGET', s.hash, 'total', 'span')
-    s.total, s.span = tonumber(stored[1]) or 0, tonumber(stored[2])  -- span nil: no such series
-    series[s.hash] = s
-    order[#order + 1] = s
-  elseif w.seconds > s.longest then
-    s.longest = w.seconds
+_JUDGE = """
+-- A bound is a window or a ceiling as an admission sees it: {limit, used, amount, wait = function(bound)},
+-- `used` before this call, `amount` what it would add, `wait` its microseconds until `amount` fits.
+local function judge(bounds)  -- all or nothing: the first refusing index (0 = none), the longest wait
+  local refused, retry = 0, 0
+  for i, b in ipairs(bounds) do
+    if not within(b.used + b.amount, b.limit) then
+      if refused == 0 then refused = i end
+      retry = math.max(retry, b.wait(b))
+    end
   end
-  w.series = s
-  windows[i] = w
+  return refused, retry
 end
 
-local function prune(s)  -- drop the units that slid out of the longest window, and their total
-  s.span = math.max(s.span, s.longest)
-  local cutoff = fmt(now - s.span)
-  local gone = redis.call('ZRANGEBYSCORE', s.entries, '-inf', cutoff)
-  for _, member in ipairs(gone) do s.total = s.total - amount_of(member) end
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', s.entries, '-inf', cutoff) end
-  s.live = redis.call('ZCARD', s.entries)
-  if s.live == 0 then s.total = 0 end  -- drop the rounding residue of the adds and removals
+local function admission(bounds, refused, retry)  -- the reply, with each bound's remaining in order
+  local reply = {refused == 0 and 1 or 0, fmt(retry / 1000000), refused}
+  for i, b in ipairs(bounds) do
+    local left = b.limit - b.used
+    if refused == 0 then left = left - b.amount end
+    reply[3 + i] = fmt(left)
+  end
+  return reply
+end
+"""
+
+_SERIES = """
+-- A window counts in a series: a hash (total of live units, span = its longest window, seq) and a sorted
+-- set of units '<amount>:<seq>' scored by when they were counted. Windows sharing a key share one series,
+-- kept for the longest of them, and add their (one) amount to it once.
+local series, series_order = {}, {}
+
+local function prune_series()  -- drop the units that slid out of each longest window, and their total
+  for _, s in ipairs(series_order) do
+    if s.span ~= nil then
+      s.span = math.max(s.span, s.longest)
+      local cutoff = fmt(now - s.span)
+      local gone = redis.call('ZRANGEBYSCORE', s.entries, '-inf', cutoff)
+      for _, member in ipairs(gone) do s.total = s.total - amount_of(member) end
+      if #gone > 0 then redis.call('ZREMRANGEBYSCORE', s.entries, '-inf', cutoff) end
+      s.live = redis.call('ZCARD', s.entries)
+      if s.live == 0 then s.total = 0 end  -- drop the rounding residue of the adds and removals
+    end
+  end
 end
 
 local function used(w)  -- the running total, unless a shorter window shares the series
@@ -77,15 +93,15 @@ local function used(w)  -- the running total, unless a shorter window shares the
   return sum
 end
 
-local function wait(w, u)  -- microseconds until enough of the oldest units slide out for amount to fit
-  local s = w.series
+local function window_wait(w)  -- until enough of the oldest units slide out for the amount to fit
+  local s, u = w.series, w.used
   if s.span ~= nil then
     local rank = redis.call('ZCOUNT', s.entries, '-inf', fmt(now - w.seconds))
     while rank < s.live do  -- by rank, a page at a time: most refusals stop at the first page
       local page = redis.call('ZRANGE', s.entries, rank, rank + 127, 'WITHSCORES')
       for j = 1, #page, 2 do
         u = u - amount_of(page[j])
-        if within(u + amount, w.limit) then return tonumber(page[j + 1]) + w.seconds - now end
+        if within(u + w.amount, w.limit) then return tonumber(page[j + 1]) + w.seconds - now end
       end
       rank = rank + 128
     end
@@ -93,17 +109,33 @@ local function wait(w, u)  -- microseconds until enough of the oldest units slid
   return w.seconds  -- more than the limit itself: it never fits, try a window later
 end
 
-local function record()
-  for _, s in ipairs(order) do
-    s.span = math.max(s.span or 0, s.longest)
-    local seq = redis.call('HINCRBY', s.hash, 'seq', 1)
-    redis.call('ZADD', s.entries, fmt(now), fmt(amount) .. ':' .. seq)
-    s.total, s.live = s.total + amount, (s.live or 0) + 1
+local function window(hash, entries, limit, seconds, amount)  -- a bound; its series loaded once per script
+  local s = series[hash]
+  if s == nil then
+    s = {hash = hash, entries = entries, longest = seconds, amount = amount}
+    local stored = redis.call('HMGET', hash, 'total', 'span')
+    s.total, s.span = tonumber(stored[1]) or 0, tonumber(stored[2])  -- span nil: no such series
+    series[hash] = s
+    series_order[#series_order + 1] = s
+  elseif seconds > s.longest then
+    s.longest = seconds
+  end
+  return {series = s, limit = limit, seconds = seconds, amount = amount, wait = window_wait}
+end
+
+local function record_series()  -- count each series' amount once, now
+  for _, s in ipairs(series_order) do
+    if s.amount ~= 0 then
+      s.span = math.max(s.span or 0, s.longest)
+      local seq = redis.call('HINCRBY', s.hash, 'seq', 1)
+      redis.call('ZADD', s.entries, fmt(now), fmt(s.amount) .. ':' .. seq)
+      s.total, s.live = s.total + s.amount, (s.live or 0) + 1
+    end
   end
 end
 
-local function save()  -- the series lives as long as its newest unit counts in its longest window
-  for _, s in ipairs(order) do
+local function save_series()  -- a series lives as long as its newest unit counts in its longest window
+  for _, s in ipairs(series_order) do
     if s.span ~= nil then
       if s.live == 0 then
         redis.call('DEL', s.hash, s.entries)
@@ -117,36 +149,37 @@ local function save()  -- the series lives as long as its newest unit counts in 
     end
   end
 end
+"""
 
+WINDOWS = (
+    _PRELUDE
+    + _JUDGE
+    + _SERIES
+    + """
+-- KEYS: per window, its series hash and its entries sorted set.
+-- ARGV: mode ('check' | 'add' | 'count'), amount, then per window: limit, seconds (microseconds).
+local mode, amount = ARGV[1], tonumber(ARGV[2])
 if mode == 'add' and amount == 0 then return {1} end
-for _, s in ipairs(order) do if s.span ~= nil then prune(s) end end
+local windows = {}
+for i = 1, #KEYS / 2 do
+  local limit, seconds = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  windows[i] = window(KEYS[2 * i - 1], KEYS[2 * i], limit, seconds, amount)
+end
+prune_series()
 if mode == 'add' then
-  record()
-  save()
+  record_series()
+  save_series()
   return {1}
 end
-local u = {}
-for i, w in ipairs(windows) do u[i] = used(w) end
+for _, w in ipairs(windows) do w.used = used(w) end
 if mode == 'count' then
-  save()
-  return {fmt(u[1])}
+  save_series()
+  return {fmt(windows[1].used)}
 end
-local refused, retry = 0, 0
-for i, w in ipairs(windows) do
-  if not within(u[i] + amount, w.limit) then
-    if refused == 0 then refused = i end
-    retry = math.max(retry, wait(w, u[i]))
-  end
-end
-local added = 0
-if refused == 0 then
-  record()
-  added = amount
-end
-save()
-local reply = {refused == 0 and 1 or 0, fmt(retry / 1000000), refused}
-for i, w in ipairs(windows) do reply[3 + i] = fmt(w.limit - u[i] - added) end
-return reply
+local refused, retry = judge(windows)
+if refused == 0 then record_series() end
+save_series()
+return admission(windows, refused, retry)
 """
 )
 
@@ -196,36 +229,19 @@ local function save_levels()  -- nothing held, nothing spent: the same as no lev
 end
 """
 
-RESERVE = (
-    _PRELUDE
-    + _LEVELS
-    + """
--- KEYS: the hold's record, then per ceiling its level hash and holds set.
--- ARGV: reservation id, amount, hold ttl (us), then per ceiling: limit, ttl (us).
--- Reply: {-1} when the id is already known, else an admission.
-local record = KEYS[1]
-if redis.call('EXISTS', record) == 1 then return {-1} end
-local id, amount, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local ceilings = {}
-for i = 1, (#KEYS - 1) / 2 do
-  local c = {limit = tonumber(ARGV[2 + 2 * i]), ttl = tonumber(ARGV[3 + 2 * i])}
-  c.level = level(KEYS[2 * i], KEYS[2 * i + 1])
-  c.used = c.level.committed + c.level.held
-  ceilings[i] = c
-end
-
-local function wait(c)  -- microseconds until the holds in the way lapse, else until the period ends
+_HOLDS = """
+local function ceiling_wait(c)  -- until the holds in the way lapse, else until the period ends
   local L = c.level
   if L.count == 0 and L.committed == 0 then return c.ttl end  -- the amount alone is over the limit
   local lifetime = c.ttl
   if L.ends > now then lifetime = L.ends - now end
-  if within(L.committed + amount, c.limit) then
+  if within(L.committed + c.amount, c.limit) then
     local held, rank = L.held, 0
     while rank < L.count do
       local page = redis.call('ZRANGE', L.holds, rank, rank + 127, 'WITHSCORES')
       for j = 1, #page, 2 do
         held = held - amount_of(page[j])
-        if within(L.committed + held + amount, c.limit) then return tonumber(page[j + 1]) - now end
+        if within(L.committed + held + c.amount, c.limit) then return tonumber(page[j + 1]) - now end
       end
       rank = rank + 128
     end
@@ -233,16 +249,13 @@ local function wait(c)  -- microseconds until the holds in the way lapse, else u
   return lifetime
 end
 
-local refused, retry = 0, 0
-for i, c in ipairs(ceilings) do
-  if not within(c.used + amount, c.limit) then
-    if refused == 0 then refused = i end
-    retry = math.max(retry, wait(c))
-  end
+local function ceiling(hash, holds, limit, ttl, amount)  -- a bound: a ceiling to hold `amount` on
+  local c = {level = level(hash, holds), limit = limit, ttl = ttl, amount = amount, wait = ceiling_wait}
+  c.used = c.level.committed + c.level.held
+  return c
 end
-local added = 0
-if refused == 0 then
-  added = amount
+
+local function take_hold(record, id, amount, ttl, ceilings)  -- hold on each ceiling, recorded for CLOSE_HOLD
   local expires = now + ttl
   local member = fmt(amount) .. ':' .. id
   local by_hash, distinct = {}, {}  -- ceilings sharing a key share one level, held for the longest period
@@ -271,10 +284,75 @@ if refused == 0 then
   -- an open hold is known until it lapses, then kept while a late settle could still commit
   redis.call('PEXPIRE', record, ms_until(forget))
 end
+"""
+
+RESERVE = (
+    _PRELUDE
+    + _JUDGE
+    + _LEVELS
+    + _HOLDS
+    + """
+-- KEYS: the hold's record, then per ceiling its level hash and holds set.
+-- ARGV: reservation id, amount, hold ttl (us), then per ceiling: limit, ttl (us).
+-- Reply: {-1} when the id is already known, else an admission.
+local record = KEYS[1]
+if redis.call('EXISTS', record) == 1 then return {-1} end
+local id, amount, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local ceilings = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local limit, period = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  ceilings[i] = ceiling(KEYS[2 * i], KEYS[2 * i + 1], limit, period, amount)
+end
+local refused, retry = judge(ceilings)
+if refused == 0 then take_hold(record, id, amount, ttl, ceilings) end
 save_levels()
-local reply = {refused == 0 and 1 or 0, fmt(retry / 1000000), refused}
-for i, c in ipairs(ceilings) do reply[3 + i] = fmt(c.limit - c.used - added) end
-return reply
+return admission(ceilings, refused, retry)
+"""
+)
+
+ADMIT = (
+    _PRELUDE
+    + _JUDGE
+    + _SERIES
+    + _LEVELS
+    + _HOLDS
+    + """
+-- WINDOWS' check and RESERVE in one step: every window adds its own amount and the hold is taken, or
+-- nothing changes. The hold is RESERVE's, key for key, so CLOSE_HOLD settles or releases it as any other.
+-- KEYS: per window its series hash and entries set; then, with a hold, the hold's record and per ceiling
+-- its level hash and holds set.
+-- ARGV: the number of windows, per window: amount, limit, seconds (us); then, with a hold: reservation
+-- id, amount, hold ttl (us), and per ceiling: limit, ttl (us).
+-- Reply: {-1} when the hold's id is already known, else an admission over the windows, then the ceilings.
+local n = tonumber(ARGV[1])
+local record = KEYS[2 * n + 1]  -- nil without a hold
+if record ~= nil and redis.call('EXISTS', record) == 1 then return {-1} end
+local bounds = {}
+for i = 1, n do
+  local amount, limit, seconds = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  bounds[i] = window(KEYS[2 * i - 1], KEYS[2 * i], limit, seconds, amount)
+end
+prune_series()  -- once every window is known: a series is pruned for the longest window using it
+for i = 1, n do bounds[i].used = used(bounds[i]) end
+local hold = nil
+if record ~= nil then
+  local at = 3 * n + 2
+  hold = {id = ARGV[at], amount = tonumber(ARGV[at + 1]), ttl = tonumber(ARGV[at + 2]), ceilings = {}}
+  for j = 1, (#KEYS - 2 * n - 1) / 2 do
+    local key, limit, period = 2 * n + 2 * j, tonumber(ARGV[at + 1 + 2 * j]), tonumber(ARGV[at + 2 + 2 * j])
+    local c = ceiling(KEYS[key], KEYS[key + 1], limit, period, hold.amount)
+    hold.ceilings[j] = c
+    bounds[n + j] = c
+  end
+end
+local refused, retry = judge(bounds)
+if refused == 0 then
+  record_series()
+  if hold ~= nil then take_hold(record, hold.id, hold.amount, hold.ttl, hold.ceilings) end
+end
+save_series()
+save_levels()
+return admission(bounds, refused, retry)
 """
 )
 

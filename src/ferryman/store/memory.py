@@ -16,14 +16,24 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, TypeVar
+from functools import partial
+from typing import Literal
 from urllib.parse import urlsplit
 
-from ferryman.core.shared_state import Admission, Ceiling, SharedState, SpendEntry, Window, within_limit
+from ferryman.core.shared_state import (
+    Admission,
+    Ceiling,
+    Hold,
+    Reservations,
+    SharedState,
+    SpendEntry,
+    Window,
+    require_admissible,
+    within_limit,
+)
 from ferryman.errors import ConfigError
 
 Clock = Callable[[], float]
-Bound = TypeVar("Bound", Window, Ceiling)
 DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
 
 
@@ -52,16 +62,25 @@ class _Deadlines:
         return due
 
 
-def _judge(
-    bounds: Sequence[Bound], used: Sequence[float], amount: float, wait: Callable[[Bound], float]
-) -> Admission:
-    """The all-or-nothing answer for `amount` on top of what each bound `used`; the caller adds if allowed."""
-    pairs = list(zip(bounds, used, strict=True))
-    refused = [bound for bound, u in pairs if not within_limit(u + amount, bound.limit)]
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """A window or a ceiling as an admission judges it: what it `used` before, the `amount` it would add,
+    and its `wait`, asked of a refusing bound only (it walks the stored units or holds)."""
+
+    key: str
+    limit: float
+    used: float
+    amount: float
+    wait: Callable[[], float]
+
+
+def _judge(bounds: Sequence[_Bound]) -> Admission:
+    """The all-or-nothing answer over every bound, in order; the caller adds and holds if allowed."""
+    refused = [bound for bound in bounds if not within_limit(bound.used + bound.amount, bound.limit)]
     if refused:
-        remaining = tuple(bound.limit - u for bound, u in pairs)
-        return Admission(False, max(map(wait, refused)), refused[0].key, remaining)
-    return Admission(True, remaining=tuple(bound.limit - u - amount for bound, u in pairs))
+        remaining = tuple(bound.limit - bound.used for bound in bounds)
+        return Admission(False, max(bound.wait() for bound in refused), refused[0].key, remaining)
+    return Admission(True, remaining=tuple(bound.limit - bound.used - bound.amount for bound in bounds))
 
 
 def _longest_by_key(pairs: Sequence[tuple[str, float]]) -> dict[str, float]:
@@ -108,7 +127,11 @@ class _Series:
 
 
 class MemoryWindowCounters:
-    """Exact sliding windows: every counted amount is kept with its time until it slides out."""
+    """Exact sliding windows: every counted amount is kept with its time until it slides out.
+
+    `admit` takes its hold in any `MemoryReservations` it is given: no step here awaits, so windows and
+    ceilings in two objects of one process are still checked and changed in one atomic step.
+    """
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
@@ -122,18 +145,48 @@ class MemoryWindowCounters:
     async def check_and_add(self, windows: Sequence[Window], amount: float) -> Admission:
         if amount < 0:
             raise ValueError("check_and_add takes an amount >= 0; corrections go through add()")
+        pairs = [(window, amount) for window in windows]
         now = self._now()
-        used = [self._used(window, now) for window in windows]
-        admission = _judge(windows, used, amount, lambda window: self._wait(window, now, amount))
+        admission = _judge(self._bounds(pairs, now))
         if admission.allowed:
-            self._record(windows, now, amount)
+            self._record(pairs, now)
         return admission
 
     async def add(self, windows: Sequence[Window], amount: float) -> None:
-        self._record(windows, self._now(), amount)
+        self._record([(window, amount) for window in windows], self._now())
 
     async def count(self, window: Window) -> float:
         return self._used(window, self._now())
+
+    async def admit(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        hold: Hold | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> Admission:
+        require_admissible(windows)
+        now = self._now()
+        if hold is None:
+            admission = _judge(self._bounds(windows, now))
+            if admission.allowed:
+                self._record(windows, now)
+            return admission
+        if not isinstance(holds, MemoryReservations):
+            raise ValueError("an in-process admission takes its hold in a MemoryReservations (holds=...)")
+        hold_now = holds._begin_hold(hold.reservation_id)
+        bounds = self._bounds(windows, now) + holds._bounds(hold.ceilings, hold.amount, hold_now)
+        admission = _judge(bounds)
+        if admission.allowed:
+            self._record(windows, now)
+            holds._take(hold.reservation_id, hold.ceilings, hold.amount, hold.ttl, hold_now)
+        return admission
+
+    def _bounds(self, windows: Sequence[tuple[Window, float]], now: float) -> list[_Bound]:
+        return [
+            _Bound(w.key, w.limit, self._used(w, now), amount, partial(self._wait, w, now, amount))
+            for w, amount in windows
+        ]
 
     def _now(self) -> float:
         now = self._clock()
@@ -160,10 +213,13 @@ class MemoryWindowCounters:
         series = self._series.get(window.key)
         return window.seconds if series is None else series.wait(now, window, amount)
 
-    def _record(self, windows: Sequence[Window], now: float, amount: float) -> None:
-        if amount == 0:
-            return
-        for key, seconds in _longest_by_key([(w.key, w.seconds) for w in windows]).items():
+    def _record(self, windows: Sequence[tuple[Window, float]], now: float) -> None:
+        """Add each key's amount once (windows sharing a key share it), kept for its longest window."""
+        amounts = {window.key: amount for window, amount in windows}
+        for key, seconds in _longest_by_key([(w.key, w.seconds) for w, _ in windows]).items():
+            amount = amounts[key]
+            if amount == 0:
+                continue
             series = self._series.setdefault(key, _Series(seconds))
             series.span = max(series.span, seconds)
             series.entries.append((now, amount))
@@ -216,22 +272,10 @@ class MemoryReservations:
     ) -> Admission:
         if amount < 0 or not ttl > 0:
             raise ValueError("reserve takes an amount >= 0 and a ttl > 0")
-        now = self._now()
-        if reservation_id in self._holds:
-            raise ValueError(f"reservation {reservation_id!r} already exists")
-        used = [self._used(ceiling.key, now) for ceiling in ceilings]
-        admission = _judge(ceilings, used, amount, lambda ceiling: self._wait(ceiling, now, amount))
-        if not admission.allowed:
-            return admission
-        periods = _longest_by_key([(c.key, now + c.ttl) for c in ceilings])
-        self._holds[reservation_id] = _Hold(tuple(periods), amount, now + ttl, tuple(periods.values()))
-        self._hold_deadlines.schedule(reservation_id, now + ttl)
-        for key, period in periods.items():
-            level = self._levels.setdefault(key, _Level())
-            level.until = max(level.until, period)
-            level.holds.add(reservation_id)
-            level.held += amount
-            self._level_deadlines.schedule(key, level.until)
+        now = self._begin_hold(reservation_id)
+        admission = _judge(self._bounds(ceilings, amount, now))
+        if admission.allowed:
+            self._take(reservation_id, ceilings, amount, ttl, now)
         return admission
 
     async def settle(self, reservation_id: str, actual: float) -> None:
@@ -263,6 +307,37 @@ class MemoryReservations:
         level = self._live_level(key, now) or self._levels.setdefault(key, _Level())
         level.committed, level.until = committed, now + ttl
         self._level_deadlines.schedule(key, level.until)
+
+    # The three steps of `reserve`, synchronous so that `MemoryWindowCounters.admit` (in this module)
+    # can run them inside its own atomic step: a hold it takes is then exactly one `reserve` would take.
+
+    def _begin_hold(self, reservation_id: str) -> float:
+        """This store's time now (what is due purged); `ValueError` when `reservation_id` is known."""
+        now = self._now()
+        if reservation_id in self._holds:
+            raise ValueError(f"reservation {reservation_id!r} already exists")
+        return now
+
+    def _bounds(self, ceilings: Sequence[Ceiling], amount: float, now: float) -> list[_Bound]:
+        """Each ceiling as `_judge` sees it, with `amount` to hold on top of committed + held."""
+        return [
+            _Bound(c.key, c.limit, self._used(c.key, now), amount, partial(self._wait, c, now, amount))
+            for c in ceilings
+        ]
+
+    def _take(
+        self, reservation_id: str, ceilings: Sequence[Ceiling], amount: float, ttl: float, now: float
+    ) -> None:
+        """Hold `amount` on every ceiling (once per key, for its longest period), lapsing after `ttl`."""
+        periods = _longest_by_key([(c.key, now + c.ttl) for c in ceilings])
+        self._holds[reservation_id] = _Hold(tuple(periods), amount, now + ttl, tuple(periods.values()))
+        self._hold_deadlines.schedule(reservation_id, now + ttl)
+        for key, period in periods.items():
+            level = self._levels.setdefault(key, _Level())
+            level.until = max(level.until, period)
+            level.holds.add(reservation_id)
+            level.held += amount
+            self._level_deadlines.schedule(key, level.until)
 
     def _now(self) -> float:
         now = self._clock()

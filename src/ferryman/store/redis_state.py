@@ -47,7 +47,16 @@ from typing import TypeVar
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from ferryman.core.shared_state import Admission, Ceiling, SharedState, SpendEntry, Window
+from ferryman.core.shared_state import (
+    Admission,
+    Ceiling,
+    Hold,
+    Reservations,
+    SharedState,
+    SpendEntry,
+    Window,
+    require_admissible,
+)
 from ferryman.errors import SharedStateUnavailableError
 from ferryman.store import _redis_scripts as scripts
 from ferryman.store._redis_connect import Connected, connect, parse_redis_url
@@ -164,6 +173,7 @@ class _Link:
         register = self.client.register_script
         self.windows = register(scripts.WINDOWS)
         self.reserve = register(scripts.RESERVE)
+        self.admit = register(scripts.ADMIT)
         self.close_hold = register(scripts.CLOSE_HOLD)
         self.level = register(scripts.LEVEL)
         self.restore = register(scripts.RESTORE)
@@ -212,7 +222,8 @@ class RedisWindowCounters:
 
     A call prunes what slid out (subtracting it from the total) and reads the total, so its cost is the
     expired units, not the window's size; only a shorter window sharing a key with a longer one sums
-    its range.
+    its range. `admit` takes its hold in the `RedisReservations` opened with these counters (same
+    client, same prefix), since that is what one script can reach atomically.
     """
 
     def __init__(self, link: _Link, keys: _Keys) -> None:
@@ -234,6 +245,46 @@ class RedisWindowCounters:
     async def count(self, window: Window) -> float:
         [used] = await self._run("count", [window], 0.0)
         return float(_text(used))
+
+    async def admit(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        hold: Hold | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> Admission:
+        """One ADMIT script: the windows' check-and-add and RESERVE's hold, under the same key names."""
+        require_admissible(windows)
+        if hold is not None and not self._shares_keys_with(holds):
+            raise ValueError("a Redis admission takes its hold in the RedisReservations of the same state")
+        if not windows and hold is None:
+            return Admission(True)
+        keys: list[str] = []
+        args = [str(len(windows))]
+        for window, amount in windows:
+            keys += self._keys.window(window.key)
+            args += [_number(amount), _number(window.limit), _number(window.seconds * _US)]
+        names = [window.key for window, _ in windows]
+        if hold is not None:
+            keys.append(self._keys.hold(hold.reservation_id))
+            args += [hold.reservation_id, _number(hold.amount), _number(hold.ttl * _US)]
+            for ceiling in hold.ceilings:
+                keys += self._keys.ceiling(ceiling.key)
+                args += [_number(ceiling.limit), _number(ceiling.ttl * _US)]
+                names.append(ceiling.key)
+        script = self._link.admit
+        reply: list[object] = await self._link.call(lambda: script(keys=keys, args=args))
+        if hold is not None and reply == [-1]:  # the script's answer for a hold whose id is known
+            raise ValueError(f"reservation {hold.reservation_id!r} already exists")
+        return _admission(reply, names)
+
+    def _shares_keys_with(self, holds: Reservations | None) -> bool:
+        """Whether `holds` reaches the same Redis under the same prefix: then its holds are this script's."""
+        return (
+            isinstance(holds, RedisReservations)
+            and holds._link is self._link
+            and holds._keys.tag == self._keys.tag
+        )
 
     async def _run(self, mode: str, windows: Sequence[Window], amount: float) -> list[object]:
         keys = [name for window in windows for name in self._keys.window(window.key)]
