@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ferryman.api.app import LimiterState, StageServices, pipeline_stages
 from ferryman.core.attempts import AttemptLoop
+from ferryman.core.caller import Caller, Limits
 from ferryman.core.canonical import ChatRequest, Message, TextPart
 from ferryman.core.exchange import Exchange
 from ferryman.core.observer import NullObserver
@@ -26,6 +27,12 @@ from ferryman.store.backends import open_shared_state
 from ferryman.testing import ScriptedUpstream
 
 MODEL = "bench-model"
+# A key with every limit and a budget, none ever reached: each stage does its whole work per request.
+BENCH_CALLER = Caller(
+    key_alias="bench",
+    key_id="bench",
+    key_limits=Limits(rpm_limit=10**9, tpm_limit=10**12, max_parallel=10**6, daily_budget_usd=10.0**9),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +57,7 @@ async def _measure(requests: int, rounds: int) -> tuple[StageCost, ...]:
     bare = await _best(router, (), requests, rounds)
     costs = [StageCost("pipeline and attempt loop, no stages", bare)]
     services = StageServices(LimiterState(shared.counters, shared.reservations), shared.reservations)
-    for stage in pipeline_stages(settings, router, services):
+    for stage in pipeline_stages(settings, router, services, shared.ledger):
         with_stage = await _best(router, (stage,), requests, rounds)
         costs.append(StageCost(stage.name, max(with_stage - bare, 0.0)))
     return tuple(costs)
@@ -64,9 +71,9 @@ async def _best(router: Router, stages: Sequence[Stage], requests: int, rounds: 
     best = float("inf")
     for _ in range(rounds):
         started = time.perf_counter()
-        for _ in range(requests):
-            exchange = Exchange(request_id="bench")
-            exchange.admit(exchange.caller, request)
+        for number in range(requests):
+            exchange = Exchange(request_id=f"bench-{number}")  # unique: the ledger records each one
+            exchange.admit(BENCH_CALLER, request)
             await pipeline.chat(exchange)
         best = min(best, (time.perf_counter() - started) / requests * 1e6)
     return best

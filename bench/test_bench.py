@@ -282,6 +282,12 @@ def test_report_compares_against_the_baseline_and_states_each_stage_cost() -> No
 def test_stage_costs_are_measured_for_every_stage_of_the_app() -> None:
     costs = measure_stage_costs(requests=200, rounds=1)
 
-    assert [cost.name for cost in costs] == ["pipeline and attempt loop, no stages", "model_access"]
+    assert [cost.name for cost in costs] == [
+        "pipeline and attempt loop, no stages",
+        "model_access",
+        "rate_limits",
+        "budgets",
+        "ledger",
+    ]
     assert costs[0].microseconds > 0
     assert all(cost.microseconds >= 0 for cost in costs)

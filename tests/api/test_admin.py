@@ -22,7 +22,9 @@ from tests.processes import free_port
 from tests.store.fixtures import throwaway_redis
 
 MASTER = "admin-master-key-for-tests"
-FAKE = {"name": "fake-model", "deployments": [{"provider": "fake", "model": "fake-model"}]}
+# Explicitly free: a budgeted key may only use priced models (an unpriced one could never be capped).
+FREE = {"input_per_mtok": 0, "output_per_mtok": 0}
+FAKE = {"name": "fake-model", "deployments": [{"provider": "fake", "model": "fake-model", "price": FREE}]}
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
 T = TypeVar("T")
 

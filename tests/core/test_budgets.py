@@ -145,5 +145,5 @@ def test_windows_follow_the_configured_time_zone() -> None:
     stage = Budgets(
         MemoryReservations(), Router({}), timezone=ZoneInfo("America/New_York"), clock=lambda: NOW
     )
-    assert stage._resets_at("daily", NOW) == datetime(2026, 12, 2, 5, tzinfo=UTC)  # midnight in New York
-    assert stage._resets_at("monthly", NOW) == datetime(2027, 1, 1, 5, tzinfo=UTC)
+    assert stage.resets_at("daily", NOW) == datetime(2026, 12, 2, 5, tzinfo=UTC)  # midnight in New York
+    assert stage.resets_at("monthly", NOW) == datetime(2027, 1, 1, 5, tzinfo=UTC)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -33,16 +35,18 @@ from ferryman.api.middleware import RequestIdMiddleware
 from ferryman.api.openai_routes import openai_routes
 from ferryman.api.openapi import install_openapi
 from ferryman.api.state import AppState
+from ferryman.api.usage import usage_routes
 from ferryman.core.access import ModelAccess
 from ferryman.core.attempts import AttemptLoop
 from ferryman.core.budgets import Budgets
 from ferryman.core.failover import Failover
+from ferryman.core.ledger import FallbackLedger, SpendLedger
 from ferryman.core.limits import DeploymentQuotas, Quota, RateLimits
 from ferryman.core.observer import Observer, combine
 from ferryman.core.pipeline import Pipeline, Stage
 from ferryman.core.pricing import Price, price_for
 from ferryman.core.routing import Router, Target
-from ferryman.core.shared_state import Reservations, SharedState, WindowCounters
+from ferryman.core.shared_state import Ledger, Reservations, SharedState, WindowCounters
 from ferryman.core.upstream import Upstream
 from ferryman.errors import FerrymanError, InvalidRequestError, NotFoundError
 from ferryman.observability.access_log import AccessLogObserver
@@ -58,10 +62,15 @@ from ferryman.observability.tracing import (
 )
 from ferryman.providers import create_provider
 from ferryman.settings import BudgetSettings, Deployment, RateLimit, Settings, load_settings
+from ferryman.store._redis_connect import Connected, parse_redis_url
+from ferryman.store._redis_connect import connect as connect_redis
 from ferryman.store.backends import open_shared_state
+from ferryman.store.ledger_feeder import LedgerFeeder
 from ferryman.store.service import KeyService
+from ferryman.store.sql_ledger import SqlLedger, open_ledger
 
 log = logging.getLogger("ferryman.app")
+FEEDER_REDIS_TIMEOUT = 5.0  # seconds: above the feeder's blocking read, unlike the limiter's 1 s
 
 
 class GatewayApp(Starlette):
@@ -103,9 +112,18 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         keys = await KeyService.open(settings)  # migrates (or checks) the schema first
+        assert keys.engine is not None  # noqa: S101 - open() always opens one (embedded SQLite by default)
+        sql_ledger = open_ledger(keys.engine)  # the spend ledger's truth, beside keys and teams
+        await sql_ledger.prepare()
         shared = await open_shared_state(settings.redis_url or "memory://")
-        local = await open_shared_state("memory://") if settings.redis_url else shared
         app_metrics = metrics or Metrics.create()
+        feeder: tuple[LedgerFeeder, Connected] | None = None
+        if settings.redis_url:  # spend goes to the Redis stream first; the feeder drains it into SQL
+            feeder = start_ledger_feeder(settings.redis_url, sql_ledger, app_metrics)
+            shared = dataclasses.replace(shared, ledger=FallbackLedger(shared.ledger, sql_ledger))
+        else:  # embedded: every request's spend is committed to SQL before it counts as done
+            shared = dataclasses.replace(shared, ledger=sql_ledger)
+        local = await open_shared_state("memory://") if settings.redis_url else shared
         alerts = BudgetAlerter(app_metrics, settings.budgets.alert_webhook_url)
         services = StageServices(
             limiter_state(settings, shared, local, app_metrics),
@@ -129,6 +147,9 @@ def create_app(
             if local is not shared:
                 await local.close()
             await alerts.aclose()
+            if feeder is not None:
+                await feeder[0].aclose()  # writes what it can to SQL before the engine goes
+                await feeder[1].aclose()
             await keys.aclose()
 
     middleware = [Middleware(RequestIdMiddleware)]
@@ -140,6 +161,7 @@ def create_app(
             *openai_routes(),
             *anthropic_routes(),
             *gemini_routes(),
+            *usage_routes(),
             *health_routes(),
             *_admin_routes(admin),
         ],
@@ -186,7 +208,12 @@ def app_from_env() -> GatewayApp:
 
 @dataclass(frozen=True, slots=True)
 class LimiterState:
-    """Where rate limits count: the shared state, behind the Redis failure policy when it is Redis."""
+    """Where rate limits count: the shared state, behind the Redis failure policy when it is Redis.
+
+    `counters` and `slots` are one pair (one backend's, or one `Failover` for both): the stage takes a
+    request's slot with `counters.admit(..., holds=slots)` in the same step as its windows, and releases
+    it through `slots`.
+    """
 
     counters: WindowCounters
     slots: Reservations
@@ -231,7 +258,9 @@ class StageServices:
     alerts: BudgetAlerter | None = None
 
 
-def pipeline_stages(settings: Settings, router: Router, services: StageServices) -> list[Stage]:
+def pipeline_stages(
+    settings: Settings, router: Router, services: StageServices, ledger: Ledger | None = None
+) -> list[Stage]:
     """The request pipeline, in the order a request meets it (docs/architecture.md draws it).
 
     Each stage is one module in `ferryman.core`; adding one is a line here. The response cache takes
@@ -239,7 +268,7 @@ def pipeline_stages(settings: Settings, router: Router, services: StageServices)
     """
     limits, budgets, limiter = settings.limits, settings.budgets, services.limiter
     alerts = services.alerts
-    return [
+    stages: list[Stage] = [
         ModelAccess(router),  # 403 for a model the key may not use, 404 for one nobody serves
         RateLimits(  # 429 past RPM / TPM / concurrency of key, team, end user, model, gateway
             limiter.counters,
@@ -261,6 +290,21 @@ def pipeline_stages(settings: Settings, router: Router, services: StageServices)
             on_level=alerts.level if alerts is not None else lambda budget, ratio: None,
         ),
     ]
+    if ledger is not None:
+        stages.append(SpendLedger(ledger))  # exits first: spend is on record before the answer is done
+    return stages
+
+
+def start_ledger_feeder(url: str, ledger: SqlLedger, metrics: Metrics) -> tuple[LedgerFeeder, Connected]:
+    """The background writer from the Redis ledger stream into SQL, on a client of its own whose
+    reads may block longer than the limiter's short timeout."""
+    target = dataclasses.replace(parse_redis_url(url), timeout=FEEDER_REDIS_TIMEOUT)
+    connected = connect_redis(target)
+    feeder = LedgerFeeder(
+        cast(Redis, connected.client), ledger, prefix=target.prefix, on_backlog=metrics.ledger_backlog.set
+    )
+    feeder.start()
+    return feeder, connected
 
 
 def _budget(budget: BudgetSettings | None) -> tuple[float | None, float | None]:
@@ -315,7 +359,7 @@ def build_state(
     services = services or StageServices(
         LimiterState(shared.counters, shared.reservations), shared.reservations
     )
-    stages = [*pipeline_stages(settings, router, services), *extra_stages]
+    stages = [*pipeline_stages(settings, router, services, shared.ledger), *extra_stages]
     attempts = AttemptLoop(router, observer, quotas=deployment_quotas(settings, services.limiter))
     pipeline = Pipeline(stages, attempts, observer)
     master = settings.master_key.get_secret_value() if settings.master_key else None

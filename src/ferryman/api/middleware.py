@@ -49,8 +49,12 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or f"req_{uuid.uuid4().hex}"
-        scope.setdefault("state", {})["request_id"] = request_id
+        client_id = _incoming_id(scope)
+        request_id = client_id or f"req_{uuid.uuid4().hex}"
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        # The spend ledger's key must be unique: a client may send the same id twice.
+        state["spend_id"] = request_id if client_id is None else f"{client_id}#{uuid.uuid4().hex[:16]}"
         token = request_id_var.set(request_id)
         header = (b"x-request-id", request_id.encode())
         progress = _Progress()

@@ -52,7 +52,8 @@ async def serve(
 ) -> Response:
     """Run one inference request end to end; anything refused on the way is finished here."""
     state: AppState = request.app.state.ferryman
-    exchange = Exchange(request_id=request.scope["state"]["request_id"])
+    scope_state = request.scope["state"]
+    exchange = Exchange(request_id=scope_state["request_id"], spend_id=scope_state["spend_id"])
     try:
         caller = await state.auth.authenticate(request)
         body = await read_json_object(request, state.settings.server.max_body_bytes)

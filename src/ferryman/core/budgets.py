@@ -147,9 +147,9 @@ class Budgets:
             return None
         now = self._clock()
         worst = self.worst_case(exchange)
-        keys = tuple(self._key(budget, now) for budget in budgets)
+        keys = tuple(self.window_key(budget, now) for budget in budgets)
         ceilings = [
-            Ceiling(key, budget.limit, (self._resets_at(budget.period, now) - now + GRACE).total_seconds())
+            Ceiling(key, budget.limit, (self.resets_at(budget.period, now) - now + GRACE).total_seconds())
             for key, budget in zip(keys, budgets, strict=True)
         ]
         reservation_id = f"budget-{uuid.uuid4().hex}"
@@ -158,7 +158,7 @@ class Budgets:
             budget = (
                 budgets[keys.index(admission.refused_key)] if admission.refused_key in keys else budgets[0]
             )
-            raise BudgetExceededError(budget, self._resets_at(budget.period, now), now)
+            raise BudgetExceededError(budget, self.resets_at(budget.period, now), now)
         exchange.notes[self.name] = _Hold(reservation_id, tuple(budgets), keys, worst)
         return None
 
@@ -207,19 +207,25 @@ class Budgets:
                 if not within_limit(threshold * budget.limit, committed):
                     break
                 flag, claim_id = f"alert:{key}:{threshold:g}", f"alert-{uuid.uuid4().hex}"
-                resets_at = self._resets_at(budget.period, now)
+                resets_at = self.resets_at(budget.period, now)
                 ttl = (resets_at - now + GRACE).total_seconds()
                 claim = await self._reservations.reserve(claim_id, [Ceiling(flag, 1, ttl)], 1, self._hold_ttl)
                 if claim.allowed:  # this replica holds the flag: it alone announces the crossing
                     await self._reservations.settle(claim_id, 1)  # committed: claimed for the window
                     self._on_alert(BudgetAlert(budget, threshold, committed, resets_at))
 
-    def _key(self, budget: Budget, now: datetime) -> str:
+    def window_key(self, budget: Budget, now: datetime) -> str:
+        """The shared-state key of `budget`'s window containing `now`."""
         local = now.astimezone(self._tz)
         window = local.strftime("%Y-%m-%d") if budget.period == "daily" else local.strftime("%Y-%m")
         return f"budget:{budget.scope}:{budget.id}:{budget.period}:{window}"
 
-    def _resets_at(self, period: Period, now: datetime) -> datetime:
+    def window_start(self, period: Period, now: datetime) -> datetime:
+        """When the window containing `now` began, in UTC."""
+        local = now.astimezone(self._tz).replace(hour=0, minute=0, second=0, microsecond=0)
+        return (local if period == "daily" else local.replace(day=1)).astimezone(UTC)
+
+    def resets_at(self, period: Period, now: datetime) -> datetime:
         """When the window containing `now` ends, in UTC (calendar days and months of the time zone)."""
         local = now.astimezone(self._tz)
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -27,6 +27,7 @@ class Exchange:
     """
 
     request_id: str
+    spend_id: str = ""  # the ledger's key: unique per request, unlike a client's reused request id
     started: float = field(default_factory=time.perf_counter)
     caller: Caller = ANONYMOUS
     operation: Operation = "chat"
@@ -55,6 +56,10 @@ class Exchange:
     request_body: JSONObject | None = None
     response_body: str | None = None
     notes: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.spend_id:
+            self.spend_id = self.request_id
 
     def admit(self, caller: Caller, request: CanonicalRequest) -> None:
         """Record the authenticated caller and the parsed request; the end user comes from the body
