@@ -28,7 +28,12 @@ def free_port() -> int:
 def gateway_process(
     config: dict[str, Any], tmp_path: Path, *, workers: int = 1, env: dict[str, str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Start `ferryman serve` for `config`; yield the process and its base URL; stop it by PID."""
+    """Start `ferryman serve` for `config`; yield the process and its base URL; stop it by PID.
+
+    With neither `database_url` nor `data_dir`, the embedded database goes in `tmp_path`, never the cwd.
+    """
+    if "database_url" not in config and "data_dir" not in config:
+        config = {**config, "data_dir": str(tmp_path / f"data-{free_port()}")}
     path = tmp_path / f"config-{free_port()}.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()

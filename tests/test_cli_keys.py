@@ -88,7 +88,9 @@ def test_db_upgrade_and_status(config: Path, capsys: pytest.CaptureFixture[str])
     assert run(capsys, "db", "status", "--config", str(config))[0] == 0
 
 
-def test_commands_need_a_database_that_outlives_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_commands_need_a_database_that_outlives_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "nodb.yaml"
     path.write_text('data_dir: ":memory:"\nmodels: []\n')
     code, _, err = run(capsys, "keys", "list", "--config", str(path))

@@ -45,7 +45,8 @@ ALL_SNIPPETS = [
 @pytest.fixture
 def example_gateway(gateway_factory: Any) -> RunningGateway:
     settings = load_settings(None)
-    return gateway_factory(settings.model_dump(mode="json"))  # type: ignore[no-any-return]
+    config = {**settings.model_dump(mode="json", by_alias=True), "data_dir": ":memory:"}  # not the cwd
+    return gateway_factory(config)  # type: ignore[no-any-return]
 
 
 def test_readme_has_an_example_for_each_sdk() -> None:

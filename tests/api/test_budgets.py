@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -87,3 +88,37 @@ def test_a_budget_refuses_with_insufficient_quota_and_alerts_once(
     assert sum(costs) <= 0.05
     assert [(a["threshold"], a["window"], a["scope"]) for a in alerts] == [(0.8, "daily", "key")]
     assert "budgeted" in alerts[0]["text"]
+
+
+def test_usage_reports_the_keys_own_spend_from_the_embedded_ledger(tmp_path: Any) -> None:
+    deployment = {"provider": "fake", "model": "fake-model", "price": PRICE}
+    config = {
+        "data_dir": str(tmp_path),
+        "keys": [{"alias": "mine", "key": "fm-mine"}, {"alias": "other", "key": "fm-other"}],
+        "models": [{"name": "chat", "deployments": [deployment]}],
+    }
+    with serve_gateway(config) as gateway:
+        headers = {"authorization": "Bearer fm-mine"}
+        costs = [
+            float(
+                httpx.post(
+                    gateway.url + "/v1/chat/completions",
+                    json={"model": "chat", "messages": HELLO},
+                    headers=headers,
+                ).headers["x-ferryman-cost-usd"]
+            )
+            for _ in range(3)
+        ]
+        httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "chat", "messages": HELLO},
+            headers={"authorization": "Bearer fm-other"},
+        )
+        usage = httpx.get(gateway.url + "/v1/usage", headers=headers).json()
+        anonymous = httpx.get(gateway.url + "/v1/usage")
+    daily = usage["windows"]["daily"]
+    assert usage["key"]["alias"] == "mine"
+    assert daily["requests"] == 3  # only its own
+    assert daily["spent_usd"] == pytest.approx(sum(costs), abs=1e-12)
+    assert daily["budget_usd"] is None
+    assert anonymous.status_code == 401

@@ -103,12 +103,13 @@ def _tags() -> list[OpenAPIDocument]:
 
 def hot_path_items() -> OpenAPIDocument:
     """Path items for every Starlette route `create_app` registers, aliases included."""
-    chat, embed, models = _chat_completions(), _embeddings(), _list_models()
+    chat, embed, models, usage = _chat_completions(), _embeddings(), _list_models(), _usage()
     generate, stream = _generate_content(), _stream_generate_content()
     items: OpenAPIDocument = {
         "/v1/chat/completions": {"post": chat},
         "/v1/embeddings": {"post": embed},
         "/v1/models": {"get": models},
+        "/v1/usage": {"get": usage},
         "/v1/messages": {"post": _messages()},
         "/v1beta/models/{model}:generateContent": {"post": generate},
         "/v1beta/models/{model}:streamGenerateContent": {"post": stream},
@@ -118,6 +119,7 @@ def hot_path_items() -> OpenAPIDocument:
         ("/chat/completions", "post", chat, "/v1/chat/completions"),
         ("/embeddings", "post", embed, "/v1/embeddings"),
         ("/models", "get", models, "/v1/models"),
+        ("/usage", "get", usage, "/v1/usage"),
         ("/v1/models/{model}:generateContent", "post", generate, "/v1beta/models/{model}:generateContent"),
         (
             "/v1/models/{model}:streamGenerateContent",
@@ -206,6 +208,18 @@ def _list_models() -> OpenAPIDocument:
         "The model names this gateway serves (the `name`s of the config's `models`).",
         success=_json("ModelList"),
         errors=(401, 503),
+    )
+
+
+def _usage() -> OpenAPIDocument:
+    return _operation(
+        "getUsage",
+        "openai",
+        "The calling key's usage",
+        "Spend, requests and tokens of the calling virtual key in its current daily and monthly "
+        "windows; with budgets, also the budget, what open requests have reserved, and what remains.",
+        success=_json("KeyUsage"),
+        errors=(400, 401, 503),
     )
 
 

@@ -325,6 +325,37 @@ def _openai_other_schemas() -> Schemas:
             "object",
             "data",
         ),
+        "KeyUsage": obj(
+            {
+                "object": {"const": "usage"},
+                "key": obj({"id": typed("string"), "alias": typed("string")}),
+                "windows": obj(
+                    {
+                        period: obj(
+                            {
+                                "start": typed("string", format="date-time"),
+                                "resets_at": typed("string", format="date-time"),
+                                "spent_usd": nullable(typed("number")),
+                                "budget_usd": nullable(typed("number")),
+                                "reserved_usd": typed("number"),
+                                "remaining_usd": typed("number"),
+                                "requests": nullable(typed("integer")),
+                                "input_tokens": nullable(typed("integer")),
+                                "output_tokens": nullable(typed("integer")),
+                                "unpriced_requests": nullable(typed("integer")),
+                            },
+                            "start",
+                            "resets_at",
+                            "spent_usd",
+                        )
+                        for period in ("daily", "monthly")
+                    }
+                ),
+            },
+            "object",
+            "key",
+            "windows",
+        ),
         "ModelList": obj(
             {
                 "object": {"const": "list"},
