@@ -52,7 +52,7 @@ def replicas(config: dict[str, Any], tmp_path: Path, count: int = 3) -> Iterator
         yield [stack.enter_context(gateway_process(config, tmp_path))[1] for _ in range(count)]
 
 
-async def burst(urls: list[str], total: int) -> Counter[int]:
+async def burst(urls: list[str], total: int, key: str = KEY) -> Counter[int]:
     """`total` requests at once, spread round-robin over the replicas; their status codes, counted."""
     limits = httpx.Limits(max_connections=total, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
@@ -61,7 +61,7 @@ async def burst(urls: list[str], total: int) -> Counter[int]:
             response = await client.post(
                 urls[i % len(urls)] + "/v1/chat/completions",
                 json=BODY,
-                headers={"authorization": f"Bearer {KEY}"},
+                headers={"authorization": f"Bearer {key}"},
             )
             return response.status_code
 
@@ -115,18 +115,36 @@ def test_three_replicas_hold_exactly_max_parallel(tmp_path: Path, slow_upstream:
 def test_a_redis_killed_mid_load_is_survived_then_recovered(
     tmp_path: Path, policy: str, while_down: int
 ) -> None:
-    with FakeOpenAI() as fast, contextlib.ExitStack() as stack:
+    with FakeOpenAI() as upstream, contextlib.ExitStack() as stack:
+        upstream.script.set_default(Reply.echo(delay=0.3))  # requests are in flight when Redis dies
         redis_url, redis_process = stack.enter_context(throwaway_redis_process())
         port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-        config = replica_config(redis_url, fast, rpm_limit=5)
+        config = replica_config(redis_url, upstream, rpm_limit=5)
+        config["keys"].append({"alias": "busy", "key": "fm-busy", "rpm_limit": 100_000})
         config["limits"] = {"on_redis_failure": policy}  # one replica: its local share is the whole limit
         config["health"] = {"required": ["database"]}
         _, url = stack.enter_context(gateway_process(config, tmp_path))
         assert asyncio.run(burst([url], 3)) == Counter({200: 3})
-        redis_process.send_signal(signal.SIGKILL)
+
+        async def kill_in_the_middle() -> Counter[int]:
+            load = asyncio.create_task(burst([url], 60, key="fm-busy"))
+            await asyncio.sleep(0.15)
+            redis_process.send_signal(signal.SIGKILL)
+            return await load
+
+        during = asyncio.run(kill_in_the_middle())
         redis_process.wait(timeout=10)
+        if policy == "fail_open":
+            assert during == Counter({200: 60}), during  # no client saw the outage
         down = asyncio.run(burst([url], 4))
         assert down == Counter({while_down: 4}), down
+        ready = httpx.get(url + "/health/ready")
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+        expected = {
+            "fail_open": "local share (Redis unreachable)",
+            "fail_closed": "refusing (Redis unreachable)",
+        }
+        assert httpx.get(url + "/health").json()["rate_limits"] == expected[policy]
         stack.enter_context(throwaway_redis(port))  # Redis is back, empty
         asyncio.run(asyncio.sleep(1.2))  # the limiter tries Redis again after a second
         assert asyncio.run(burst([url], 8)) == Counter({200: 5, 429: 3})

@@ -217,6 +217,7 @@ class LimiterState:
 
     counters: WindowCounters
     slots: Reservations
+    failover: Failover | None = None  # present with Redis: says whether limits run on a local share
 
 
 def limiter_state(
@@ -225,6 +226,7 @@ def limiter_state(
     """The rate limits' state: timed, and with Redis, failing over to `local` as `limits` configures."""
     counters: WindowCounters = shared.counters
     slots: Reservations = shared.reservations
+    failover: Failover | None = None
     if local is not shared:
 
         def report(degraded: bool) -> None:
@@ -245,7 +247,7 @@ def limiter_state(
         )
         counters, slots = failover, failover
     histogram = metrics.shared_state_seconds
-    return LimiterState(TimedCounters(counters, histogram), TimedReservations(slots, histogram))
+    return LimiterState(TimedCounters(counters, histogram), TimedReservations(slots, histogram), failover)
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +372,7 @@ def build_state(
         router=router,
         pipeline=pipeline,
         tracer=tracer,
+        limiter_failover=services.limiter.failover,
         shared=shared,
         upstreams=upstreams,
         keys=keys,

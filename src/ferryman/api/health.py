@@ -35,7 +35,24 @@ async def ready(request: Request) -> Response:
         return _json({"status": "draining"}, status=503)
     if not state.dependencies.ready:
         return _json({"status": "unready", "dependencies": state.dependencies.status}, status=503)
-    return _json({"status": "ready", "dependencies": state.dependencies.status})
+    # A degradable dependency down, or limits on their fail-open share: still ready, and saying so.
+    degraded = not all(state.dependencies.status.values()) or _limits_degraded(state)
+    return _json({"status": "degraded" if degraded else "ready", "dependencies": state.dependencies.status})
+
+
+def _limits_degraded(state: AppState) -> bool:
+    return state.limiter_failover is not None and state.limiter_failover.degraded
+
+
+def _rate_limits(state: AppState) -> str:
+    """Where rate limits count right now, for `/health`."""
+    if state.limiter_failover is None:
+        return "shared" if state.settings.redis_url else "in-process"
+    if not state.limiter_failover.degraded:
+        return "shared"
+    if state.settings.limits.on_redis_failure == "fail_open":
+        return "local share (Redis unreachable)"
+    return "refusing (Redis unreachable)"
 
 
 async def health(request: Request) -> Response:
@@ -53,6 +70,7 @@ async def health(request: Request) -> Response:
         "redis": state.dependencies.describe("redis"),
         "database": state.dependencies.describe("database"),
         "invalidation": _invalidation_summary(state),
+        "rate_limits": _rate_limits(state),
         "auth": "enabled" if state.auth.enabled else "disabled (no master_key)",
         "deployments": deployments,
     }
@@ -68,7 +86,8 @@ def _overall_status(state: AppState) -> str:
     if not state.dependencies.ready:
         return "unready"
     undelivered = state.keys is not None and state.keys.invalidation.degraded
-    return "ok" if all(state.dependencies.status.values()) and not undelivered else "degraded"
+    healthy = all(state.dependencies.status.values()) and not undelivered and not _limits_degraded(state)
+    return "ok" if healthy else "degraded"
 
 
 def _invalidation_summary(state: AppState) -> dict[str, object] | None:

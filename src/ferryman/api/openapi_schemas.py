@@ -599,6 +599,15 @@ def _operations_schemas() -> Schemas:
                 "uptime_seconds": typed("number"),
                 "redis": typed("string"),
                 "database": typed("string"),
+                "rate_limits": typed(
+                    "string",
+                    enum=[
+                        "in-process",
+                        "shared",
+                        "local share (Redis unreachable)",
+                        "refusing (Redis unreachable)",
+                    ],
+                ),
                 "invalidation": nullable(
                     obj(
                         {

@@ -10,6 +10,7 @@ from opentelemetry.trace import Tracer
 from ferryman.api.auth import Authenticator
 from ferryman.api.dependencies import DependencyWatch
 from ferryman.core.deployment_health import DeploymentHealth
+from ferryman.core.failover import Failover
 from ferryman.core.pipeline import Pipeline
 from ferryman.core.routing import Router
 from ferryman.core.shared_state import SharedState
@@ -32,6 +33,7 @@ class AppState:
     dependencies: DependencyWatch
     shared: SharedState  # counters, reservations, cache, ledger for the stages
     tracer: Tracer | None = None
+    limiter_failover: Failover | None = None
 
     @property
     def deployment_health(self) -> DeploymentHealth:
