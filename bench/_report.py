@@ -9,7 +9,7 @@ from datetime import datetime
 
 from _measure import LoadPlan, TargetFailure, TargetResult
 from _stages import StageCost, render_stage_costs
-from _targets import DIRECT_NAME, FERRYMAN_NAME, LITELLM_NAME
+from _targets import BUDGETS_NAME, DIRECT_NAME, FERRYMAN_NAME, LIMITS_NAME, LITELLM_NAME, REDIS_NAME
 
 _MIB = 1024**2
 
@@ -81,6 +81,7 @@ def render_markdown(report: RunReport, kept_notes: str = "") -> str:
         _render_table(report),
         _render_goals(report),
         _render_baseline(report),
+        _render_governance(report),
         render_stage_costs(report.stage_costs),
         _render_failures(report),
         _render_method(report),
@@ -150,6 +151,48 @@ def _goal_row(label: str, goal: float, measured: float, unit: str, higher_is_bet
     else:
         verdict = f"**missed** by {measured - goal:.2f}{unit}"
     return f"| {label} | {sign} {goal:g}{unit} | {measured:.2f}{unit} | {verdict} |"
+
+
+# Goals of the limits and budgets issues: what each may add, measured against Ferryman on Redis alone.
+LIMITS_CPU_GOAL_MS = 0.1
+LIMITS_P50_GOAL_MS = 0.5
+BUDGETS_CPU_GOAL_MS = 0.15
+
+
+def _render_governance(report: RunReport) -> str:
+    """Limits and budgets on vs off, same run: what each adds to CPU per request and to p50 latency."""
+    base = report.result(REDIS_NAME)
+    if base is None:
+        return ""
+    c = report.plan.concurrency
+    lines = [
+        f"## Governance on vs off (against {REDIS_NAME}, same run)\n",
+        f"| | CPU per request, c={c} (ms) | added | p50 latency, c=1 (ms) | added |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    goals: list[str] = []
+    for name in (REDIS_NAME, LIMITS_NAME, BUDGETS_NAME):
+        result = report.result(name)
+        if result is None:
+            continue
+        cpu, p50 = result.concurrent.cpu_ms_per_request, result.serial.load.p50_ms
+        added_cpu = cpu - base.concurrent.cpu_ms_per_request
+        added_p50 = p50 - base.serial.load.p50_ms
+        lines.append(f"| {name} | {_num(cpu, 3)} | {added_cpu:+.3f} | {_num(p50, 2)} | {added_p50:+.2f} |")
+        if name == LIMITS_NAME:
+            goals.append(
+                _goal_row("limits: added CPU per request", LIMITS_CPU_GOAL_MS, added_cpu, " ms", False)
+            )
+            goals.append(
+                _goal_row("limits: added p50 latency at c=1", LIMITS_P50_GOAL_MS, added_p50, " ms", False)
+            )
+        if name == BUDGETS_NAME:
+            goals.append(
+                _goal_row("budgets: added CPU per request", BUDGETS_CPU_GOAL_MS, added_cpu, " ms", False)
+            )
+    if goals:
+        lines += ["", "| goal | target | measured | verdict |", "|---|---|---:|---|", *goals]
+    return "\n".join(lines) + "\n"
 
 
 def _render_baseline(report: RunReport) -> str:

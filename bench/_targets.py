@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,9 +115,15 @@ def direct_target(upstream: Upstream) -> Target:
     )
 
 
-def ferryman_config(upstream: Upstream, master_key: str | None, data_dir: Path | None = None) -> str:
+def ferryman_config(
+    upstream: Upstream,
+    master_key: str | None,
+    data_dir: Path | None = None,
+    extra: dict[str, object] | None = None,
+) -> str:
     """The gateway's YAML config: two models on the same nginx, one for each fixture; `data_dir` keeps
-    the embedded database in the run's temp dir (None for a baseline release that has no such key)."""
+    the embedded database in the run's temp dir (None for a baseline release that has no such key);
+    `extra` adds top-level sections (Redis, limits, budgets) for the governance variants."""
     config: dict[str, object] = {
         # No drain delay on SIGTERM: nothing is in flight when the benchmark stops the gateway.
         "server": {"shutdown_delay_seconds": 0},
@@ -126,6 +134,7 @@ def ferryman_config(upstream: Upstream, master_key: str | None, data_dir: Path |
     }
     if data_dir is not None:
         config = {"data_dir": str(data_dir), **config}
+    config |= extra or {}
     if master_key:
         config = {"master_key": master_key, **config}
     return yaml.safe_dump(config, sort_keys=False)
@@ -150,16 +159,17 @@ def start_ferryman(
     workers: int,
     baseline: Path | None = None,
     name: str = FERRYMAN_NAME,
+    extra: dict[str, object] | None = None,
 ) -> Target:
     """Start `ferryman serve` on a free port in front of nginx; `wait_until_serving` tells when it is up.
 
     With `baseline` (a checkout of an older commit), that checkout's `src/` is served instead, with the
     same virtualenv: a before/after comparison in one run, on the same machine state.
     """
-    slug = "ferryman-baseline" if baseline is not None else "ferryman"
+    slug = "ferryman-baseline" if baseline is not None else _slug(name)
     config_path = run_dir / f"{slug}.yaml"
-    data_dir = None if baseline is not None else run_dir / "data"
-    config_path.write_text(ferryman_config(upstream, master_key, data_dir))
+    data_dir = None if baseline is not None else run_dir / f"data-{slug}"
+    config_path.write_text(ferryman_config(upstream, master_key, data_dir, extra))
     port = free_port()
     env: dict[str, str] | None = None
     command = [str(FERRYMAN_BIN)]
@@ -184,6 +194,43 @@ def start_ferryman(
         argv += ["--workers", str(workers)]
     process = start_process(slug, argv, run_dir, env)
     return _gateway_target(name, process, port, master_key, startup_s=60)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+# The governance variants: the same gateway with its state in Redis, then with limits or budgets that
+# every request passes through (never reached, so every request is served and timed alike).
+REDIS_NAME = "Ferryman (Redis)"
+LIMITS_NAME = "Ferryman (Redis) + limits"
+BUDGETS_NAME = "Ferryman (Redis) + budgets"
+_NEVER_REACHED = {"rpm": 10**9, "tpm": 10**12, "max_parallel": 10**6}
+
+
+def governance_variants(redis_url: str) -> list[tuple[str, dict[str, object]]]:
+    """(name, extra config) of each variant, baseline first."""
+    base: dict[str, object] = {"redis_url": redis_url}
+    return [
+        (REDIS_NAME, base),
+        (LIMITS_NAME, {**base, "limits": {"global": _NEVER_REACHED}}),
+        (BUDGETS_NAME, {**base, "budgets": {"global": {"daily_usd": 10.0**9, "monthly_usd": 10.0**9}}}),
+    ]
+
+
+def start_redis(run_dir: Path) -> tuple[ManagedProcess, str]:
+    """A private redis-server on a free loopback port, no persistence, for the governance variants."""
+    port = free_port()
+    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no"]
+    process = start_process("redis", argv, run_dir)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return process, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    process.stop()
+    raise RuntimeError(f"redis-server did not start:\n{process.log_tail()}")
 
 
 def litellm_config(upstream: Upstream, master_key: str | None) -> str:

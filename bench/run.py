@@ -34,10 +34,12 @@ from _targets import (
     Target,
     Upstream,
     direct_target,
+    governance_variants,
     litellm_available,
     start_ferryman,
     start_litellm,
     start_nginx,
+    start_redis,
     wait_until_serving,
 )
 
@@ -61,6 +63,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="configure a random master key in both gateways and send it as Bearer (default: on)",
     )
     parser.add_argument("--skip-litellm", action="store_true", help="measure nginx and Ferryman only")
+    parser.add_argument(
+        "--governance",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure Ferryman on Redis alone, with rate limits, and with budgets (default: on)",
+    )
     parser.add_argument(
         "--baseline",
         metavar="REV",
@@ -123,6 +131,8 @@ def measure_all(
                 name=FERRYMAN_NAME,
             )
         )
+        if args.governance:
+            outcomes += _measure_governance(run_dir, upstream, plan, master_key, args.workers)
         if not args.skip_litellm:
             outcomes.append(_measure_litellm(run_dir, upstream, plan, master_key, args.litellm_venv))
     finally:
@@ -158,6 +168,25 @@ def _measure_baseline(
         return _measure(starter, plan, owns_process=True, name=baseline_name(args.baseline))
     finally:
         subprocess.run([*git, "worktree", "remove", "--force", str(checkout)], check=True)
+
+
+def _measure_governance(
+    run_dir: Path, upstream: Upstream, plan: LoadPlan, master_key: str | None, workers: int
+) -> list[Outcome]:
+    """Ferryman with its state in a private Redis, then with limits, then with budgets on top."""
+    redis, redis_url = start_redis(run_dir)
+    try:
+        return [
+            _measure(
+                partial(start_ferryman, run_dir, upstream, master_key, workers, None, name, extra),
+                plan,
+                owns_process=True,
+                name=name,
+            )
+            for name, extra in governance_variants(redis_url)
+        ]
+    finally:
+        redis.stop()
 
 
 def _measure_litellm(

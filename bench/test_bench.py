@@ -29,9 +29,12 @@ from _procs import read_tree_usage, start_process
 from _report import NOTES_MARKER, RunReport, kept_notes, render_markdown
 from _stages import StageCost, measure_stage_costs
 from _targets import (
+    BUDGETS_NAME,
     DIRECT_NAME,
     FERRYMAN_NAME,
+    LIMITS_NAME,
     LITELLM_NAME,
+    REDIS_NAME,
     Upstream,
     ferryman_config,
     litellm_config,
@@ -291,3 +294,24 @@ def test_stage_costs_are_measured_for_every_stage_of_the_app() -> None:
     ]
     assert costs[0].microseconds > 0
     assert all(cost.microseconds >= 0 for cost in costs)
+
+
+def test_report_states_what_limits_and_budgets_add_against_redis_alone() -> None:
+    report = RunReport(
+        started=datetime(2026, 1, 2, tzinfo=UTC),
+        environment=(),
+        plan=LoadPlan(),
+        auth=True,
+        outcomes=(
+            _result(REDIS_NAME, rps=1000, p50=1.0, ttfb=1.0),
+            _result(LIMITS_NAME, rps=800, p50=1.2, ttfb=1.0),  # 1 s CPU over fewer requests: +0.025 ms
+            _result(BUDGETS_NAME, rps=500, p50=1.1, ttfb=1.0),  # +0.100 ms
+        ),
+    )
+
+    text = render_markdown(report)
+
+    assert "## Governance on vs off (against Ferryman (Redis), same run)" in text
+    assert "| limits: added CPU per request | ≤ 0.1 ms | 0.02 ms | met |" in text
+    assert "| limits: added p50 latency at c=1 | ≤ 0.5 ms | 0.20 ms | met |" in text
+    assert "| budgets: added CPU per request | ≤ 0.15 ms | 0.10 ms | met |" in text
