@@ -297,6 +297,11 @@ class Settings(_Strict):
         return self
 
     @property
+    def data_path(self) -> Path:
+        """`data_dir` as an absolute path (meaningless for `:memory:`)."""
+        return Path(self.data_dir).expanduser().absolute()
+
+    @property
     def store_url(self) -> str:
         """The database keys, teams (and soon budgets and the ledger) live in: `database_url`, or the
         embedded SQLite file in `data_dir` (an in-memory one for `:memory:`)."""
@@ -304,7 +309,7 @@ class Settings(_Strict):
             return self.database_url
         if self.data_dir == ":memory:":
             return "sqlite+aiosqlite://"
-        return f"sqlite+aiosqlite:///{Path(self.data_dir).expanduser().absolute() / 'ferryman.db'}"
+        return f"sqlite+aiosqlite:///{self.data_path / 'ferryman.db'}"
 
     def with_server(self, **overrides: object) -> Settings:
         """A copy with server fields replaced (CLI flags win over the file)."""

@@ -65,6 +65,7 @@ from ferryman.settings import BudgetSettings, Deployment, RateLimit, Settings, l
 from ferryman.store._redis_connect import Connected, parse_redis_url
 from ferryman.store._redis_connect import connect as connect_redis
 from ferryman.store.backends import open_shared_state
+from ferryman.store.journal import JournalLedger
 from ferryman.store.ledger_feeder import LedgerFeeder
 from ferryman.store.service import KeyService
 from ferryman.store.sql_ledger import SqlLedger, open_ledger
@@ -121,7 +122,12 @@ def create_app(
         if settings.redis_url:  # spend goes to the Redis stream first; the feeder drains it into SQL
             feeder = start_ledger_feeder(settings.redis_url, sql_ledger, app_metrics)
             shared = dataclasses.replace(shared, ledger=FallbackLedger(shared.ledger, sql_ledger))
-        else:  # embedded: every request's spend is committed to SQL before it counts as done
+        elif settings.database_url is None and settings.data_dir != ":memory:":
+            # embedded: a synced journal beside the database, moved into it in batches
+            journal = JournalLedger(settings.data_path, sql_ledger, on_backlog=app_metrics.ledger_backlog.set)
+            await journal.start()
+            shared = dataclasses.replace(shared, ledger=journal)
+        else:  # no Redis, no journal: each request's spend is committed to SQL before it is done
             shared = dataclasses.replace(shared, ledger=sql_ledger)
         local = await open_shared_state("memory://") if settings.redis_url else shared
         alerts = BudgetAlerter(app_metrics, settings.budgets.alert_webhook_url)
@@ -150,6 +156,8 @@ def create_app(
             if feeder is not None:
                 await feeder[0].aclose()  # writes what it can to SQL before the engine goes
                 await feeder[1].aclose()
+            if isinstance(shared.ledger, JournalLedger):
+                await shared.ledger.aclose()
             await keys.aclose()
 
     middleware = [Middleware(RequestIdMiddleware)]

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 from ferryman.api.state import AppState
 from ferryman.core.budgets import Budget, Budgets, Period
 from ferryman.errors import InvalidRequestError
+from ferryman.store.journal import JournalLedger
 from ferryman.store.sql_ledger import SqlLedger
 
 
@@ -31,6 +32,8 @@ async def usage(request: Request) -> Response:
             code="virtual_key_required",
         )
     stage = next(s for s in state.pipeline.stages if isinstance(s, Budgets))
+    if isinstance(state.shared.ledger, JournalLedger):
+        await state.shared.ledger.flush()  # this process's last requests, into SQL first
     ledger = SqlLedger(state.keys.engine) if state.keys is not None and state.keys.engine else None
     now = datetime.now(UTC)
     limits = caller.key_limits

@@ -1,0 +1,136 @@
+"""The embedded default's spend ledger: a synced append-only journal in front of the SQL ledger.
+
+Committing every request's spend to SQLite on its own costs ≈4 ms of CPU (a transaction and two rollup
+upserts); appending one line to a file and syncing it costs ≈0.05 ms, and is as durable: once
+`append` returns, a crash of the process — or of the machine — loses nothing. A background task moves
+the journal into SQL in batches (idempotently: SQL keeps one row per request id), then deletes what it
+moved. Each worker process writes its own journal; at start-up a worker claims (by renaming) and
+replays any journal a stopped process left behind, so nothing waits for the process that wrote it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from ferryman.core.shared_state import SpendEntry
+from ferryman.errors import FerrymanError
+from ferryman.store.redis_state import decode_spend_entry, encode_spend_entry
+from ferryman.store.sql_ledger import SqlLedger
+
+log = logging.getLogger("ferryman.store.journal")
+DRAIN_INTERVAL = 0.2  # seconds between moves into SQL while entries keep coming
+RETRY_MAX = 10.0  # seconds: the longest wait between tries while the database refuses
+
+
+class JournalLedger:
+    """Implements the core's `Ledger`: durable on `append`, in SQL a moment later."""
+
+    def __init__(
+        self, directory: Path, durable: SqlLedger, *, on_backlog: Callable[[int], None] = lambda n: None
+    ) -> None:
+        self._dir = directory
+        self._durable = durable
+        self._on_backlog = on_backlog
+        self._path = directory / f"spend-{os.getpid()}.journal"
+        self._fd = -1
+        self._written = 0  # lines appended since the journal was last rotated
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._moving = asyncio.Lock()  # one move into SQL at a time (the drain task, or a flush)
+        self._closing = False
+
+    async def start(self) -> None:
+        """Replay what earlier processes left, open this process's journal, start moving it into SQL."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for leftover in sorted(self._dir.glob("spend-*.journal*")):
+            claimed = self._dir / f"{leftover.name}.{os.getpid()}.replaying"
+            with contextlib.suppress(FileNotFoundError):  # another worker claimed it first
+                leftover.rename(claimed)
+                await self._move(claimed)
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._task = asyncio.create_task(self._drain_forever(), name="ferryman-spend-journal")
+
+    async def append(self, entry: SpendEntry) -> bool:
+        """Write and sync one line; True (duplicates are dropped when the line reaches SQL)."""
+        line = (encode_spend_entry(entry) + "\n").encode()
+        os.write(self._fd, line)
+        os.fdatasync(self._fd)
+        self._written += 1
+        self._wake.set()
+        return True
+
+    async def flush(self) -> None:
+        """Move this process's journal into SQL now (before reading SQL as the whole truth)."""
+        await self._drain()
+
+    async def entries(self, *, since: datetime | None = None) -> list[SpendEntry]:
+        """What SQL holds (the journal's last lines follow within `DRAIN_INTERVAL`)."""
+        return await self._durable.entries(since=since)
+
+    async def aclose(self) -> None:
+        """Move what is left into SQL (if the database answers), then close the journal."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    async def _drain_forever(self) -> None:
+        delay = DRAIN_INTERVAL
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), DRAIN_INTERVAL)
+            self._wake.clear()
+            try:
+                await self._drain()
+                delay = DRAIN_INTERVAL
+            except (FerrymanError, OSError) as exc:  # the journal keeps the entries: say so, retry
+                log.warning("spend journal not moved into SQL yet (%s); retrying", type(exc).__name__)
+                if self._closing:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if self._closing:
+                return
+
+    async def _drain(self) -> None:
+        """Rotate the journal (appends go to a fresh file at once), move the rotated ones into SQL."""
+        async with self._moving:
+            await self._rotate_and_move()
+
+    async def _rotate_and_move(self) -> None:
+        if self._written:
+            rotated = self._dir / f"{self._path.name}.{self._written}-{id(self)}.moving"
+            os.rename(self._path, rotated)
+            os.close(self._fd)
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._written = 0
+        for moving in sorted(self._dir.glob(f"{self._path.name}.*.moving")):
+            await self._move(moving)
+        self._on_backlog(0)
+
+    async def _move(self, path: Path) -> None:
+        """Every entry of `path` into SQL in one batch, then the file is gone (a failure keeps it)."""
+        content = await asyncio.to_thread(path.read_bytes)
+        lines = [line for line in content.splitlines() if line.strip()]
+        self._on_backlog(len(lines))
+        entries = []
+        for number, line in enumerate(lines):
+            try:
+                entries.append(decode_spend_entry(line))
+            except (ValueError, KeyError, TypeError):
+                # A line torn by a crash mid-write (only ever the last one): it was never acknowledged.
+                log.error("spend journal %s: unreadable line %d skipped", path.name, number + 1)
+        if entries:
+            await self._durable.append_many(entries)
+        await asyncio.to_thread(path.unlink)

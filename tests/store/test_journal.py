@@ -1,0 +1,106 @@
+"""The embedded spend journal: durable on append, moved into SQL in batches, replayed after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from ferryman.core.shared_state import SpendEntry
+from ferryman.errors import StoreUnavailableError
+from ferryman.store.database import open_engine
+from ferryman.store.journal import JournalLedger
+from ferryman.store.migrate import ensure_schema
+from ferryman.store.redis_state import encode_spend_entry
+from ferryman.store.sql_ledger import SqlLedger
+
+
+def entry(request_id: str, cost: float = 0.001) -> SpendEntry:
+    return SpendEntry(
+        request_id=request_id,
+        at=datetime.now(UTC),
+        model="m",
+        provider="p",
+        deployment="d",
+        key_id="k",
+        team_id=None,
+        end_user=None,
+        input_tokens=1,
+        output_tokens=2,
+        cached_tokens=0,
+        cost_usd=cost,
+    )
+
+
+@pytest.fixture
+async def sql(tmp_path: Path) -> SqlLedger:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ferryman.db'}"
+    engine = open_engine(url)
+    await ensure_schema(url, auto_migrate=True, engine=engine)
+    yield SqlLedger(engine)  # type: ignore[misc]
+    await engine.dispose()
+
+
+async def test_an_append_is_on_disk_at_once_and_in_sql_after_the_drain(
+    tmp_path: Path, sql: SqlLedger
+) -> None:
+    journal = JournalLedger(tmp_path / "data", sql)
+    await journal.start()
+    try:
+        assert await journal.append(entry("a"))
+        files = list((tmp_path / "data").glob("spend-*.journal"))
+        assert len(files) == 1 and b'"request_id": "a"' in files[0].read_bytes().replace(b'":"', b'": "')
+        await asyncio.sleep(0.6)  # the drain runs every 0.2 s by itself, unasked
+        assert [e.request_id for e in await sql.entries()] == ["a"]
+    finally:
+        await journal.aclose()
+    assert not list((tmp_path / "data").glob("*.moving"))
+
+
+async def test_a_journal_left_by_a_crashed_process_is_replayed_exactly_once(
+    tmp_path: Path, sql: SqlLedger
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [encode_spend_entry(entry(name)) for name in ("x", "y")]
+    # A dead process's journal: two whole lines and one torn by the crash (never acknowledged).
+    (data / "spend-99999.journal").write_text("\n".join(lines) + '\n{"request_id": "z", "at')
+    journal = JournalLedger(data, sql)
+    await journal.start()
+    await journal.append(entry("x"))  # a replay of an id already recorded adds nothing
+    await journal.flush()
+    await journal.aclose()
+    assert sorted(e.request_id for e in await sql.entries()) == ["x", "y"]
+    assert list(data.iterdir()) == [data / f"spend-{os.getpid()}.journal"]
+
+
+async def test_while_sql_refuses_the_journal_keeps_every_entry(tmp_path: Path, sql: SqlLedger) -> None:
+    class Refusing:
+        def __init__(self) -> None:
+            self.down = True
+
+        async def append_many(self, entries):  # type: ignore[no-untyped-def]
+            if self.down:
+                raise StoreUnavailableError("database down")
+            return await sql.append_many(entries)
+
+        async def entries(self, *, since=None):  # type: ignore[no-untyped-def]
+            return await sql.entries(since=since)
+
+    refusing = Refusing()
+    backlog: list[int] = []
+    journal = JournalLedger(tmp_path / "data", refusing, on_backlog=backlog.append)  # type: ignore[arg-type]
+    await journal.start()
+    for name in ("p", "q", "r"):
+        await journal.append(entry(name))
+    with pytest.raises(StoreUnavailableError):
+        await journal.flush()
+    assert max(backlog) == 3  # the backlog shows while the database is down
+    refusing.down = False
+    await journal.flush()
+    await journal.aclose()
+    assert sorted(e.request_id for e in await sql.entries()) == ["p", "q", "r"]
+    assert backlog[-1] == 0
