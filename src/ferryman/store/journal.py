@@ -41,7 +41,7 @@ class JournalLedger:
         self._fd = -1
         self._written = 0  # lines appended since the journal was last rotated
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # set only to stop: a drain round every DRAIN_INTERVAL otherwise
         self._moving = asyncio.Lock()  # one move into SQL at a time (the drain task, or a flush)
         self._closing = False
 
@@ -61,8 +61,7 @@ class JournalLedger:
         line = (encode_spend_entry(entry) + "\n").encode()
         os.write(self._fd, line)
         os.fdatasync(self._fd)
-        self._written += 1
-        self._wake.set()
+        self._written += 1  # the drain task picks it up on its next round: batches, not a commit each
         return True
 
     async def flush(self) -> None:
