@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-
 import orjson
 
 from ferryman.core.exchange import Exchange
-from ferryman.core.observer import Attempt
-from ferryman.errors import ProviderError
+from ferryman.core.observer import NullObserver
 from ferryman.observability.logging import log_request
 
 
@@ -16,28 +13,10 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
-class AccessLogObserver:
+class AccessLogObserver(NullObserver):
     """Writes the request's one summary line; bodies only when the api kept them (`log_bodies`), and
-    the log formatter scrubs credentials out of them like out of every other string."""
-
-    def attempt_started(self, exchange: Exchange, attempt: Attempt) -> None:
-        """Nothing: the line is written once, at the end."""
-
-    def calling(self, attempt: Attempt) -> AbstractContextManager[object]:
-        """No context needed."""
-        return nullcontext()
-
-    def attempt_failed(self, exchange: Exchange, attempt: Attempt, error: ProviderError, kind: str) -> None:
-        """Nothing: failed attempts are counted on the line."""
-
-    def first_token(self, exchange: Exchange, attempt: Attempt) -> None:
-        """Nothing."""
-
-    def attempt_settled(self, exchange: Exchange, attempt: Attempt) -> None:
-        """Nothing."""
-
-    def attempt_abandoned(self, exchange: Exchange, attempt: Attempt) -> None:
-        """Nothing."""
+    the log formatter scrubs credentials out of them like out of every other string. Every other
+    event is the null observer's: the line is written once, at the end."""
 
     def request_finished(self, exchange: Exchange, error: BaseException | None) -> None:
         """The line; `http_status` is the status the answer (or a mid-stream error event) carried."""
