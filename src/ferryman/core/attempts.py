@@ -10,13 +10,13 @@ so retries with backoff, `Retry-After` and circuit breakers plug in as policies,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol, TypeVar
 
+from ferryman.core._shield import Shield
 from ferryman.core.canonical import (
     ChatRequest,
     ChatResponse,
@@ -111,7 +111,7 @@ class AttemptLoop:
         self.policy: AttemptPolicy = policy if policy is not None else FallbackPolicy()
         self.quotas = quotas
         self._sleep = sleep
-        self._background: set[asyncio.Future[None]] = set()
+        self._shield = Shield()  # a client that hung up must still give back its quota
 
     def order(self, model: str) -> list[Target]:
         """The router's order, with deployments that health marks unavailable moved to the end: they
@@ -194,20 +194,11 @@ class AttemptLoop:
             except BaseException:
                 exchange.upstream_seconds += time.perf_counter() - attempt.started
                 self.observer.attempt_abandoned(exchange, attempt)
-                await self._shielded(self._end(attempt, None))
+                await self._shield.run(self._end(attempt, None))
                 raise
             exchange.upstream_seconds += time.perf_counter() - attempt.started
             attempt.answered = True
             return result, attempt
-
-    async def _shielded(self, work: Awaitable[None]) -> None:
-        """Run `work` to the end even when the task is being cancelled (a client that hung up must
-        still give back its quota); a cancellation while waiting leaves it finishing on its own."""
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
 
     async def _end(self, attempt: Attempt, tokens: int | None) -> None:
         """Give back what the attempt took from its deployment's quota (once)."""
@@ -297,7 +288,7 @@ class AttemptLoop:
             if usage is None:
                 usage = _estimate_usage(request, output_chars, exchange)
             self.settle(exchange, attempt, usage, estimated=estimated, ok=not failed)
-            await self._shielded(self._end(attempt, usage.total_tokens))
+            await self._shield.run(self._end(attempt, usage.total_tokens))
 
 
 def _estimate_usage(request: ChatRequest, output_chars: int, exchange: Exchange) -> Usage:

@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias
 
+from ferryman.core._shield import Shield
 from ferryman.core.attempts import AttemptLoop
 from ferryman.core.canonical import (
     ChatRequest,
@@ -82,7 +83,7 @@ class Pipeline:
         self.stages = tuple(stages)
         self.attempts = attempts
         self.observer = observer
-        self._background: set[asyncio.Task[None]] = set()
+        self._shield = Shield()
 
     async def chat(self, exchange: Exchange) -> ChatResponse:
         """A whole chat answer."""
@@ -165,13 +166,7 @@ class Pipeline:
         if outcome.kind != "cancelled":
             await _exit_all(exchange, entered, outcome)
             return
-        task = asyncio.ensure_future(_exit_all(exchange, entered, outcome))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            pass  # cancelled again while waiting: the shielded task finishes the exits on its own
+        await self._shield.run(_exit_all(exchange, entered, outcome))
 
 
 class AnswerStream:
