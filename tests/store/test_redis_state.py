@@ -539,6 +539,22 @@ async def test_a_hung_redis_fails_within_the_timeout_then_heals() -> None:
             assert (await state.counters.check_and_add([window], 1)).allowed
 
 
+async def test_a_transport_closed_under_redis_py_is_a_shared_state_error(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop raises RuntimeError when redis-py writes to a transport that closed mid-connect (a Redis
+    killed under load); redis-py lets it through, so the backend must translate it, or a fail-open
+    limit turns the outage into a 500."""
+
+    async def closed_under_us(self: Connection, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+    async with opened(redis_url, prefix=prefix) as state:
+        monkeypatch.setattr(Connection, "connect", closed_under_us)
+        with pytest.raises(SharedStateUnavailableError):
+            await state.counters.check_and_add([Window("rpm", 10, 60)], 1)
+
+
 async def test_calls_beyond_the_pool_wait_their_turn_but_not_forever() -> None:
     with throwaway_redis() as url:
         async with opened(url, prefix="pool", timeout=TIMEOUT, max_connections=2) as state:

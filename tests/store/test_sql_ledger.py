@@ -349,3 +349,19 @@ async def test_storage_errors_leave_as_store_unavailable(broken_ledger: SqlLedge
             await operation
         assert (refused.value.status, refused.value.code) == (503, "ledger_unavailable")
         assert isinstance(refused.value.__cause__, Exception)
+
+
+async def test_an_in_memory_database_takes_concurrent_writers() -> None:
+    """The in-memory database is one connection; lent to two writers at once, one's commit failed with
+    "SQL statements in progress" (a 503 to a client whose request had been answered)."""
+    url = "sqlite+aiosqlite:///:memory:"
+    engine = open_engine(url)
+    try:
+        await upgrade_schema(url, engine=engine)
+        ledger = SqlLedger(engine, clock=lambda: NOW)
+        entries = [spend(key_id="key-memory") for _ in range(200)]
+        recorded = await asyncio.gather(*(ledger.append(entry) for entry in entries))
+        assert all(recorded)
+        await assert_rollups_equal_the_ledger(engine, "key-memory", len(entries))
+    finally:
+        await engine.dispose()

@@ -26,6 +26,7 @@ from redis.asyncio.connection import parse_url, to_bool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from ferryman.errors import ConfigError
 
@@ -43,6 +44,11 @@ DEFAULT_PREFIX = "ferryman"
 DEFAULT_MAX_CONNECTIONS = 64
 _DEFAULT_PORTS: dict[Topology, int] = {"standalone": 6379, "sentinel": 26379, "cluster": 6379}
 _CONFIG_PATH = "redis_url"
+
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, RuntimeError)
+"""What a call to Redis raises when Redis fails rather than the caller: redis-py's errors, socket errors
+(a timeout's `TimeoutError` among them), and the `RuntimeError` uvloop raises when redis-py writes to a
+transport that closed under it (a Redis killed mid-connect), which redis-py does not translate."""
 
 
 def _problem(message: str) -> ConfigError:

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 
 def is_sqlite(url: str) -> bool:
@@ -27,7 +27,9 @@ def open_engine(url: str) -> AsyncEngine:
         return create_async_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
     options: dict[str, Any] = {"connect_args": {"timeout": 30}}
     if sqlite_path(url) is None:
-        options["poolclass"] = StaticPool  # one shared connection, or each would see its own empty DB
+        # One connection (each new one would see its own empty database), lent to one user at a time:
+        # two transactions interleaved on a shared connection fail each other's commits.
+        options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
     engine = create_async_engine(url, **options)
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

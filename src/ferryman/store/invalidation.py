@@ -21,10 +21,9 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisError
 
 from ferryman.errors import InvalidationNotDeliveredError
-from ferryman.store._redis_connect import connect_pubsub, parse_redis_url
+from ferryman.store._redis_connect import REDIS_FAILURES, connect_pubsub, parse_redis_url
 from ferryman.store.cache import GrantCache
 from ferryman.store.records import utc_now
 
@@ -163,12 +162,12 @@ class RedisInvalidation:
             "replica to drop its key cache).",
         ) from error
 
-    async def _try_publish(self, notice: str) -> RedisError | OSError | None:
+    async def _try_publish(self, notice: str) -> Exception | None:
         """One attempt: the error that stopped it, or `None` once Redis has the notice."""
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 await self._redis.publish(CHANNEL, notice)
-        except (RedisError, OSError) as exc:  # the timeout's TimeoutError is an OSError
+        except REDIS_FAILURES as exc:  # the timeout's TimeoutError is an OSError
             return exc
         return None
 
@@ -192,7 +191,7 @@ class RedisInvalidation:
         while True:
             try:
                 await self._listen_once()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 self._subscribed.clear()
                 log.warning("key invalidation subscription lost, retrying in %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)

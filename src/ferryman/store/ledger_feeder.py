@@ -33,13 +33,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from ferryman.core.shared_state import SpendEntry
 from ferryman.errors import StoreUnavailableError
+from ferryman.store._redis_connect import REDIS_FAILURES
 from ferryman.store.redis_state import decode_spend_entry, ledger_stream_key
 
 log = logging.getLogger("ferryman.store.ledger_feeder")
+_WAIT_ON: tuple[type[Exception], ...] = (StoreUnavailableError, *REDIS_FAILURES)  # the database or Redis
 
 GROUP = "ferryman-ledger"
 MAX_COUNT = 2**63 - 1  # BIGINT
@@ -131,7 +133,7 @@ class LedgerFeeder:
                 if self._task is not None:
                     await asyncio.shield(self._task)  # its batch in flight, then it sees `_stopping`
                 await self.drain()
-        except (StoreUnavailableError, RedisError, OSError, TimeoutError) as exc:
+        except _WAIT_ON as exc:
             log.warning("ledger feeder stopped with spend left in Redis (%s)", type(exc).__name__)
         finally:
             if self._task is not None and not self._task.done():
@@ -169,7 +171,7 @@ class LedgerFeeder:
                 if not await self._feed(block=True):
                     await self.report_backlog()  # idle: the gauge settles at 0
                 delay = self._settings.retry_initial
-            except (StoreUnavailableError, RedisError, OSError) as exc:
+            except _WAIT_ON as exc:
                 log.warning("ledger feeder waiting %.1fs: %s", delay, type(exc).__name__)
                 await self._report_backlog_if_possible()
                 await self._pause(delay)
@@ -185,7 +187,7 @@ class LedgerFeeder:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _report_backlog_if_possible(self) -> None:
-        with contextlib.suppress(RedisError, OSError):  # Redis down too: the gauge keeps its last value
+        with contextlib.suppress(*REDIS_FAILURES):  # Redis down too: the gauge keeps its last value
             await self.report_backlog()
 
     async def _ensure_group(self) -> None:

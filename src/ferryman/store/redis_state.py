@@ -45,7 +45,6 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from ferryman.core.shared_state import (
     Admission,
@@ -59,7 +58,7 @@ from ferryman.core.shared_state import (
 )
 from ferryman.errors import SharedStateUnavailableError
 from ferryman.store import _redis_scripts as scripts
-from ferryman.store._redis_connect import Connected, connect, parse_redis_url
+from ferryman.store._redis_connect import REDIS_FAILURES, Connected, connect, parse_redis_url
 
 LEDGER_STREAM_SUFFIX = "ledger"
 """The ledger stream is `{<prefix>}:ledger`; see `ledger_stream_key`."""
@@ -196,7 +195,7 @@ class _Link:
                 async with self._discovery:
                     await self.client.initialize()
             return await operation()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             # The class only: redis-py's messages may carry hosts, and a script error its source.
             raise SharedStateUnavailableError(f"shared state (Redis) failed: {type(exc).__name__}") from exc
         finally:

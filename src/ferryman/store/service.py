@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ferryman.errors import InvalidationNotDeliveredError, InvalidRequestError
 from ferryman.settings import Settings
+from ferryman.store._redis_connect import REDIS_FAILURES
 from ferryman.store.cache import GrantCache
 from ferryman.store.credentials import generate_key, hash_key
 from ferryman.store.database import is_sqlite, open_engine, sqlite_path
@@ -233,12 +233,15 @@ class KeyService:
             await self.engine.dispose()
 
 
+_UNANSWERED: tuple[type[Exception], ...] = (SQLAlchemyError, *REDIS_FAILURES)  # timeouts are OSErrors
+
+
 async def _answers(check: Awaitable[None]) -> bool:
     """True when `check` completes in time; any failure to answer is False, and logged."""
     try:
         async with asyncio.timeout(DEPENDENCY_CHECK_TIMEOUT):
             await check
-    except (TimeoutError, SQLAlchemyError, RedisError, OSError) as exc:
+    except _UNANSWERED as exc:
         log.warning("dependency check failed: %s", type(exc).__name__)
         return False
     return True
