@@ -40,43 +40,72 @@ def _as_postgres_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
-@contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    """Start a private PostgreSQL on a free port; yields its admin URL (plain `postgresql://`).
+class ThrowawayPostgres:
+    """A private PostgreSQL in a temporary directory, on a free port, that a test may stop and start
+    again on the same data directory (to see the database go away and come back, as in an outage).
 
     Its directory is made with `mkdtemp` directly under the system temp dir (world-traversable), not
     under pytest's root-only `tmp_path`: as root, initdb runs as `postgres`, which must reach it.
     """
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    if not bins:
-        pytest.fail("no PostgreSQL reachable and no initdb found: run scripts/install-test-services.sh")
-    initdb, pg_ctl = Path(bins[-1], "initdb"), Path(bins[-1], "pg_ctl")
-    directory = Path(tempfile.mkdtemp(prefix="ferryman-pg-"))
-    data, port = directory / "data", free_port()
-    if os.geteuid() == 0:
-        shutil.chown(directory, "postgres")
-    try:
-        subprocess.run(
-            _as_postgres_user([str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]),
-            check=True,
-            capture_output=True,
-        )
-        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins:
+            pytest.fail("no PostgreSQL reachable and no initdb found: run scripts/install-test-services.sh")
+        self._initdb, self._pg_ctl = Path(bins[-1], "initdb"), Path(bins[-1], "pg_ctl")
+        self.directory = Path(tempfile.mkdtemp(prefix="ferryman-pg-"))
+        self._data, self.port = self.directory / "data", free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        """The admin URL (plain `postgresql://`)."""
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+
+    def start(self) -> None:
+        """Start the server (again) on its data directory and port (made by the first start); returns once
+        it accepts logins."""
+        if not self._data.exists():
+            initdb = [str(self._initdb), "-D", str(self._data), "-A", "trust", "-U", "postgres", "--no-sync"]
+            subprocess.run(_as_postgres_user(initdb), check=True, capture_output=True)
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.directory / "log")
         subprocess.run(
             _as_postgres_user(
-                [str(pg_ctl), "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w", "start"]
+                [str(self._pg_ctl), "-D", str(self._data), "-o", options, "-l", log, "-w", "start"]
             ),
             check=True,
             capture_output=True,
         )
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`fast`: connections dropped, as clients see an outage); the data stays."""
         subprocess.run(
-            _as_postgres_user([str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"]),
+            _as_postgres_user([str(self._pg_ctl), "-D", str(self._data), "-m", mode, "-w", "stop"]),
             check=False,
             capture_output=True,
         )
-        shutil.rmtree(directory, ignore_errors=True)
+
+    def remove(self) -> None:
+        """Stop the server if it runs, and delete its directory."""
+        self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextmanager
+def throwaway_postgres_server() -> Iterator[ThrowawayPostgres]:
+    """A started `ThrowawayPostgres`, removed afterwards (whether the test left it running or not)."""
+    server = ThrowawayPostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """Start a private PostgreSQL on a free port; yields its admin URL (plain `postgresql://`)."""
+    with throwaway_postgres_server() as server:
+        yield server.url
 
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"

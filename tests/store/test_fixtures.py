@@ -11,7 +11,14 @@ import asyncio
 import asyncpg  # type: ignore[import-untyped]
 from redis import Redis
 
-from tests.store.fixtures import can_log_in, fresh_postgres_database, throwaway_postgres, throwaway_redis
+from tests.store.fixtures import (
+    can_log_in,
+    fresh_postgres_database,
+    reachable,
+    throwaway_postgres,
+    throwaway_postgres_server,
+    throwaway_redis,
+)
 
 
 def test_throwaway_postgres_starts_and_serves_a_fresh_database() -> None:
@@ -29,6 +36,25 @@ def test_throwaway_postgres_starts_and_serves_a_fresh_database() -> None:
                     await connection.close()
 
             assert asyncio.run(answer()) == 42
+
+
+def test_a_throwaway_postgres_stops_and_starts_again_with_its_data() -> None:
+    """What an outage test needs: the same server, gone and back, on the same port and data."""
+
+    async def run(statement: str, url: str) -> object:
+        connection = await asyncpg.connect(url)
+        try:
+            return await connection.fetchval(statement)
+        finally:
+            await connection.close()
+
+    with throwaway_postgres_server() as server:
+        asyncio.run(run("CREATE TABLE kept AS SELECT 7 AS n", server.url))
+        server.stop()
+        assert not reachable("127.0.0.1", server.port)
+        server.start()
+        assert asyncio.run(run("SELECT n FROM kept", server.url)) == 7
+    assert not server.directory.exists()
 
 
 def test_a_server_refusing_our_login_does_not_count() -> None:

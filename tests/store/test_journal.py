@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,7 +73,7 @@ async def test_a_journal_left_by_a_crashed_process_is_replayed_exactly_once(
     await journal.flush()
     await journal.aclose()
     assert sorted(e.request_id for e in await sql.entries()) == ["x", "y"]
-    assert list(data.iterdir()) == [data / f"spend-{os.getpid()}.journal"]
+    assert list(data.iterdir()) == [journal.path]  # the replayed journal is gone; ours is left, empty
 
 
 async def test_while_sql_refuses_the_journal_keeps_every_entry(tmp_path: Path, sql: SqlLedger) -> None:
@@ -104,3 +103,60 @@ async def test_while_sql_refuses_the_journal_keeps_every_entry(tmp_path: Path, s
     await journal.aclose()
     assert sorted(e.request_id for e in await sql.entries()) == ["p", "q", "r"]
     assert backlog[-1] == 0
+
+
+async def test_a_starting_worker_never_claims_the_journal_a_live_sibling_is_writing(
+    tmp_path: Path, sql: SqlLedger
+) -> None:
+    """`--workers 2`, or a worker the supervisor restarted: the newcomer replays only what the dead left.
+    (It used to rename the sibling's journal too, and the sibling's later appends went to an unlinked
+    file.) Two instances in one process lock like two processes: `flock` is per open file."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "spend-99999.journal").write_text(encode_spend_entry(entry("dead")) + "\n")
+    sibling = JournalLedger(data, sql)
+    await sibling.start()  # replays the dead process's journal
+    await sibling.append(entry("before"))
+    newcomer = JournalLedger(data, sql)
+    await newcomer.start()
+    try:
+        assert sibling.path.exists()  # still its own, in place
+        await sibling.append(entry("after"))
+        await newcomer.append(entry("newcomer"))
+        await sibling.flush()
+        await newcomer.flush()
+    finally:
+        await newcomer.aclose()
+        await sibling.aclose()
+    assert sorted(e.request_id for e in await sql.entries()) == ["after", "before", "dead", "newcomer"]
+
+
+async def test_a_journal_the_database_refused_is_moved_before_the_next_and_nothing_piles_up(
+    tmp_path: Path, sql: SqlLedger
+) -> None:
+    """While SQL is away one rotated journal waits (locked) beside the live one, however many rounds."""
+
+    class Refusing:
+        down = True
+
+        async def append_many(self, entries):  # type: ignore[no-untyped-def]
+            if self.down:
+                raise StoreUnavailableError("database down")
+            return await sql.append_many(entries)
+
+    refusing = Refusing()
+    data = tmp_path / "data"
+    journal = JournalLedger(data, refusing)  # type: ignore[arg-type]
+    await journal.start()
+    try:
+        for n in range(3):
+            await journal.append(entry(f"r{n}"))
+            with pytest.raises(StoreUnavailableError):
+                await journal.flush()
+        assert len(list(data.glob("spend-*.journal*"))) == 2  # the live one and one rotated
+        refusing.down = False
+        await journal.flush()
+        assert [path.stat().st_size for path in data.glob("spend-*.journal*")] == [0]
+    finally:
+        await journal.aclose()
+    assert sorted(e.request_id for e in await sql.entries()) == ["r0", "r1", "r2"]

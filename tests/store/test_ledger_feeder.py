@@ -16,11 +16,13 @@ from typing import cast
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ferryman.core.shared_state import SpendEntry
+from ferryman.errors import StoreUnavailableError
 from ferryman.observability.metrics import Metrics
 from ferryman.store.database import open_engine
 from ferryman.store.ledger_feeder import FeederSettings, LedgerFeeder, read_spend
@@ -319,3 +321,65 @@ async def test_a_database_outage_keeps_spend_pending_shows_the_backlog_and_drain
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_killed_consumers_entries_are_taken_within_the_lease_not_after_reclaim_idle(
+    redis: Redis, redis_url: str, migrated: str, prefix: str, engine: AsyncEngine, key_id: str
+) -> None:
+    """A replica restarted after a SIGKILL has a new consumer name: waiting `reclaim_idle` (a minute)
+    for the dead one's batch kept that spend out of SQL that long. A consumer with no lease, silent for a
+    lease's length, is gone: a running feeder takes its entries at once."""
+    await append(redis, prefix, [spend(key_id, n) for n in range(60)])
+    await asyncio.to_thread(run_victim, redis_url, migrated, prefix, "before-commit")
+    assert await pending(redis, prefix) == 60
+    settings = FeederSettings(batch_wait=0.05, idle_block=0.1, reclaim_idle=600.0, lease=0.3)
+    survivor = LedgerFeeder(redis, SqlLedger(engine), prefix=prefix, consumer="survivor", settings=settings)
+    survivor.start()
+    try:
+        await eventually(lambda: stored_is(engine, key_id, (60, 60, 60)), within=5)
+    finally:
+        await survivor.aclose()
+    assert await pending(redis, prefix) == 0
+
+
+async def test_a_live_consumers_entries_stay_its_own_while_it_keeps_its_lease(
+    redis: Redis, prefix: str, engine: AsyncEngine, key_id: str
+) -> None:
+    """A feeder whose database refuses keeps retrying (rarely touching the stream) but renews its lease:
+    nobody takes its batch. Once it stops, its lease is dropped and the batch goes to the next feeder."""
+
+    class Refusing:
+        async def append_many(self, entries: object) -> int:
+            raise StoreUnavailableError("database down")
+
+    settings = FeederSettings(
+        batch_wait=0.05, idle_block=0.1, reclaim_idle=600.0, lease=0.3, retry_initial=3.0, retry_max=3.0
+    )
+    holder = LedgerFeeder(redis, Refusing(), prefix=prefix, consumer="holder", settings=settings)
+    other = LedgerFeeder(redis, SqlLedger(engine), prefix=prefix, consumer="other", settings=settings)
+    await append(redis, prefix, [spend(key_id, n) for n in range(10)])
+    holder.start()
+    try:
+        await eventually(lambda: _holds(redis, prefix, "holder", 10), within=5)
+        await asyncio.sleep(1.0)  # the holder is idle on the stream far past a lease, waiting to retry
+        assert await other.drain() == 0
+        assert await _holds(redis, prefix, "holder", 10)
+    finally:
+        await holder.aclose()
+    await asyncio.sleep(settings.lease)  # silent for a lease's length, and no lease: gone
+    assert await other.drain() == 10
+    assert await stored(engine, key_id) == (10, 10, 10)
+
+
+async def stored_is(engine: AsyncEngine, key_id: str, expected: tuple[int, int, int]) -> bool:
+    return await stored(engine, key_id) == expected
+
+
+async def _holds(redis: Redis, prefix: str, consumer: str, count: int) -> bool:
+    """Whether `consumer` has exactly `count` entries pending (False before the group exists)."""
+    stream = ledger_stream_key(prefix)
+    try:
+        held = await redis.xpending_range(stream, "ferryman-ledger", "-", "+", 100, consumer)
+    except ResponseError:  # NOGROUP: the feeder has not made the group yet
+        return False
+    return len(held) == count

@@ -6,14 +6,23 @@ upserts); appending one line to a file and syncing it costs ≈0.05 ms, and is a
 the journal into SQL in batches (idempotently: SQL keeps one row per request id), then deletes what it
 moved. Each worker process writes its own journal; at start-up a worker claims (by renaming) and
 replays any journal a stopped process left behind, so nothing waits for the process that wrote it.
+
+"Left behind" is decided by a lock, not by a name: a process holds an exclusive `flock` on each journal
+it writes or moves until that file is gone, and the kernel drops it when the process dies (SIGKILL
+included). A starting worker claims only the files it can lock, so it never takes a journal that a
+live sibling (`--workers N`, or one the supervisor restarted) is still appending to; it used to, and
+whatever the sibling appended afterwards went to an unlinked file. A new journal is locked under a
+hidden name before it is renamed into view, so no other worker can see it unlocked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -37,8 +46,11 @@ class JournalLedger:
         self._dir = directory
         self._durable = durable
         self._on_backlog = on_backlog
-        self._path = directory / f"spend-{os.getpid()}.journal"
+        # The pid for people reading the directory; the random part, so a pid reused (a container's
+        # restarted process, a shared volume) never names another process's journal.
+        self._path = directory / f"spend-{os.getpid()}-{uuid.uuid4().hex[:8]}.journal"
         self._fd = -1
+        self._rotated: tuple[Path, int] | None = None  # moved out of the way, still locked, not in SQL yet
         self._written = 0  # lines appended since the journal was last rotated
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # set only to stop: a drain round every DRAIN_INTERVAL otherwise
@@ -49,11 +61,13 @@ class JournalLedger:
         """Replay what earlier processes left, open this process's journal, start moving it into SQL."""
         self._dir.mkdir(parents=True, exist_ok=True)
         for leftover in sorted(self._dir.glob("spend-*.journal*")):
-            claimed = self._dir / f"{leftover.name}.{os.getpid()}.replaying"
-            with contextlib.suppress(FileNotFoundError):  # another worker claimed it first
-                leftover.rename(claimed)
-                await self._move(claimed)
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            claimed = _claim(leftover, self._dir / f"{leftover.name}.{os.getpid()}.replaying")
+            if claimed is not None:
+                try:
+                    await self._move(claimed[0])
+                finally:
+                    os.close(claimed[1])
+        self._fd = self._open_journal()
         self._task = asyncio.create_task(self._drain_forever(), name="ferryman-spend-journal")
 
     async def append(self, entry: SpendEntry) -> bool:
@@ -73,15 +87,24 @@ class JournalLedger:
         return await self._durable.entries(since=since)
 
     async def aclose(self) -> None:
-        """Move what is left into SQL (if the database answers), then close the journal."""
+        """Move what is left into SQL (if the database answers), then close the journal (what is still
+        there is unlocked, for the next process to claim)."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._rotated is not None:
+            os.close(self._rotated[1])
+            self._rotated = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    @property
+    def path(self) -> Path:
+        """This process's journal, where `append` writes."""
+        return self._path
 
     async def _drain_forever(self) -> None:
         delay = DRAIN_INTERVAL
@@ -108,15 +131,32 @@ class JournalLedger:
             await self._rotate_and_move()
 
     async def _rotate_and_move(self) -> None:
-        if self._written:
-            rotated = self._dir / f"{self._path.name}.{self._written}-{id(self)}.moving"
+        """Move the journal rotated earlier (the database refused it) first, then rotate and move the
+        current one: at most one rotated file waits, however long the database is away."""
+        if self._rotated is None and self._written:
+            rotated = self._dir / f"{self._path.name}.{uuid.uuid4().hex[:8]}.moving"
             os.rename(self._path, rotated)
-            os.close(self._fd)
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._rotated = (rotated, self._fd)  # its descriptor keeps it locked until it is moved
+            self._fd = self._open_journal()
             self._written = 0
-        for moving in sorted(self._dir.glob(f"{self._path.name}.*.moving")):
-            await self._move(moving)
+        if self._rotated is not None:
+            path, fd = self._rotated
+            await self._move(path)
+            os.close(fd)
+            self._rotated = None
+            if self._written:  # appended while the rotated one waited: move it now too
+                await self._rotate_and_move()
+                return
         self._on_backlog(0)
+
+    def _open_journal(self) -> int:
+        """A new, empty journal at `self._path`, locked before any other worker can see it."""
+        hidden = self._dir / f".{self._path.name}.new"
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # nobody else knows the hidden name: taken at once
+        os.rename(hidden, self._path)
+        _sync_directory(self._dir)  # the name itself survives a machine crash before the first append
+        return fd
 
     async def _move(self, path: Path) -> None:
         """Every entry of `path` into SQL in one batch, then the file is gone (a failure keeps it)."""
@@ -133,3 +173,34 @@ class JournalLedger:
         if entries:
             await self._durable.append_many(entries)
         await asyncio.to_thread(path.unlink)
+
+
+def _claim(leftover: Path, claimed: Path) -> tuple[Path, int] | None:
+    """Lock `leftover` and rename it to `claimed`: (its new path, the locked descriptor), or None when it
+    is not left over — its writer still holds it, or another worker claimed (and moved) it first."""
+    try:
+        fd = os.open(leftover, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Locked, but is the name still this file? Its writer may have rotated it away, or a worker
+        # moved and unlinked it while we waited to open it.
+        if os.fstat(fd).st_ino != leftover.stat().st_ino:
+            raise FileNotFoundError(leftover)
+        leftover.rename(claimed)
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return claimed, fd
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

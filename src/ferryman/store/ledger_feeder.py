@@ -6,8 +6,12 @@ replicas share the work), writes a batch with `SqlLedger.append_many` (idempoten
 only after that commit acknowledges and deletes the batch's entries, in one MULTI. So:
 
 - a feeder killed after reading, or after committing but before acknowledging, leaves its entries
-  pending; another feeder (or this one, restarted) claims them once idle for `reclaim_idle` seconds
-  and writes them again, which inserts nothing twice;
+  pending; another feeder claims them and writes them again, which inserts nothing twice. A running
+  feeder renews a short lease (`{<prefix>}:ledger:consumer:<name>`, `lease` seconds); a consumer
+  whose lease has lapsed and that has not touched the stream for as long is gone, and its entries are
+  claimed at once. Entries idle for `reclaim_idle` are claimed whoever holds them (a consumer that
+  keeps no lease, or one stuck): a restarted replica has a new consumer name, so without the lease a
+  SIGKILLed replica's last batch would wait that long to reach SQL;
 - while the database is down nothing is acknowledged: the batch stays pending, the feeder retries with
   backoff, and the backlog (the stream's length: acknowledged entries are deleted, so what remains is
   exactly what SQL has not taken yet, pending or not delivered) goes to `on_backlog`, the
@@ -34,6 +38,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.typing import StreamIdT
 
 from ferryman.core.shared_state import SpendEntry
 from ferryman.errors import StoreUnavailableError
@@ -82,6 +87,7 @@ class FeederSettings:
     batch_wait: float = 0.2  # after the first entry, wait this long for more to fill the batch
     idle_block: float = 0.5  # a read with nothing to do waits this long for the first entry
     reclaim_idle: float = 60.0  # another consumer's pending entry this idle is taken over
+    lease: float = 3.0  # renewed every lease / 3; a consumer without one, silent this long, is gone
     retry_initial: float = 0.2
     retry_max: float = 10.0
     close_timeout: float = 5.0  # how long `aclose` keeps writing what is left
@@ -116,13 +122,16 @@ class LedgerFeeder:
         self._on_backlog = on_backlog
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self._group_ready = False
         self._next_reclaim = 0.0
+        self._next_lapse_check = 0.0
 
     def start(self) -> None:
         """Begin feeding in the background (it creates the consumer group itself, retrying until Redis
         answers, so a Redis that is down at start-up delays the feeder, not the gateway)."""
         self._task = asyncio.create_task(self._run(), name="ferryman-ledger-feeder")
+        self._lease_task = asyncio.create_task(self._keep_lease(), name="ferryman-ledger-lease")
 
     async def aclose(self) -> None:
         """Stop, then write what can be written within `close_timeout`; the rest stays in the stream
@@ -140,12 +149,14 @@ class LedgerFeeder:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+            await self._release_lease()
 
     async def drain(self) -> int:
         """Write everything there is now (this consumer's pending entries, entries idle elsewhere, new
         ones) without waiting for more; returns how many entries were acknowledged."""
         await self._ensure_group()
         await self._reclaim()
+        await self._claim_from_the_gone()
         done = 0
         while moved := await self._feed(block=False):
             done += moved
@@ -166,8 +177,11 @@ class LedgerFeeder:
         while not self._stopping.is_set():
             try:
                 await self._ensure_group()
-                if asyncio.get_running_loop().time() >= self._next_reclaim:
+                now = asyncio.get_running_loop().time()
+                if now >= self._next_reclaim:
                     await self._reclaim()
+                if now >= self._next_lapse_check:
+                    await self._claim_from_the_gone()
                 if not await self._feed(block=True):
                     await self.report_backlog()  # idle: the gauge settles at 0
                 delay = self._settings.retry_initial
@@ -216,6 +230,53 @@ class LedgerFeeder:
             if cursor == "0-0":
                 break
         self._next_reclaim = asyncio.get_running_loop().time() + self._settings.reclaim_idle
+
+    def _lease_key(self, consumer: str) -> str:
+        return f"{self.stream}:consumer:{consumer}"
+
+    async def _keep_lease(self) -> None:
+        """Renew this consumer's lease while the feeder runs: the other replicas' sign that its pending
+        entries are in hand. A renewal Redis misses only lets another feeder write them too (SQL
+        inserts nothing twice), so failures are not fatal here."""
+        key, lease_ms = self._lease_key(self.consumer), int(self._settings.lease * 1000)
+        while not self._stopping.is_set():
+            with contextlib.suppress(*REDIS_FAILURES):
+                await self._redis.set(key, b"1", px=lease_ms)
+            await self._pause(self._settings.lease / 3)
+
+    async def _release_lease(self) -> None:
+        """Stop renewing and drop the lease: what this feeder left pending goes to the others at once."""
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+            self._lease_task = None
+            with contextlib.suppress(*REDIS_FAILURES):
+                await self._redis.delete(self._lease_key(self.consumer))
+
+    async def _claim_from_the_gone(self) -> None:
+        """Take over the pending entries of consumers that are gone: no lease, and no command on the
+        stream for a lease's length (a live feeder reads every `idle_block`). Only entries as idle are
+        claimed, so two feeders finding the same gone consumer do not take them from each other."""
+        lease_ms = int(self._settings.lease * 1000)
+        consumers = await self._redis.xinfo_consumers(self.stream, self.group)
+        for consumer in consumers:
+            name = _text(consumer["name"])
+            if name == self.consumer or not consumer["pending"] or int(consumer["idle"]) < lease_ms:
+                continue
+            if await self._redis.exists(self._lease_key(name)):
+                continue
+            held = await self._redis.xpending_range(
+                self.stream, self.group, "-", "+", self._settings.batch_size, consumername=name
+            )
+            ids: list[StreamIdT] = [entry["message_id"] for entry in held]
+            if ids and (
+                claimed := await self._redis.xclaim(
+                    self.stream, self.group, self.consumer, lease_ms, ids, justid=True
+                )
+            ):
+                log.info("ledger feeder claimed %d entries left by %s, which is gone", len(claimed), name)
+        self._next_lapse_check = asyncio.get_running_loop().time() + self._settings.lease / 3
 
     async def _feed(self, *, block: bool) -> int:
         """Write one batch, this consumer's pending entries first; returns how many were acknowledged."""
