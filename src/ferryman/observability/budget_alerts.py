@@ -76,8 +76,13 @@ class BudgetAlerter:
         for delay in (*RETRY_DELAYS, None):
             try:
                 async with self._session.post(self._webhook_url, json=payload) as response:
-                    if response.status < 500 and response.status != 429:
+                    if response.ok:
                         return
+                    if response.status < 500 and response.status != 429:
+                        # Retrying cannot help (a revoked or mistyped URL), but the alert is lost: say so.
+                        log.error("budget webhook refused the alert: HTTP %d", response.status)
+                        return
+                    log.warning("budget webhook failed: HTTP %d", response.status)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("budget webhook failed: %s", type(exc).__name__)
             if delay is None:
@@ -85,10 +90,12 @@ class BudgetAlerter:
                 return
             await asyncio.sleep(delay)
 
-    async def aclose(self) -> None:
-        """Give pending deliveries a few seconds, then stop them and close the session."""
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Give pending deliveries `grace` seconds, then stop them and close the session."""
         if self._deliveries:
-            _done, pending = await asyncio.wait(self._deliveries, timeout=5)
+            _done, pending = await asyncio.wait(self._deliveries, timeout=grace)
+            if pending:
+                log.error("budget webhook: %d alert(s) still undelivered at shutdown, dropped", len(pending))
             for task in pending:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
