@@ -103,7 +103,10 @@ def test_every_metric_the_alerts_and_dashboard_use_is_exported(
     """Each family is on the page and has samples from traffic that exercises it, not just `# HELP`.
 
     The gateway has a database (so `ai_api_dependency_up` has something to report), a master key (so a
-    bad key is an auth failure) and a model with no price (so requests can be unpriced).
+    bad key is an auth failure), a model with no price (so requests can be unpriced), a model allowing
+    one request a minute (so one is refused by a rate limit, through the timed shared state) and an
+    end-user budget alerting at its first spend (so a budget settles, reports its level and announces a
+    crossing). The limiter and ledger gauges carry no labels: they are on the page from the start.
     """
     deployment = {
         "provider": "gemini",
@@ -112,11 +115,18 @@ def test_every_metric_the_alerts_and_dashboard_use_is_exported(
         "api_key": "k",
     }
     unpriced = {"name": "house", "deployments": [{"provider": "fake", "model": "house-model-without-price"}]}
+    limited = {
+        "name": "limited",
+        "limits": {"rpm": 1},
+        "deployments": [{"provider": "fake", "model": "limited-model", "price": FREE}],
+    }
     gateway: RunningGateway = gateway_factory(
         {
             "master_key": "sk-metrics-master",
             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'ferryman.db'}",
-            "models": [{"name": "flash", "deployments": [deployment]}, unpriced],
+            "models": [{"name": "flash", "deployments": [deployment]}, unpriced, limited],
+            # $1 a day per end user; a request costs ~$0.00001, so only a threshold this low is crossed.
+            "budgets": {"end_user": {"daily_usd": 1.0}, "alert_thresholds": [0.000001]},
         }
     )
     key = {"authorization": "Bearer sk-metrics-master"}
@@ -133,6 +143,10 @@ def test_every_metric_the_alerts_and_dashboard_use_is_exported(
     assert post({"model": "flash", "messages": hello}, key) == 502  # an upstream error
     assert post({}, {"authorization": "Bearer x"}) == 401  # an auth failure
     assert post({"model": "house", "messages": hello}, key) == 200  # an unpriced request
+    assert post({"model": "limited", "messages": hello}, key) == 200
+    assert post({"model": "limited", "messages": hello}, key) == 429  # refused by the model's rate limit
+    end_user = key | {"x-ferryman-end-user": "alice"}
+    assert post({"model": "flash", "messages": hello}, end_user) == 200  # settles alice's budget
     families = {family.name: family for family in text_string_to_metric_families(scrape(gateway))}
     exported = set(families)
     # prometheus_client names a counter's family without its `_total` suffix.

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .metric_names import DASHBOARDS_DIR, REPO_ROOT, dashboard_expressions, iter_panels
+from .metric_names import ALERTS_FILE, DASHBOARDS_DIR, REPO_ROOT, dashboard_expressions, iter_panels
 
 DASHBOARD = DASHBOARDS_DIR / "ferryman-overview.json"
 PROVISIONING = REPO_ROOT / "deploy" / "grafana" / "provisioning"
@@ -35,6 +35,13 @@ REQUIRED_PANELS = [
     ("Auth failures", "ai_api_auth_failures_total"),
     ("Dependency health", "ai_api_dependency_up"),
     ("Unpriced requests", "ai_api_unpriced_requests_total"),
+    ("Rate-limit refusals / s by scope", "ai_api_rate_limited_total"),
+    ("Rate limiter degraded", "ai_api_rate_limiter_degraded"),
+    ("Shared-state (Redis) latency p50 / p95 / p99", "ai_api_shared_state_seconds_bucket"),
+    ("Shared-state p99 by operation", "by (operation, le)"),
+    ("Budget utilization by scope and window", "ai_api_budget_utilization_ratio"),
+    ("Budget alerts announced", "ai_api_budget_alerts_total"),
+    ("Spend ledger backlog", "ai_api_ledger_backlog"),
 ]
 
 
@@ -46,6 +53,11 @@ def dashboard() -> dict[str, Any]:
 
 def _queries(panel: dict[str, Any]) -> str:
     return "\n".join(str(target.get("expr", "")) for target in panel.get("targets", []))
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
+    return [rule for group in document["groups"] for rule in group["rules"] if "alert" in rule]
 
 
 def _panel_titled(dashboard: dict[str, Any], fragment: str) -> dict[str, Any]:
@@ -66,7 +78,12 @@ def test_dashboard_has_panel(dashboard: dict[str, Any], title: str, metric: str)
 
 
 def test_latency_panels_show_p50_p95_and_p99(dashboard: dict[str, Any]) -> None:
-    for title in ("Request latency", "Time to first token p50", "Gateway overhead"):
+    for title in (
+        "Request latency",
+        "Time to first token p50",
+        "Gateway overhead",
+        "Shared-state (Redis) latency",
+    ):
         queries = _queries(_panel_titled(dashboard, title))
         for quantile in ("0.5", "0.95", "0.99"):
             assert f"histogram_quantile({quantile}," in queries, (title, quantile)
@@ -96,7 +113,20 @@ def test_provider_and_model_variables_list_every_provider_called(dashboard: dict
 
 def test_later_features_have_a_reserved_row(dashboard: dict[str, Any]) -> None:
     rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
-    assert any("Budgets" in row and "rate limits" in row and "cache" in row for row in rows)
+    assert any("Cache" in row and "retries" in row and "circuit breakers" in row for row in rows)
+    # Budgets and rate limits have landed: their row holds panels, not a promise.
+    assert not any("Budgets" in row and "arrive with" in row for row in rows)
+
+
+def test_budget_panel_marks_the_thresholds_the_alerts_use(dashboard: dict[str, Any]) -> None:
+    # The dashed lines are where BudgetNearlyExhausted and BudgetExhausted fire; moving one without the
+    # other would show a budget as fine while the alert is already posting.
+    panel = _panel_titled(dashboard, "Budget utilization by scope and window")
+    marked = {step["value"] for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]} - {None}
+    rules = {rule["alert"]: " ".join(rule["expr"].split()) for rule in _alert_rules()}
+    assert marked == {0.8, 0.95}
+    assert ">= 0.8 < 0.95" in rules["BudgetNearlyExhausted"]
+    assert rules["BudgetExhausted"].endswith(">= 0.95")
 
 
 def test_panel_ids_are_unique_and_queries_use_the_datasource_variable(dashboard: dict[str, Any]) -> None:

@@ -18,6 +18,12 @@ EXPECTED = {
     "ai_api_auth_failures_total",
     "ai_api_dependency_up",
     "ai_api_unpriced_requests_total",
+    "ai_api_rate_limited_total",
+    "ai_api_rate_limiter_degraded",
+    "ai_api_shared_state_seconds",
+    "ai_api_budget_utilization_ratio",
+    "ai_api_budget_alerts_total",
+    "ai_api_ledger_backlog",
     "up",
 }
 

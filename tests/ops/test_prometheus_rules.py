@@ -78,6 +78,71 @@ UPSTREAM_FALLBACK_CASES = {
     "stays quiet for a primary failing under a quarter of its attempts behind a fallback",
 }
 GATEWAY_ALERTS = {"UpstreamProviderFailing", "SlowTimeToFirstToken", "DependencyDegraded", "AuthFailureSpike"}
+# Rate limits, budgets and the spend ledger (group ai_api_governance_alerts), with the severity each was
+# given and why (the comment above each rule says more). A budget reached is the budget working: those
+# two must never page.
+GOVERNANCE_SEVERITIES = {
+    # The gauge cannot say fail_open from fail_closed, and fail_closed refusals are in no requests series.
+    "RateLimiterDegraded": "critical",
+    "RateLimitRejectionsHigh": "warning",
+    "BudgetNearlyExhausted": "warning",
+    "BudgetExhausted": "warning",
+    # Spend waits outside SQL: Redis memory or the replica's disk fills, reports lag.
+    "LedgerBacklogGrowing": "critical",
+    "UnpricedModelTraffic": "warning",
+    "SharedStateSlow": "warning",
+}
+GOVERNANCE_ALERTS = set(GOVERNANCE_SEVERITIES)
+REQUIRED_ALERTS = set(SEED_RULES) | GATEWAY_ALERTS | GOVERNANCE_ALERTS
+# Features whose alerts have not landed: the reserved block at the end of alerts.yaml keeps their place.
+NOT_LANDED = ("circuit breakers", "retries/cache")
+LANDED = ("budgets", "rate limits", "spend ledger")
+# Each governance rule's guard that its comment explains, the rule without it, and the promtool cases
+# that must fail then: proof the cases test the decision, not only the happy path.
+GOVERNANCE_GUARDS = {
+    "every request refused leaves no requests series to divide by": (
+        "RateLimitRejectionsHigh",
+        "+ (sum(rate(ai_api_requests_total[5m])) or vector(0))",
+        "+ sum(rate(ai_api_requests_total[5m]))",
+        {"fires when the global limit refuses every request"},
+    ),
+    "one key at its limit in a quiet hour is not a trend": (
+        "RateLimitRejectionsHigh",
+        "and sum by (scope) (increase(ai_api_rate_limited_total[5m])) >= 30",
+        "",
+        {"stays quiet for one key at its limit in a quiet hour"},
+    ),
+    "other keys' settles overwrite a high reading": (
+        "BudgetNearlyExhausted",
+        "max_over_time(ai_api_budget_utilization_ratio[15m])",
+        "ai_api_budget_utilization_ratio",
+        {"fires for a key near its limit while other keys' settles overwrite the reading"},
+    ),
+    "a budget refuses requests before it reads 100%": (
+        "BudgetExhausted",
+        ">= 0.95",
+        ">= 1",
+        {"fires for an end user's daily budget that stopped at 97%"},
+    ),
+    "a stuck backlog does not grow": (
+        "LedgerBacklogGrowing",
+        "or ai_api_ledger_backlog > 1000",
+        "",
+        {"fires for a backlog stuck above two batches even though it does not grow"},
+    ),
+    "a backlog that is draining is not growing": (
+        "LedgerBacklogGrowing",
+        "ai_api_ledger_backlog > 0 and deriv(ai_api_ledger_backlog[5m]) > 0",
+        "ai_api_ledger_backlog > 0",
+        {"stays quiet while the backlog left by an outage drains below two batches"},
+    ),
+}
+RULE_TEST_FILES = {
+    "RateLimitRejectionsHigh": "rate_limit_rejections_high.yaml",
+    "BudgetNearlyExhausted": "budget_nearly_exhausted.yaml",
+    "BudgetExhausted": "budget_exhausted.yaml",
+    "LedgerBacklogGrowing": "ledger_backlog_growing.yaml",
+}
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
 _SECONDS_PER_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -179,7 +244,7 @@ def test_corrected_seed_rule_says_why_in_a_comment_above_it(name: str) -> None:
 
 def test_every_required_alert_exists_with_a_routable_severity() -> None:
     rules = _rules()
-    assert set(rules) == set(SEED_RULES) | GATEWAY_ALERTS
+    assert set(rules) == REQUIRED_ALERTS
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in {"critical", "warning"}, name
 
@@ -192,7 +257,7 @@ def test_every_alert_links_to_its_own_runbook_section() -> None:
         assert name.lower() in anchors, f"docs/runbook.md has no '## {name}' section"
 
 
-@pytest.mark.parametrize("name", sorted(set(SEED_RULES) | GATEWAY_ALERTS))
+@pytest.mark.parametrize("name", sorted(REQUIRED_ALERTS))
 def test_alert_has_a_firing_case_and_a_quiet_case_after_its_for_duration(name: str) -> None:
     wait = _seconds(_rules()[name].get("for", "0s"))
     checks = [(at, fires) for alert, at, fires in _alert_checks() if alert == name]
@@ -201,10 +266,40 @@ def test_alert_has_a_firing_case_and_a_quiet_case_after_its_for_duration(name: s
     assert any(not fires and at > wait for at, fires in checks), f"no promtool case proves {name} stays quiet"
 
 
-def test_alerts_file_reserves_a_place_for_later_features() -> None:
+def _reserved_block() -> str:
+    """The comment block at the end of alerts.yaml that keeps a place for features not landed yet."""
     text = ALERTS_FILE.read_text(encoding="utf-8")
-    for feature in ("budgets", "rate limits", "spend ledger", "circuit breakers"):
-        assert feature in text, f"alerts.yaml has no reserved place for {feature}"
+    _, marker, block = text.partition("# Reserved for features that have not landed yet.")
+    assert marker, "alerts.yaml has no reserved block for later features"
+    following = block.splitlines()[1:]  # the lines after the marker's own
+    assert all(line.strip().startswith("#") for line in following if line.strip()), "a rule after the block"
+    return block
+
+
+def test_alerts_file_reserves_a_place_for_later_features() -> None:
+    block = _reserved_block()
+    for feature in NOT_LANDED:
+        assert feature in block, f"alerts.yaml has no reserved place for {feature}"
+
+
+def test_reserved_block_no_longer_lists_what_has_landed() -> None:
+    # Landed features have their group: a reserved line for them would say their alerts are missing.
+    block = _reserved_block()
+    for feature in LANDED:
+        assert feature not in block, f"{feature} has landed; drop it from the reserved block"
+
+
+def test_governance_alerts_have_their_group_and_severity() -> None:
+    document = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
+    groups = {group["name"]: group for group in document["groups"]}
+    rules = {rule["alert"]: rule for rule in groups["ai_api_governance_alerts"]["rules"]}
+    assert set(rules) == GOVERNANCE_ALERTS
+    assert {name: rule["labels"]["severity"] for name, rule in rules.items()} == GOVERNANCE_SEVERITIES
+
+
+@pytest.mark.parametrize("name", sorted(GOVERNANCE_ALERTS))
+def test_governance_rule_says_why_in_a_comment_above_it(name: str) -> None:
+    assert len(_comment_above(name).splitlines()) >= 2, f"{name}: no comment above the rule says why"
 
 
 def _with_expr(alert: str, expr: str) -> dict[str, Any]:
@@ -241,3 +336,20 @@ def test_upstream_fallback_cases_fail_against_the_requests_denominator(promtool:
     result = _run(promtool, "test", "rules", str(test_file))
     assert result.returncode != 0, "no promtool case catches the requests denominator"
     assert _failed_case_names(result.stdout + result.stderr) == UPSTREAM_FALLBACK_CASES
+
+
+@pytest.mark.parametrize("guard", sorted(GOVERNANCE_GUARDS))
+def test_governance_rule_guard_is_proved_by_its_cases(guard: str, promtool: str, tmp_path: Path) -> None:
+    alert, kept, weakened, failing_cases = GOVERNANCE_GUARDS[guard]
+    expr = _normalised_expr(alert)
+    assert kept in expr, f"{alert} no longer holds {kept!r}: update GOVERNANCE_GUARDS"
+    weakened_rules = tmp_path / "alerts.yaml"
+    weakened_expr = expr.replace(kept, weakened)
+    weakened_rules.write_text(yaml.safe_dump(_with_expr(alert, weakened_expr)), encoding="utf-8")
+    tests = yaml.safe_load((RULE_TESTS_DIR / RULE_TEST_FILES[alert]).read_text(encoding="utf-8"))
+    tests["rule_files"] = [str(weakened_rules)]
+    test_file = tmp_path / RULE_TEST_FILES[alert]
+    test_file.write_text(yaml.safe_dump(tests), encoding="utf-8")
+    result = _run(promtool, "test", "rules", str(test_file))
+    assert result.returncode != 0, f"no promtool case of {alert} notices: {guard}"
+    assert _failed_case_names(result.stdout + result.stderr) == failing_cases
