@@ -30,6 +30,7 @@ from redis.crc import key_slot
 from ferryman.core.shared_state import Ceiling, Hold, SharedState, SpendEntry, Window
 from ferryman.errors import ConfigError, SharedStateUnavailableError
 from ferryman.store import _redis_scripts as scripts
+from ferryman.store._evalsha import pack
 from ferryman.store._redis_connect import parse_redis_url
 from ferryman.store.backends import open_shared_state
 from ferryman.store.redis_state import (
@@ -380,7 +381,8 @@ async def test_each_operation_is_one_round_trip(
             await operation()
             assert len(sent) == 1, name
             if name == "admit":  # one script for every limit, not a pipeline or a transaction of several
-                packed = b"".join(cast(list[bytes], sent[0]))
+                command = sent[0]  # one packed command, or redis-py's list of chunks
+                packed = command if isinstance(command, bytes) else b"".join(cast(list[bytes], command))
                 assert b"EVALSHA" in packed and admit_sha in packed
 
 
@@ -608,3 +610,14 @@ async def test_tls_verifies_the_server_and_serves_the_contract() -> None:
         async with opened(untrusted, timeout=1) as state:
             with pytest.raises(SharedStateUnavailableError):
                 await state.cache.get("k")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["EVALSHA", "0" * 40, "2", "{p}:a", "{p}:b", "1.5", ""],
+        ["SET", "clé", b"\x00\r\n\xff", "日本"],  # text as UTF-8, bytes as they are, CRLF inside a value
+    ],
+)
+def test_the_fast_path_packs_commands_byte_for_byte_as_redis_py_does(args: list[str | bytes]) -> None:
+    assert pack(args) == b"".join(Connection().pack_command(*args))

@@ -1,9 +1,10 @@
 """Shared state in Redis: exact rate windows, budget holds, cache and spend ledger across replicas.
 
-Every check-and-change is one Lua script (`store/_redis_scripts.py`), run with EVALSHA (redis-py loads
-it again after a NOSCRIPT), timed by Redis's own clock: one round trip per operation, atomic across
-every process and replica, and immune to skewed client clocks. The semantics are those of
-`store/memory.py`, and the same contract tests (`tests/core/test_shared_state.py`) run against both.
+Every check-and-change is one Lua script (`store/_redis_scripts.py`), run with EVALSHA (loaded again
+after a NOSCRIPT; sent by `store/_evalsha.py`, beneath redis-py's client layer), timed by Redis's own
+clock: one round trip per operation, atomic across every process and replica, and immune to skewed
+client clocks. The semantics are those of `store/memory.py`, and the same contract tests
+(`tests/core/test_shared_state.py`) run against both.
 
 URLs (`?timeout=` and `?prefix=` on any form; other options pass through to redis-py):
 
@@ -12,7 +13,7 @@ URLs (`?timeout=` and `?prefix=` on any form; other options pass through to redi
     redis+sentinel://[user:password@]h1:p1,h2:p2/<service_name>[/db]   the master Sentinel names
     redis+cluster://[user:password@]h1:p1,h2:p2     Redis Cluster, from those startup nodes
 
-- `timeout` (seconds, default 1) bounds each connect and read, and the wait for a free connection:
+- `timeout` (seconds, default 1) bounds each whole call, and the wait for a free connection:
   a hung Redis fails a call with `SharedStateUnavailableError` instead of hanging the request.
 - `prefix` (default `ferryman`) starts every key, so several gateways can share one Redis.
 - `max_connections` (default 64) caps this process's connections (per node, for a cluster).
@@ -58,6 +59,7 @@ from ferryman.core.shared_state import (
 )
 from ferryman.errors import SharedStateUnavailableError
 from ferryman.store import _redis_scripts as scripts
+from ferryman.store._evalsha import Scripts
 from ferryman.store._redis_connect import REDIS_FAILURES, Connected, connect, parse_redis_url
 
 LEDGER_STREAM_SUFFIX = "ledger"
@@ -169,7 +171,8 @@ class _Link:
         self._timeout = timeout
         self._gate = asyncio.Semaphore(max_connections)
         self._discovery = asyncio.Lock()
-        register = self.client.register_script
+        self.scripts = Scripts(self.client)  # the hot path: EVALSHA without redis-py's client layer
+        register = self.scripts.register
         self.windows = register(scripts.WINDOWS)
         self.reserve = register(scripts.RESERVE)
         self.admit = register(scripts.ADMIT)
@@ -189,12 +192,13 @@ class _Link:
         except TimeoutError as exc:
             raise SharedStateUnavailableError("shared state busy: no Redis connection came free") from exc
         try:
-            if isinstance(self.client, RedisCluster):
-                # redis-py lets concurrent calls rediscover the cluster's layout together, and they
-                # close each other's connections; one at a time, the others find it done (a no-op).
-                async with self._discovery:
-                    await self.client.initialize()
-            return await operation()
+            async with asyncio.timeout(self._timeout):  # the client has no socket timeout: this is it
+                if isinstance(self.client, RedisCluster):
+                    # redis-py lets concurrent calls rediscover the cluster's layout together, and they
+                    # close each other's connections; one at a time, the others find it done (a no-op).
+                    async with self._discovery:
+                        await self.client.initialize()
+                return await operation()
         except REDIS_FAILURES as exc:
             # The class only: redis-py's messages may carry hosts, and a script error its source.
             raise SharedStateUnavailableError(f"shared state (Redis) failed: {type(exc).__name__}") from exc
@@ -415,11 +419,12 @@ async def open_redis_state(url: str) -> SharedState:
     `ConfigError` (path `redis_url`) for a malformed URL; Redis being down shows on the first call.
     """
     target = parse_redis_url(url)
-    link = _Link(connect(target), target.timeout, target.max_connections)
+    link = _Link(connect(target, caller_times_out=True), target.timeout, target.max_connections)
     keys = _Keys(target.prefix)
 
     async def close() -> None:
-        """Close the client's pool (and a Sentinel's own connections)."""
+        """Close the scripts' connections, the client's pool (and a Sentinel's own connections)."""
+        await link.scripts.aclose()
         await link.connected.aclose()
 
     return SharedState(
