@@ -214,9 +214,9 @@ class CountingReservations:
         self.calls.append("level")
         return await self.inner.level(key)
 
-    async def restore(self, key: str, committed: float, ttl: float) -> None:
+    async def restore(self, key: str, committed: float, ttl: float, *, if_absent: bool = False) -> bool:
         self.calls.append("restore")
-        await self.inner.restore(key, committed, ttl)
+        return await self.inner.restore(key, committed, ttl, if_absent=if_absent)
 
 
 async def test_a_request_with_every_kind_of_limit_is_admitted_in_one_state_call() -> None:

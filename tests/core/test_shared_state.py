@@ -143,6 +143,7 @@ def test_core_module_imports_only_the_standard_library() -> None:
         lambda: Admission(False, retry_after=math.inf),
         lambda: Hold("h", (), amount=-1, ttl=1.0),
         lambda: Hold("h", (), amount=1, ttl=math.inf),
+        lambda: Hold("h", (Ceiling("c", limit=1, ttl=1.0, restorable=True),), amount=1, ttl=1.0),
         lambda: spend("r", datetime(2025, 1, 1)),  # naive
         lambda: spend("r", datetime(2025, 1, 1, tzinfo=timezone(timedelta(hours=2)))),
         lambda: spend("r", datetime(2025, 1, 1, tzinfo=UTC), cost=-0.5),
@@ -359,6 +360,59 @@ async def test_restore_sets_the_committed_total_and_keeps_holds(backend: Backend
     assert await reservations.level(ceiling.key) == (7.5, 2)
     await backend.advance(1.2)  # the restored total lives for its ttl
     assert await reservations.level(ceiling.key) == (0, 2)
+
+
+async def test_a_restorable_ceiling_without_a_level_is_unknown_not_zero(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    lost = Ceiling(backend.key("lost"), limit=10, ttl=5.0, restorable=True)
+    known = Ceiling(backend.key("known"), limit=10, ttl=5.0, restorable=True)
+    plain = Ceiling(backend.key("plain"), limit=10, ttl=5.0)  # absent: zero, as ever
+    await reservations.restore(known.key, 3, ttl=5.0, if_absent=True)
+    answer = await reservations.reserve("r1", [plain, lost, known], 2, ttl=1.0)
+    assert (answer.allowed, answer.unknown, answer.refused_key) == (False, (lost.key,), lost.key)
+    for ceiling, committed in ((plain, 0), (lost, 0), (known, 3)):  # nothing held anywhere
+        assert await reservations.level(ceiling.key) == (committed, 0)
+    await reservations.settle("r1", 2)  # nothing was held, so nothing to settle
+    assert await reservations.restore(lost.key, 4, ttl=5.0, if_absent=True)
+    answer = await reservations.reserve("r1", [plain, lost, known], 2, ttl=1.0)  # the id is still free
+    assert (answer.allowed, answer.unknown, answer.remaining) == (True, (), (8, 4, 5))
+    assert await reservations.level(lost.key) == (4, 2)
+
+
+async def test_restore_if_absent_never_overwrites_a_level(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0, restorable=True)
+    assert await reservations.restore(ceiling.key, 2, ttl=5.0, if_absent=True)
+    assert (await reservations.reserve("r1", [ceiling], 1, ttl=1.0)).allowed
+    await reservations.settle("r1", 1.5)  # a settle landing after another replica read the ledger
+    assert not await reservations.restore(ceiling.key, 2, ttl=5.0, if_absent=True)  # that stale read
+    assert await reservations.level(ceiling.key) == (3.5, 0)
+    assert await reservations.restore(ceiling.key, 7, ttl=5.0)  # without if_absent: set, as before
+    assert await reservations.level(ceiling.key) == (7, 0)
+
+
+async def test_replicas_restoring_at_once_set_a_level_once(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    key = backend.key("budget")
+    restored = await asyncio.gather(
+        *(reservations.restore(key, float(i), ttl=5.0, if_absent=True) for i in range(1, 21))
+    )
+    assert sum(restored) == 1
+    assert await reservations.level(key) == (restored.index(True) + 1, 0)
+
+
+async def test_a_restored_level_is_known_at_zero_until_its_ttl(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    ceiling = Ceiling(backend.key("budget"), limit=10, ttl=1.0, restorable=True)
+    await reservations.restore(ceiling.key, 0, ttl=1.0, if_absent=True)  # a window nobody spent in yet
+    assert (await reservations.reserve("r1", [ceiling], 2, ttl=0.5)).allowed
+    await reservations.release("r1")  # nothing spent, nothing held: still known, not rebuilt again
+    assert (await reservations.reserve("r2", [ceiling], 2, ttl=0.5)).allowed
+    await reservations.settle("r2", 0)
+    assert not (await reservations.reserve("r3", [ceiling], 2, ttl=0.5)).unknown
+    await reservations.release("r3")
+    await backend.advance(1.2)  # the level's window is over: unknown again
+    assert (await reservations.reserve("r4", [ceiling], 2, ttl=0.5)).unknown == (ceiling.key,)
 
 
 async def test_committed_spend_lives_for_the_ceiling_ttl(backend: Backend) -> None:
@@ -628,7 +682,7 @@ class ElsewhereReservations:
     async def level(self, key: str) -> tuple[float, float]:
         raise AssertionError("never called")
 
-    async def restore(self, key: str, committed: float, ttl: float) -> None:
+    async def restore(self, key: str, committed: float, ttl: float, *, if_absent: bool = False) -> bool:
         raise AssertionError("never called")
 
 

@@ -280,6 +280,23 @@ async def test_reserve_retry_after_pages_through_many_holds(redis_url: str, pref
         assert later.retry_after == pytest.approx(10, abs=0.3)
 
 
+async def test_a_lost_restorable_level_stays_lost_until_restored(redis_url: str, prefix: str) -> None:
+    """An evicted level hash is not recreated by a settle (it would hold that one cost and hide the rest),
+    and the holds that outlived it are still counted once it is restored."""
+    async with opened(redis_url, prefix=prefix) as state, raw_client(redis_url) as client:
+        reservations = state.reservations
+        budget = Ceiling("budget", limit=10, ttl=60, restorable=True)
+        await reservations.restore(budget.key, 5, ttl=60, if_absent=True)
+        assert (await reservations.reserve("in-flight", [budget], 2, ttl=30)).allowed
+        assert (await reservations.reserve("settling", [budget], 1, ttl=30)).allowed
+        await client.delete(f"{{{prefix}}}:ceiling:budget")  # evicted: its holds' set survives
+        await reservations.settle("settling", 1)
+        assert (await reservations.reserve("next", [budget], 1, ttl=30)).unknown == ("budget",)
+        assert await reservations.restore(budget.key, 6, ttl=60, if_absent=True)  # from the ledger
+        assert await reservations.level("budget") == (6, 2)
+        assert not (await reservations.reserve("next", [budget], 2.5, ttl=30)).allowed  # 6 + 2 held + 2.5
+
+
 async def test_a_late_settle_frees_the_id_and_an_ended_period_takes_nothing(
     redis_url: str, prefix: str
 ) -> None:

@@ -38,7 +38,7 @@ from ferryman.api.state import AppState
 from ferryman.api.usage import usage_routes
 from ferryman.core.access import ModelAccess
 from ferryman.core.attempts import AttemptLoop
-from ferryman.core.budgets import Budgets
+from ferryman.core.budgets import Budgets, SpendRecord
 from ferryman.core.failover import Failover
 from ferryman.core.ledger import FallbackLedger, SpendLedger
 from ferryman.core.limits import DeploymentQuotas, Quota, RateLimits
@@ -67,6 +67,7 @@ from ferryman.store._redis_connect import connect as connect_redis
 from ferryman.store.backends import open_shared_state
 from ferryman.store.journal import JournalLedger
 from ferryman.store.ledger_feeder import LedgerFeeder
+from ferryman.store.ledger_spend import LedgerSpend
 from ferryman.store.service import KeyService
 from ferryman.store.sql_ledger import SqlLedger, open_ledger
 
@@ -135,6 +136,7 @@ def create_app(
             limiter_state(settings, shared, local, app_metrics),
             TimedReservations(shared.reservations, app_metrics.shared_state_seconds),
             alerts,
+            budget_record(sql_ledger, shared.ledger),
         )
         state = build_state(settings, shared, app_metrics, tracer, keys, extra_stages, services)
         app.state.ferryman = admin.state.ferryman = state
@@ -266,6 +268,13 @@ class StageServices:
     limiter: LimiterState
     budget_holds: Reservations
     alerts: BudgetAlerter | None = None
+    budget_record: SpendRecord | None = None  # the ledger lost budget counters are rebuilt from
+
+
+def budget_record(sql_ledger: SqlLedger, ledger: Ledger) -> SpendRecord:
+    """The ledger budget counters are rebuilt from: SQL, after the embedded journal is moved into it."""
+    flush = ledger.flush if isinstance(ledger, JournalLedger) else None
+    return LedgerSpend(sql_ledger, before_read=flush)
 
 
 def pipeline_stages(
@@ -298,6 +307,7 @@ def pipeline_stages(
             hold_ttl=budgets.hold_ttl_seconds,
             on_alert=alerts.alert if alerts is not None else lambda alert: None,
             on_level=alerts.level if alerts is not None else lambda budget, ratio: None,
+            record=services.budget_record,
         ),
     ]
     if ledger is not None:

@@ -8,22 +8,34 @@ applies (key, team, end user, gateway; daily and monthly), all or nothing, throu
 hold is settled to the provider's real cost and the rest released; a crashed replica's hold expires
 by itself. Crossing an alert threshold (80 % and 100 % by default) is announced once per budget and
 window, fleet-wide: the first replica to claim the alert's flag (itself a one-unit reservation) sends it.
+
+The shared state is a cache of the truth, the spend ledger (`SpendRecord`). A budget's level that the
+shared state does not hold — Redis flushed or failed over without its data, the embedded gateway
+restarted, or simply a window's first request — is unknown, not zero: the reservation answers so, the
+stage reads the window's spend from the ledger, restores the level unless another request or replica
+restored it first, and reserves again. That is one ledger read per budget and window (per process at
+most, often per fleet), none on the hot path afterwards; a ledger that cannot be read refuses the
+request (503 `budget_unavailable`) rather than admit against a guess. A rebuilt level counts what the
+ledger had received when it was read: spend that only the lost state knew — a Redis stream entry not yet
+fed into SQL when Redis lost it, a request in flight across the loss — is missed, and only then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import TYPE_CHECKING, Literal
+from functools import partial
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from ferryman.core.canonical import ChatRequest, Usage
 from ferryman.core.estimate import estimate_input_tokens
 from ferryman.core.exchange import Exchange
 from ferryman.core.routing import Router
-from ferryman.core.shared_state import Ceiling, Reservations, within_limit
-from ferryman.errors import PermissionDeniedError, RateLimitError
+from ferryman.core.shared_state import Admission, Ceiling, Reservations, within_limit
+from ferryman.errors import FerrymanError, PermissionDeniedError, RateLimitError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from ferryman.core.pipeline import Answer, Outcome
@@ -31,17 +43,36 @@ if TYPE_CHECKING:
 Period = Literal["daily", "monthly"]
 GRACE = timedelta(days=2)  # a window's total outlives its end a little, for reports and late settles
 DEFAULT_OUTPUT_TOKENS = 4096  # reserved for when neither the client nor the price names a maximum
+REBUILD_ROUNDS = 3  # reservations tried while levels are rebuilt; more means the state keeps losing them
+_Spender = tuple[str | None, str | None, str | None]  # a budget's key_id, team_id, end_user
 
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """A cap in USD on one scope for one window; `limit` None is no cap."""
+    """A cap in USD on one scope for one window; `limit` None is no cap.
+
+    `key_id`, `team_id` and `end_user` say whose spend counts against it, as the ledger records spend
+    (None: not narrowed by that field, so the gateway's budget counts everyone's)."""
 
     scope: str  # key | team | end_user | global
     id: str
     name: str  # for people: the key's alias, the team id, the end user
     period: Period
     limit: float
+    key_id: str | None = None
+    team_id: str | None = None
+    end_user: str | None = None
+
+
+class SpendRecord(Protocol):
+    """The durable record of spend (the ledger) that a budget's lost level is rebuilt from."""
+
+    async def spent_since(self, budget: Budget, since: datetime) -> float:
+        """USD recorded for `budget`'s spender at or after `since` (tz-aware).
+
+        Raises `StoreUnavailableError` when the record cannot be read: the stage then refuses.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +105,15 @@ class BudgetExceededError(RateLimitError):
         self.resets_at = resets_at
 
 
+class BudgetUnavailableError(FerrymanError):
+    """503 `budget_unavailable`: a budget's spend is not in the shared state and the ledger it is rebuilt
+    from cannot be read. Budgets are money: admitting against a guessed zero could spend one twice."""
+
+    status = 503
+    type = "api_error"
+    code = "budget_unavailable"
+
+
 @dataclass(frozen=True, slots=True)
 class _Hold:
     reservation_id: str
@@ -100,7 +140,10 @@ class Budgets:
         on_alert: Callable[[BudgetAlert], None] = lambda alert: None,
         on_level: Callable[[Budget, float], None] = lambda budget, ratio: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        record: SpendRecord | None = None,
     ) -> None:
+        """`record` is the ledger lost levels are rebuilt from; without one (tests, a gateway keeping no
+        ledger) a level the shared state does not hold counts as zero."""
         self._reservations = reservations
         self._router = router
         self._global = global_budget
@@ -111,33 +154,37 @@ class Budgets:
         self._on_alert = on_alert
         self._on_level = on_level
         self._clock = clock
+        self._record = record
+        self._rebuilding: dict[str, asyncio.Future[None]] = {}  # window key -> its rebuild in flight
 
     def budgets(self, exchange: Exchange) -> list[Budget]:
         """Every budget with a limit that applies to `exchange`."""
         caller = exchange.caller
         who = caller.key_id or caller.key_alias
-        candidates: list[tuple[str, str, str, tuple[float | None, float | None]]] = [
+        key = caller.key_limits
+        candidates: list[tuple[str, str, str, _Spender, tuple[float | None, float | None]]] = [
             (
                 "key",
                 who,
                 caller.key_alias,
-                (caller.key_limits.daily_budget_usd, caller.key_limits.monthly_budget_usd),
+                (caller.key_id, None, None),
+                (key.daily_budget_usd, key.monthly_budget_usd),
             )
         ]
         if caller.team_id is not None and caller.team_limits is not None:
             team = caller.team_limits
-            candidates.append(
-                ("team", caller.team_id, caller.team_id, (team.daily_budget_usd, team.monthly_budget_usd))
-            )
+            limits = (team.daily_budget_usd, team.monthly_budget_usd)
+            candidates.append(("team", caller.team_id, caller.team_id, (None, caller.team_id, None), limits))
         if caller.end_user is not None:
-            candidates.append(("end_user", f"{who}/{caller.end_user}", caller.end_user, self._end_user))
-        candidates.append(("global", "all", "gateway", self._global))
+            ident, spender = f"{who}/{caller.end_user}", (caller.key_id, None, caller.end_user)
+            candidates.append(("end_user", ident, caller.end_user, spender, self._end_user))
+        candidates.append(("global", "all", "gateway", (None, None, None), self._global))
         budgets = []
-        for scope, ident, name, (daily, monthly) in candidates:
+        for scope, ident, name, (key_id, team_id, end_user), (daily, monthly) in candidates:
             if daily is not None:
-                budgets.append(Budget(scope, ident, name, "daily", daily))
+                budgets.append(Budget(scope, ident, name, "daily", daily, key_id, team_id, end_user))
             if monthly is not None:
-                budgets.append(Budget(scope, ident, name, "monthly", monthly))
+                budgets.append(Budget(scope, ident, name, "monthly", monthly, key_id, team_id, end_user))
         return budgets
 
     async def enter(self, exchange: Exchange) -> Answer | None:
@@ -148,12 +195,13 @@ class Budgets:
         now = self._clock()
         worst = self.worst_case(exchange)
         keys = tuple(self.window_key(budget, now) for budget in budgets)
+        restorable = self._record is not None
         ceilings = [
-            Ceiling(key, budget.limit, (self.resets_at(budget.period, now) - now + GRACE).total_seconds())
+            Ceiling(key, budget.limit, self._lifetime(budget, now), restorable=restorable)
             for key, budget in zip(keys, budgets, strict=True)
         ]
         reservation_id = f"budget-{uuid.uuid4().hex}"
-        admission = await self._reservations.reserve(reservation_id, ceilings, worst, self._hold_ttl)
+        admission = await self._reserve(reservation_id, budgets, ceilings, worst, now)
         if not admission.allowed:
             budget = (
                 budgets[keys.index(admission.refused_key)] if admission.refused_key in keys else budgets[0]
@@ -161,6 +209,59 @@ class Budgets:
             raise BudgetExceededError(budget, self.resets_at(budget.period, now), now)
         exchange.notes[self.name] = _Hold(reservation_id, tuple(budgets), keys, worst)
         return None
+
+    async def _reserve(
+        self,
+        reservation_id: str,
+        budgets: Sequence[Budget],
+        ceilings: Sequence[Ceiling],
+        amount: float,
+        now: datetime,
+    ) -> Admission:
+        """`reserve`, rebuilding from the ledger first each level the shared state does not hold."""
+        for _ in range(REBUILD_ROUNDS):
+            admission = await self._reservations.reserve(reservation_id, ceilings, amount, self._hold_ttl)
+            if not admission.unknown:
+                return admission
+            by_key = {
+                ceiling.key: (budget, ceiling) for budget, ceiling in zip(budgets, ceilings, strict=True)
+            }
+            await asyncio.gather(*(self._rebuild(*by_key[key], now) for key in admission.unknown))
+        raise BudgetUnavailableError(
+            "Budget counters keep vanishing from the shared state as they are rebuilt; retry shortly."
+        )
+
+    async def _rebuild(self, budget: Budget, ceiling: Ceiling, now: datetime) -> None:
+        """Restore `ceiling`'s level from the ledger, one read per level at a time in this process: the
+        burst at a window's start waits for the first request's read instead of repeating it."""
+        rebuilding = self._rebuilding.get(ceiling.key)
+        if rebuilding is None:
+            rebuilding = asyncio.ensure_future(self._restore(budget, ceiling, now))
+            self._rebuilding[ceiling.key] = rebuilding
+            rebuilding.add_done_callback(partial(self._rebuilt, ceiling.key))
+        await asyncio.shield(rebuilding)  # a waiter that goes away does not cancel the others' read
+
+    def _rebuilt(self, key: str, rebuilding: asyncio.Future[None]) -> None:
+        del self._rebuilding[key]
+        if not rebuilding.cancelled():
+            rebuilding.exception()  # retrieved here too: every waiter may have gone before it ended
+
+    async def _restore(self, budget: Budget, ceiling: Ceiling, now: datetime) -> None:
+        """The window's spend from the ledger into the level, unless a level appeared meanwhile: one
+        that exists already counts every settle since, which this read may have missed."""
+        assert self._record is not None  # noqa: S101 - only restorable ceilings come back unknown
+        try:
+            spent = await self._record.spent_since(budget, self.window_start(budget.period, now))
+        except StoreUnavailableError as exc:
+            raise BudgetUnavailableError(
+                f"The {budget.period} budget of {budget.scope} {budget.name!r} cannot be checked: its "
+                "spend is rebuilt from the ledger, which cannot be read right now; retry shortly."
+            ) from exc
+        await self._reservations.restore(ceiling.key, spent, ceiling.ttl, if_absent=True)
+
+    def _lifetime(self, budget: Budget, now: datetime) -> float:
+        """Seconds a window's level lives: to the window's end, plus grace."""
+        return (self.resets_at(budget.period, now) - now + GRACE).total_seconds()
 
     async def exit(self, exchange: Exchange, outcome: Outcome) -> None:
         """Settle to the real cost (nothing when no upstream was called), then announce crossings."""

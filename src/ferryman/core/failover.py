@@ -149,9 +149,11 @@ class Failover:
         """(committed, held) where the counting is being done now."""
         return await self._either(lambda: self._shared[1].level(key), lambda: self._local[1].level(key))
 
-    async def restore(self, key: str, committed: float, ttl: float) -> None:
-        """Restore on the shared state (a local share has nothing to restore)."""
-        await self._either(lambda: self._shared[1].restore(key, committed, ttl), _nothing, refuse=False)
+    async def restore(self, key: str, committed: float, ttl: float, *, if_absent: bool = False) -> bool:
+        """Restore on the shared state (a local share has nothing to restore: False)."""
+        return await self._either(
+            lambda: self._shared[1].restore(key, committed, ttl, if_absent=if_absent), _false, refuse=False
+        )
 
     async def _either(
         self, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]], *, refuse: bool = True
@@ -189,3 +191,7 @@ class Failover:
 
 async def _nothing() -> None:
     return None
+
+
+async def _false() -> bool:
+    return False

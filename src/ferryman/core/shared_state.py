@@ -55,12 +55,17 @@ class Admission:
     can go into a `Retry-After` header; `refused_key` names the first window or ceiling that refused;
     `remaining` is, per window or ceiling in the order given, its limit minus what it counts after this
     call (negative when unconditional additions pushed it over).
+
+    `unknown` names the restorable ceilings (`Ceiling.restorable`) whose level the backend does not
+    hold: the answer is then neither yes nor no (not allowed, nothing held, `remaining` empty) until the
+    caller restores those levels from its record and asks again.
     """
 
     allowed: bool
     retry_after: float = 0.0
     refused_key: str | None = None
     remaining: tuple[float, ...] = ()
+    unknown: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _require(0 <= self.retry_after < math.inf, "retry_after must be finite and >= 0")
@@ -82,6 +87,10 @@ class Hold:
     def __post_init__(self) -> None:
         _require(self.amount >= 0, f"hold {self.reservation_id!r}: amount must be >= 0")
         _require(0 < self.ttl < math.inf, f"hold {self.reservation_id!r}: ttl must be positive and finite")
+        _require(
+            not any(ceiling.restorable for ceiling in self.ceilings),
+            f"hold {self.reservation_id!r}: restorable ceilings go through Reservations.reserve",
+        )
 
 
 def require_admissible(windows: Sequence[tuple[Window, float]]) -> None:
@@ -157,11 +166,18 @@ class Ceiling:
 
     `ttl` is how long the committed total lives (until the budget period ends, plus grace); the key
     should name the period (`budget:team-a:2025-06`), so a new period starts from zero by itself.
+
+    `restorable` says the spend is also recorded elsewhere (the ledger), so a level the backend does not
+    hold — a flushed Redis, a restarted process, a period nobody has spent in yet — is unknown, not
+    zero: `reserve` answers with it in `Admission.unknown` and holds nothing, a settle does not recreate
+    it, and once restored (`restore(..., if_absent=True)`) it lives for its period even at zero, so it
+    is rebuilt once per period, not on every request. Only `reserve` takes restorable ceilings.
     """
 
     key: str
     limit: float
     ttl: float
+    restorable: bool = False
 
     def __post_init__(self) -> None:
         _require(self.limit >= 0, f"ceiling {self.key!r}: limit must be >= 0")
@@ -203,8 +219,14 @@ class Reservations(Protocol):
         """`(committed, held)` on the ceiling `key` now."""
         ...
 
-    async def restore(self, key: str, committed: float, ttl: float) -> None:
-        """Set the committed total, rebuilt from the ledger after counters were lost; holds untouched."""
+    async def restore(self, key: str, committed: float, ttl: float, *, if_absent: bool = False) -> bool:
+        """Set the committed total, rebuilt from the ledger after counters were lost; holds untouched.
+
+        The level then lives for `ttl` seconds, kept even at zero. With `if_absent` it is set only where
+        no level exists: a level that exists already counts every settle since it was made, which a
+        total read from the ledger a moment earlier may miss, so replicas restoring at once (or a settle
+        landing in between) never lose or double-count spend. True when the level was set.
+        """
         ...
 
 

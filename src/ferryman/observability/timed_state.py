@@ -81,9 +81,10 @@ class TimedReservations:
         """Timed as `level`."""
         return await _timed(self._histogram, "level", self._inner.level(key))
 
-    async def restore(self, key: str, committed: float, ttl: float) -> None:
+    async def restore(self, key: str, committed: float, ttl: float, *, if_absent: bool = False) -> bool:
         """Timed as `restore`."""
-        await _timed(self._histogram, "restore", self._inner.restore(key, committed, ttl))
+        work = self._inner.restore(key, committed, ttl, if_absent=if_absent)
+        return await _timed(self._histogram, "restore", work)
 
 
 async def _timed(histogram: Histogram, operation: str, work: Awaitable[T]) -> T:

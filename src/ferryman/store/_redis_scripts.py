@@ -184,20 +184,25 @@ return admission(windows, refused, retry)
 )
 
 _LEVELS = """
--- A ceiling's level is a hash (committed, until, held) and a sorted set of its open holds
--- (member '<amount>:<reservation id>', score = when the hold lapses).
+-- A ceiling's level is a hash (committed, until, held, and kept = '1' once restored) and a sorted set of
+-- its open holds (member '<amount>:<reservation id>', score = when the hold lapses). `exists` says the
+-- hash was there: for a restorable ceiling an absent level is unknown, not zero (see RESERVE).
 local levels, level_order = {}, {}
 local function level(hash, holds)  -- loaded once per script, lapsed holds dropped, ended period zeroed
   local L = levels[hash]
   if L ~= nil then return L end
-  local v = redis.call('HMGET', hash, 'committed', 'until', 'held')
+  local v = redis.call('HMGET', hash, 'committed', 'until', 'held', 'kept')
   L = {hash = hash, holds = holds, committed = tonumber(v[1]) or 0, ends = tonumber(v[2]) or 0}
-  L.held = tonumber(v[3]) or 0
+  L.held, L.exists, L.kept = tonumber(v[3]) or 0, v[2] ~= false, v[4] ~= false
   local lapsed = redis.call('ZRANGEBYSCORE', holds, '-inf', fmt(now))
   for _, member in ipairs(lapsed) do L.held = L.held - amount_of(member) end
   if #lapsed > 0 then redis.call('ZREMRANGEBYSCORE', holds, '-inf', fmt(now)) end
   L.count = redis.call('ZCARD', holds)
   if L.count == 0 then L.held = 0 end
+  if not L.exists and L.count > 0 then  -- the hash was lost (evicted) but not its holds: sum them again
+    L.held = 0
+    for _, member in ipairs(redis.call('ZRANGE', holds, 0, -1)) do L.held = L.held + amount_of(member) end
+  end
   if L.ends <= now then L.committed = 0 end  -- the period ended: its spend has nothing to protect
   levels[hash] = L
   level_order[#level_order + 1] = L
@@ -211,12 +216,15 @@ local function unhold(L, member, amount)
   end
 end
 
-local function save_levels()  -- nothing held, nothing spent: the same as no level at all
+local function save_levels()  -- nothing held, nothing spent, nothing known: the same as no level at all
   for _, L in ipairs(level_order) do
-    if L.count == 0 and L.committed == 0 then
+    if L.skip then  -- a restorable level found lost: left for RESTORE to create
+    elseif L.count == 0 and L.committed == 0 and not (L.kept and L.ends > now) then
       redis.call('DEL', L.hash, L.holds)
     else
-      redis.call('HSET', L.hash, 'committed', fmt(L.committed), 'until', fmt(L.ends), 'held', fmt(L.held))
+      local fields = {'committed', fmt(L.committed), 'until', fmt(L.ends), 'held', fmt(L.held)}
+      if L.kept then fields[7], fields[8] = 'kept', '1' end
+      redis.call('HSET', L.hash, unpack(fields))
       local keep = L.ends
       if L.count > 0 then
         local last = tonumber(redis.call('ZRANGE', L.holds, -1, -1, 'WITHSCORES')[2])
@@ -268,6 +276,7 @@ local function take_hold(record, id, amount, ttl, ceilings)  -- hold on each cei
     else
       slot.period = math.max(slot.period, now + c.ttl)
     end
+    slot.restorable = slot.restorable or c.restorable
   end
   local fields, forget = {'amount', fmt(amount), 'expires', fmt(expires), 'state', 'open'}, expires
   for n, slot in ipairs(distinct) do
@@ -278,6 +287,7 @@ local function take_hold(record, id, amount, ttl, ceilings)  -- hold on each cei
     for _, value in ipairs({'hash' .. n, L.hash, 'holds' .. n, L.holds, 'period' .. n, fmt(slot.period)}) do
       fields[#fields + 1] = value
     end
+    if slot.restorable then fields[#fields + 1], fields[#fields + 2] = 'restorable' .. n, '1' end
   end
   fields[#fields + 1], fields[#fields + 2] = 'n', tostring(#distinct)
   redis.call('HSET', record, unpack(fields))
@@ -293,15 +303,26 @@ RESERVE = (
     + _HOLDS
     + """
 -- KEYS: the hold's record, then per ceiling its level hash and holds set.
--- ARGV: reservation id, amount, hold ttl (us), then per ceiling: limit, ttl (us).
--- Reply: {-1} when the id is already known, else an admission.
+-- ARGV: reservation id, amount, hold ttl (us), then per ceiling: limit, ttl (us), restorable ('1' / '0').
+-- Reply: {-1} when the id is already known; {-2, index...} (1-based) naming the restorable ceilings whose
+-- level does not exist, nothing held (the caller restores them from its record and asks again); else an
+-- admission.
 local record = KEYS[1]
 if redis.call('EXISTS', record) == 1 then return {-1} end
 local id, amount, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local ceilings = {}
+local ceilings, unknown = {}, {-2}
 for i = 1, (#KEYS - 1) / 2 do
-  local limit, period = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  local limit, period = tonumber(ARGV[1 + 3 * i]), tonumber(ARGV[2 + 3 * i])
   ceilings[i] = ceiling(KEYS[2 * i], KEYS[2 * i + 1], limit, period, amount)
+  ceilings[i].restorable = ARGV[3 + 3 * i] == '1'
+  if ceilings[i].restorable and not ceilings[i].level.exists then
+    ceilings[i].level.skip = true
+    unknown[#unknown + 1] = i
+  end
+end
+if #unknown > 1 then
+  save_levels()  -- the known levels keep their lapsed holds' pruning
+  return unknown
 end
 local refused, retry = judge(ceilings)
 if refused == 0 then take_hold(record, id, amount, ttl, ceilings) end
@@ -372,7 +393,11 @@ local member = hold.amount .. ':' .. ARGV[1]
 for i = 1, tonumber(hold.n) do
   local L = level(hold['hash' .. i], hold['holds' .. i])
   local period = tonumber(hold['period' .. i])
-  if actual ~= nil and period > now then  -- a period that has ended has nothing left to protect
+  -- A period that has ended has nothing left to protect. A restorable level that was lost is left lost:
+  -- it is rebuilt from the ledger, which has this spend, and recreating it would hide the rest.
+  local lost = not L.exists and hold['restorable' .. i] ~= nil
+  if lost then L.skip = true end
+  if actual ~= nil and period > now and not lost then
     L.committed = L.committed + actual
     L.ends = math.max(L.ends, period)
   end
@@ -404,9 +429,14 @@ RESTORE = (
     _PRELUDE
     + _LEVELS
     + """
--- KEYS: the level hash and holds set. ARGV: committed, ttl (us). Holds are left as they are.
+-- KEYS: the level hash and holds set. ARGV: committed, ttl (us), if_absent ('1' / '0').
+-- Holds are left as they are. Reply: 1 when the level was set, 0 when if_absent found one.
 local L = level(KEYS[1], KEYS[2])
-L.committed, L.ends = tonumber(ARGV[1]), now + tonumber(ARGV[2])
+if ARGV[3] == '1' and L.exists then
+  save_levels()
+  return 0
+end
+L.committed, L.ends, L.kept = tonumber(ARGV[1]), now + tonumber(ARGV[2]), true
 save_levels()
 return 1
 """

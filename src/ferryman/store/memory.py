@@ -245,12 +245,16 @@ class _Hold:
 
 @dataclass(slots=True)
 class _Level:
-    """One ceiling: committed spend until its period ends (`until`), and the open holds on it."""
+    """One ceiling: committed spend until its period ends (`until`), and the open holds on it.
+
+    A `kept` level was restored: it is known (not merely zero) until its period ends, even with nothing
+    spent, so a restorable ceiling is rebuilt once per period."""
 
     committed: float = 0.0
     until: float = 0.0
     holds: set[str] = field(default_factory=set)
     held: float = 0.0
+    kept: bool = False
 
 
 class MemoryReservations:
@@ -273,6 +277,9 @@ class MemoryReservations:
         if amount < 0 or not ttl > 0:
             raise ValueError("reserve takes an amount >= 0 and a ttl > 0")
         now = self._begin_hold(reservation_id)
+        unknown = [c.key for c in ceilings if c.restorable and self._live_level(c.key, now) is None]
+        if unknown:
+            return Admission(False, refused_key=unknown[0], unknown=tuple(dict.fromkeys(unknown)))
         admission = _judge(self._bounds(ceilings, amount, now))
         if admission.allowed:
             self._take(reservation_id, ceilings, amount, ttl, now)
@@ -300,13 +307,17 @@ class MemoryReservations:
         level = self._live_level(key, self._now())
         return (0.0, 0.0) if level is None else (level.committed, level.held)
 
-    async def restore(self, key: str, committed: float, ttl: float) -> None:
+    async def restore(self, key: str, committed: float, ttl: float, *, if_absent: bool = False) -> bool:
         if not ttl > 0:
             raise ValueError("restore takes a ttl > 0")
         now = self._now()
-        level = self._live_level(key, now) or self._levels.setdefault(key, _Level())
-        level.committed, level.until = committed, now + ttl
+        level = self._live_level(key, now)
+        if level is not None and if_absent:
+            return False
+        level = level or self._levels.setdefault(key, _Level())
+        level.committed, level.until, level.kept = committed, now + ttl, True
         self._level_deadlines.schedule(key, level.until)
+        return True
 
     # The three steps of `reserve`, synchronous so that `MemoryWindowCounters.admit` (in this module)
     # can run them inside its own atomic step: a hold it takes is then exactly one `reserve` would take.
@@ -363,10 +374,13 @@ class MemoryReservations:
     def _live_level(self, key: str, now: float) -> _Level | None:
         """The ceiling's level with an ended period's spend cleared; `None` once nothing is left."""
         level = self._levels.get(key)
-        if level is not None and level.until <= now:
+        if level is None:
+            return None
+        ended = level.until <= now
+        if ended:
             level.committed = 0.0
-        if level is not None and not level.holds and level.committed == 0:
-            del self._levels[key]  # nothing held, nothing spent: the same as no level at all
+        if not level.holds and level.committed == 0 and (ended or not level.kept):
+            del self._levels[key]  # nothing held, nothing spent, nothing known: the same as no level
             return None
         return level
 

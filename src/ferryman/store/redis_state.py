@@ -25,7 +25,7 @@ touched one key at a time, is left untagged so its bulk spreads over the shards.
 
     {P}:window:<key>            hash: total (of live units), span (longest window, us), seq
     {P}:window-entries:<key>    sorted set: '<amount>:<seq>' scored by the time it was counted
-    {P}:ceiling:<key>           hash: committed, until (period end, us), held (sum of open holds)
+    {P}:ceiling:<key>           hash: committed, until (period end, us), held (sum of open holds), kept
     {P}:ceiling-holds:<key>     sorted set: '<amount>:<reservation id>' scored by when the hold lapses
     {P}:hold:<reservation id>   hash: amount, expires, state, and each ceiling's keys and period end
     {P}:ledger                  stream: one entry per request, fields `request_id` and `entry` (JSON)
@@ -315,12 +315,16 @@ class RedisReservations:
         args = [reservation_id, _number(amount), _number(ttl * _US)]
         for ceiling in ceilings:
             keys += self._keys.ceiling(ceiling.key)
-            args += [_number(ceiling.limit), _number(ceiling.ttl * _US)]
+            args += [_number(ceiling.limit), _number(ceiling.ttl * _US), "1" if ceiling.restorable else "0"]
         script = self._link.reserve
         reply: list[object] = await self._link.call(lambda: script(keys=keys, args=args))
         if reply == [-1]:
             raise ValueError(f"reservation {reservation_id!r} already exists")
-        return _admission(reply, [ceiling.key for ceiling in ceilings])
+        names = [ceiling.key for ceiling in ceilings]
+        if reply and reply[0] == -2:  # restorable levels Redis does not hold: nothing was held
+            unknown = tuple(dict.fromkeys(names[int(_text(index)) - 1] for index in reply[1:]))
+            return Admission(False, refused_key=unknown[0], unknown=unknown)
+        return _admission(reply, names)
 
     async def settle(self, reservation_id: str, actual: float) -> None:
         if actual < 0:
@@ -335,11 +339,13 @@ class RedisReservations:
         committed, held = await self._link.call(lambda: script(keys=self._keys.ceiling(key)))
         return float(_text(committed)), float(_text(held))
 
-    async def restore(self, key: str, committed: float, ttl: float) -> None:
+    async def restore(self, key: str, committed: float, ttl: float, *, if_absent: bool = False) -> bool:
         if not ttl > 0:
             raise ValueError("restore takes a ttl > 0")
-        script, args = self._link.restore, [_number(committed), _number(ttl * _US)]
-        await self._link.call(lambda: script(keys=self._keys.ceiling(key), args=args))
+        script = self._link.restore
+        args = [_number(committed), _number(ttl * _US), "1" if if_absent else "0"]
+        restored = await self._link.call(lambda: script(keys=self._keys.ceiling(key), args=args))
+        return bool(restored == 1)
 
     async def _close(self, reservation_id: str, actual: str) -> None:
         script, keys = self._link.close_hold, [self._keys.hold(reservation_id)]
