@@ -17,7 +17,7 @@ from ferryman.core.exchange import Exchange
 from ferryman.core.pipeline import Pipeline
 from ferryman.core.pricing import Price
 from ferryman.core.routing import Router
-from ferryman.errors import PermissionDeniedError, UpstreamStatusError
+from ferryman.errors import PermissionDeniedError, SharedStateUnavailableError, UpstreamStatusError
 from ferryman.store.memory import MemoryReservations
 from ferryman.testing import Answer, ScriptedUpstream
 from tests.core.conftest import RecordingObserver, target
@@ -147,3 +147,24 @@ def test_windows_follow_the_configured_time_zone() -> None:
     )
     assert stage.resets_at("daily", NOW) == datetime(2026, 12, 2, 5, tzinfo=UTC)  # midnight in New York
     assert stage.resets_at("monthly", NOW) == datetime(2027, 1, 1, 5, tzinfo=UTC)
+
+
+class UnreachableOnSettle(MemoryReservations):
+    """Reserves in memory, then loses the shared state before the request settles."""
+
+    async def settle(self, reservation_id: str, actual: float) -> None:
+        raise SharedStateUnavailableError("shared state (Redis) failed: ConnectionError")
+
+
+async def test_an_answered_request_keeps_its_answer_when_the_settle_cannot_reach_the_state() -> None:
+    upstream = ScriptedUpstream()
+    upstream.set_default(Answer.text("ok", usage=Usage(input_tokens=100, output_tokens=10)))
+    reservations = UnreachableOnSettle()
+    router = Router({"m": [target(upstream, price=PRICE)]})
+    observer = RecordingObserver()
+    stage = Budgets(reservations, router, clock=lambda: NOW)
+    pipeline = Pipeline([stage], AttemptLoop(router, observer), observer)
+    response = await pipeline.chat(exchange_for(budgeted(daily=1.0)))
+    assert response.usage is not None and response.usage.output_tokens == 10
+    _committed, held = await reservations.level("budget:key:k1:daily:2026-12-01")
+    assert held > 0  # the worst case stays held (until its TTL) rather than the spend being forgotten

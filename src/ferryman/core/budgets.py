@@ -23,6 +23,7 @@ fed into SQL when Redis lost it, a request in flight across the loss — is miss
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,11 +36,18 @@ from ferryman.core.estimate import estimate_input_tokens
 from ferryman.core.exchange import Exchange
 from ferryman.core.routing import Router
 from ferryman.core.shared_state import Admission, Ceiling, Reservations, within_limit
-from ferryman.errors import FerrymanError, PermissionDeniedError, RateLimitError, StoreUnavailableError
+from ferryman.errors import (
+    FerrymanError,
+    PermissionDeniedError,
+    RateLimitError,
+    SharedStateUnavailableError,
+    StoreUnavailableError,
+)
 
 if TYPE_CHECKING:
     from ferryman.core.pipeline import Answer, Outcome
 
+log = logging.getLogger("ferryman.budgets")
 Period = Literal["daily", "monthly"]
 GRACE = timedelta(days=2)  # a window's total outlives its end a little, for reports and late settles
 DEFAULT_OUTPUT_TOKENS = 4096  # reserved for when neither the client nor the price names a maximum
@@ -269,9 +277,19 @@ class Budgets:
         if not isinstance(hold, _Hold):
             return
         spent = exchange.cost if exchange.cost is not None else 0.0
-        await self._reservations.settle(hold.reservation_id, spent)
-        if spent > 0:
-            await self._announce(hold)
+        try:
+            await self._reservations.settle(hold.reservation_id, spent)
+            if spent > 0:
+                await self._announce(hold)
+        except SharedStateUnavailableError:
+            # The answer stands: failing it now would bill the client for an answer it never gets, and
+            # invite a retry that is billed again. The ledger has the spend; the hold, worth at least
+            # as much, keeps it out of the budget until it lapses after `hold_ttl`.
+            log.error(
+                "budget settle failed (shared state unreachable): $%.6g is held until the hold lapses,"
+                " then missing from the budget's level until its window ends; the ledger has it",
+                spent,
+            )
 
     def worst_case(self, exchange: Exchange) -> float:
         """The most this request may cost: estimated input plus the longest allowed answer, at the
