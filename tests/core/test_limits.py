@@ -189,6 +189,17 @@ class CountingCounters:
         inner_holds = holds.inner if isinstance(holds, CountingReservations) else holds
         return await self.inner.admit(windows, hold, holds=inner_holds)
 
+    async def finish(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        release: str | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> None:
+        self.calls.append("finish")
+        inner_holds = holds.inner if isinstance(holds, CountingReservations) else holds
+        await self.inner.finish(windows, release, holds=inner_holds)
+
 
 class CountingReservations:
     """`Reservations` that log every call by name into `calls`."""
@@ -243,7 +254,7 @@ async def test_a_request_with_every_kind_of_limit_is_admitted_in_one_state_call(
     assert exchange.headers["x-ratelimit-remaining-tokens"] == str(1000 - estimate)
     exchange.usage = Usage(input_tokens=40, output_tokens=60)
     await stage.exit(exchange, Outcome("answered"))
-    assert calls == ["admit", "release", "add"]  # the slot given back, the estimate settled to 100
+    assert calls == ["admit", "finish"]  # the slot given back and the estimate settled to 100: one call
     assert await slots.level("parallel:key:k1") == (0, 0)
     assert await counters.count(Window("tpm:team:t", 1, MINUTE)) == 100
     calls.clear()
@@ -350,6 +361,17 @@ class Unreachable(MemoryWindowCounters):
             raise SharedStateUnavailableError("redis down")
         return await super().admit(windows, hold, holds=holds)
 
+    async def finish(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        release: str | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> None:
+        if not self.up:
+            raise SharedStateUnavailableError("redis down")
+        await super().finish(windows, release, holds=holds)
+
 
 def failover(
     shared: Unreachable,
@@ -430,6 +452,38 @@ async def test_fail_open_admits_on_a_local_share_and_releases_local_holds_locall
     assert await local_slots.level(parallel.key) == (0, 1)
     with pytest.raises(ValueError):
         await state.admit([], Hold("s10", (parallel,), 1, 60), holds=shared_slots)  # not its own slots
+
+
+async def test_finish_releases_where_the_hold_was_taken_and_corrects_where_counting_is_done() -> None:
+    shared, clock, changes = Unreachable(), [0.0], list[bool]()
+    shared_slots, local_counters, local_slots = (
+        MemoryReservations(),
+        MemoryWindowCounters(),
+        MemoryReservations(),
+    )
+    state = failover(
+        shared,
+        "fail_closed",  # corrections and releases never refuse, whatever the policy
+        clock,
+        changes,
+        shared_slots=shared_slots,
+        local_counters=local_counters,
+        local_slots=local_slots,
+    )
+    tpm, parallel = Window("tpm:key:k", 3000, MINUTE), Ceiling("parallel:key:k", 6, 60)
+    shared.up = True
+    assert (await state.admit([(tpm, 40)], Hold("shared", (parallel,), 1, 60), holds=state)).allowed
+    shared.up = False
+    await state.finish([(tpm, 10)], "shared", holds=state)  # Redis down: the shared hold lapses by its TTL
+    assert await shared_slots.level(parallel.key) == (0, 1)
+    assert await local_counters.count(tpm) == 10  # the correction is counted where counting is done now
+    clock[0] = 1.5
+    shared.up = True
+    await state.finish([(tpm, 20)], "shared", holds=state)
+    assert await shared_slots.level(parallel.key) == (0, 0)
+    assert await shared.count(tpm) == 60
+    with pytest.raises(ValueError):
+        await state.finish([], "shared", holds=shared_slots)  # not its own slots
 
 
 async def test_fail_closed_refuses_an_admission_while_the_shared_state_is_down() -> None:

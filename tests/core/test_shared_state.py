@@ -318,6 +318,17 @@ async def test_settle_commits_the_actual_cost_once(backend: Backend) -> None:
     assert await reservations.level(ceiling.key) == (1.5, 0)
 
 
+async def test_settle_reports_each_ceilings_committed_total_after_it(backend: Backend) -> None:
+    reservations = backend.state.reservations
+    daily, monthly = Ceiling(backend.key("daily"), 10, 5.0), Ceiling(backend.key("monthly"), 100, 5.0)
+    await reservations.reserve("r0", [monthly], 1, ttl=1.0)
+    await reservations.settle("r0", 2.0)
+    await reservations.reserve("r1", [daily, monthly], 4, ttl=1.0)
+    assert await reservations.settle("r1", 1.5) == {daily.key: 1.5, monthly.key: 3.5}
+    assert await reservations.settle("r1", 1.5) == {}  # already closed: nothing committed now
+    assert await reservations.settle("never", 1.0) == {}
+
+
 async def test_settle_may_exceed_the_hold(backend: Backend) -> None:
     reservations = backend.state.reservations
     key, team = Ceiling(backend.key("key"), 10, 5.0), Ceiling(backend.key("team"), 10, 5.0)
@@ -494,6 +505,34 @@ async def test_an_admitted_hold_is_released_and_settled_through_reservations(bac
     assert await reservations.level(parallel.key) == (0.5, 0)
     assert (await counters.admit([(rpm, 1)], slot(backend, "c", parallel), holds=reservations)).allowed
     assert await counters.count(rpm) == 3  # the refused admission counted nothing
+
+
+async def test_finish_corrects_each_window_and_releases_the_admitted_hold_in_one_step(
+    backend: Backend,
+) -> None:
+    counters, reservations = backend.state.counters, backend.state.reservations
+    rpm = Window(backend.key("rpm"), limit=10, seconds=1.0)
+    tpm, tpm_team = Window(backend.key("tpm"), 1000, 1.0), Window(backend.key("tpm-team"), 5000, 1.0)
+    parallel = Ceiling(backend.key("parallel"), limit=1, ttl=5.0)
+    windows = [(rpm, 1.0), (tpm, 40.0), (tpm_team, 40.0)]
+    assert (await counters.admit(windows, slot(backend, "a", parallel), holds=reservations)).allowed
+    assert not (await counters.admit(windows, slot(backend, "b", parallel), holds=reservations)).allowed
+    await counters.finish([(tpm, 60.0), (tpm_team, -15.0), (rpm, 0.0)], backend.key("a"), holds=reservations)
+    assert await reservations.level(parallel.key) == (0, 0)  # released: nothing committed, nothing held
+    assert (await counters.count(rpm), await counters.count(tpm), await counters.count(tpm_team)) == (
+        1,
+        100,
+        25,
+    )
+    await counters.finish([(tpm, -100.0)])  # no hold: a correction alone
+    await counters.finish([], backend.key("a"), holds=reservations)  # a closed hold: nothing happens
+    assert await counters.count(tpm) == 0 and await reservations.level(parallel.key) == (0, 0)
+    assert (await counters.admit(windows, slot(backend, "b", parallel), holds=reservations)).allowed
+
+
+async def test_finish_releases_only_in_its_own_backend(backend: Backend) -> None:
+    with pytest.raises(ValueError):
+        await backend.state.counters.finish([], backend.key("a"))
 
 
 async def test_an_admitted_hold_lapses_by_its_ttl_and_a_late_settle_still_commits(backend: Backend) -> None:

@@ -385,6 +385,11 @@ async def test_each_operation_is_one_round_trip(
                 ),
                 holds=state.reservations,
             ),
+            "finish": lambda: state.counters.finish(
+                [(Window("tpm", 10_000, 60), 25), (Window("tpm-team", 10_000, 60), 25)],
+                "slot-never-taken",
+                holds=state.reservations,
+            ),
             "cache.set": lambda: state.cache.set("k", b"v", ttl=5),
             "cache.get": lambda: state.cache.get("k"),
             "ledger.append": lambda: state.ledger.append(spend(f"{prefix}-rt")),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal, TypeVar
 
 from ferryman.core.shared_state import Admission, Ceiling, Hold, Reservations, Window, WindowCounters
@@ -113,6 +113,29 @@ class Failover:
 
         return await self._either(lambda: shared_counters.admit(windows, hold, holds=shared_slots), local)
 
+    async def finish(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        release: str | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> None:
+        """A hold taken locally is released locally; the corrections (and a shared hold's release) go
+        wherever the counting is being done now. A shared hold Redis cannot release expires by its TTL."""
+        if release is not None and holds is not self:
+            raise ValueError("a Failover releases a hold in its own slots: pass holds=<this Failover>")
+        (shared_counters, shared_slots), (local_counters, local_slots) = self._shared, self._local
+        if release is not None and release in self._local_holds:
+            self._local_holds.discard(release)
+            await local_slots.release(release)
+            release = None
+        shares = [(self._share(window), amount) for window, amount in windows]
+        await self._either(
+            lambda: shared_counters.finish(windows, release, holds=shared_slots),
+            lambda: local_counters.finish(shares),
+            refuse=False,
+        )
+
     async def reserve(
         self, reservation_id: str, ceilings: Sequence[Ceiling], amount: float, ttl: float
     ) -> Admission:
@@ -129,13 +152,18 @@ class Failover:
             lambda: self._shared[1].reserve(reservation_id, ceilings, amount, ttl), local
         )
 
-    async def settle(self, reservation_id: str, actual: float) -> None:
-        """Settle where the hold was made."""
+    async def settle(self, reservation_id: str, actual: float) -> Mapping[str, float]:
+        """Settle where the hold was made (nothing to report when the shared state cannot be reached)."""
         if reservation_id in self._local_holds:
             self._local_holds.discard(reservation_id)
-            await self._local[1].settle(reservation_id, actual)
-            return
-        await self._either(lambda: self._shared[1].settle(reservation_id, actual), _nothing, refuse=False)
+            return await self._local[1].settle(reservation_id, actual)
+
+        async def unreachable() -> Mapping[str, float]:
+            return {}
+
+        return await self._either(
+            lambda: self._shared[1].settle(reservation_id, actual), unreachable, refuse=False
+        )
 
     async def release(self, reservation_id: str) -> None:
         """Release where the hold was made; a shared hold Redis cannot release now expires by its TTL."""

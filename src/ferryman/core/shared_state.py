@@ -10,7 +10,7 @@ dollars); durations are seconds on the backend's own clock, so replicas with ske
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -159,6 +159,23 @@ class WindowCounters(Protocol):
         """
         ...
 
+    async def finish(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        release: str | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> None:
+        """Add each window's own correction (as `add`: negative allowed, zero skipped) and release the
+        hold `release` that `admit` took in `holds`, in one step.
+
+        The rate-limit stage's whole exit (the token estimate settled to the provider's count, the
+        concurrency slot given back) in one call: one round trip to a shared backend instead of two.
+        `holds` follows `admit`'s rule and is required with `release`; releasing a hold that is unknown,
+        lapsed or closed does nothing, as `Reservations.release` does.
+        """
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Ceiling:
@@ -204,10 +221,13 @@ class Reservations(Protocol):
         """
         ...
 
-    async def settle(self, reservation_id: str, actual: float) -> None:
+    async def settle(self, reservation_id: str, actual: float) -> Mapping[str, float]:
         """Commit `actual` (which may exceed the hold) to the hold's ceilings and release the hold.
 
-        Idempotent: settling twice, or after `release`, does nothing; an unknown id does nothing.
+        Returns each ceiling's committed total just after, by key, so a caller watching thresholds needs
+        no second round trip; a ceiling whose level is not known (lost, to be rebuilt) is left out.
+        Idempotent: settling twice, or after `release`, does nothing and returns nothing (an empty
+        mapping); an unknown id likewise.
         """
         ...
 

@@ -7,7 +7,7 @@ around the real backend, so the limiter's Redis round trip is measured where it 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TypeVar
 
 from prometheus_client import Histogram
@@ -49,6 +49,17 @@ class TimedCounters:
         work = self._inner.admit(windows, hold, holds=inner_holds)
         return await _timed(self._histogram, "admit", work)
 
+    async def finish(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        release: str | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> None:
+        """Timed as `finish`; the hold is released in the store `holds` wraps, as in `admit`."""
+        inner_holds = holds.inner if isinstance(holds, TimedReservations) else holds
+        await _timed(self._histogram, "finish", self._inner.finish(windows, release, holds=inner_holds))
+
 
 class TimedReservations:
     """`Reservations` with each call timed."""
@@ -69,9 +80,9 @@ class TimedReservations:
         work = self._inner.reserve(reservation_id, ceilings, amount, ttl)
         return await _timed(self._histogram, "reserve", work)
 
-    async def settle(self, reservation_id: str, actual: float) -> None:
+    async def settle(self, reservation_id: str, actual: float) -> Mapping[str, float]:
         """Timed as `settle`."""
-        await _timed(self._histogram, "settle", self._inner.settle(reservation_id, actual))
+        return await _timed(self._histogram, "settle", self._inner.settle(reservation_id, actual))
 
     async def release(self, reservation_id: str) -> None:
         """Timed as `release`."""

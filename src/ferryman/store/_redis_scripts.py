@@ -18,8 +18,9 @@ Conventions shared by every script:
   remaining...}`, the fields of `Admission` in order.
 - Scripts are assembled from shared chunks: `_PRELUDE` (time, numbers), `_JUDGE` (the all-or-nothing
   answer over windows and ceilings alike), `_SERIES` (windows), `_LEVELS` and `_HOLDS` (ceilings and
-  holds). ADMIT is WINDOWS' check and RESERVE run as one script from the same chunks, so an admitted
-  hold is a reserved hold, key for key, and the logic each relies on exists once.
+  holds), `_CLOSE` (settling or releasing a hold). ADMIT is WINDOWS' check and RESERVE run as one script
+  from the same chunks, so an admitted hold is a reserved hold, key for key; FINISH is WINDOWS' add and
+  CLOSE_HOLD's release as one, the rate-limit stage's exit; the logic each relies on exists once.
 """
 
 from __future__ import annotations
@@ -377,39 +378,82 @@ return admission(bounds, refused, retry)
 """
 )
 
+_CLOSE = """
+-- Close a hold: commit `actual_arg` (a number as text; '' commits nothing: a release) to each of its
+-- ceilings' levels and drop it from their open holds. The hold's record names the keys it was given.
+-- Returns 1 and {level hash, committed after, ...} for the known levels when closed now; 0 and {} when
+-- the hold was unknown or already closed.
+local function close_hold(record, id, actual_arg)
+  local fields = redis.call('HGETALL', record)
+  local hold = {}
+  for j = 1, #fields, 2 do hold[fields[j]] = fields[j + 1] end
+  if hold.state == nil or hold.state == 'closed' then return 0, {} end
+  local actual, expires = tonumber(actual_arg), tonumber(hold.expires)
+  local after = {}
+  local member = hold.amount .. ':' .. id
+  for i = 1, tonumber(hold.n) do
+    local L = level(hold['hash' .. i], hold['holds' .. i])
+    local period = tonumber(hold['period' .. i])
+    -- A period that has ended has nothing left to protect. A restorable level that was lost is left lost:
+    -- it is rebuilt from the ledger, which has this spend, and recreating it would hide the rest.
+    local lost = not L.exists and hold['restorable' .. i] ~= nil
+    if lost then L.skip = true end
+    if actual ~= nil and period > now and not lost then
+      L.committed = L.committed + actual
+      L.ends = math.max(L.ends, period)
+    end
+    unhold(L, member, tonumber(hold.amount))
+    if not lost then
+      after[#after + 1] = L.hash
+      after[#after + 1] = fmt(L.committed)
+    end
+  end
+  save_levels()
+  if expires <= now then
+    redis.call('DEL', record)  -- settled after it lapsed: no longer needed to refuse a second reserve
+  else
+    redis.call('HSET', record, 'state', 'closed')
+    redis.call('PEXPIRE', record, ms_until(expires))
+  end
+  return 1, after
+end
+"""
+
 CLOSE_HOLD = (
     _PRELUDE
     + _LEVELS
+    + _CLOSE
     + """
 -- KEYS: the hold's record. ARGV: reservation id, the actual cost to commit ('' to release).
--- Reply: 1 when the hold was closed now, 0 when it was unknown or already closed.
-local record = KEYS[1]
-local fields = redis.call('HGETALL', record)
-local hold = {}
-for j = 1, #fields, 2 do hold[fields[j]] = fields[j + 1] end
-if hold.state == nil or hold.state == 'closed' then return 0 end
-local actual, expires = tonumber(ARGV[2]), tonumber(hold.expires)
-local member = hold.amount .. ':' .. ARGV[1]
-for i = 1, tonumber(hold.n) do
-  local L = level(hold['hash' .. i], hold['holds' .. i])
-  local period = tonumber(hold['period' .. i])
-  -- A period that has ended has nothing left to protect. A restorable level that was lost is left lost:
-  -- it is rebuilt from the ledger, which has this spend, and recreating it would hide the rest.
-  local lost = not L.exists and hold['restorable' .. i] ~= nil
-  if lost then L.skip = true end
-  if actual ~= nil and period > now and not lost then
-    L.committed = L.committed + actual
-    L.ends = math.max(L.ends, period)
-  end
-  unhold(L, member, tonumber(hold.amount))
+-- Reply: {level hash, committed after, ...} of the hold's known levels when it was closed now, {} when
+-- it was unknown or already closed.
+local _, after = close_hold(KEYS[1], ARGV[1], ARGV[2])
+return after
+"""
+)
+
+FINISH = (
+    _PRELUDE
+    + _SERIES
+    + _LEVELS
+    + _CLOSE
+    + """
+-- The rate-limit stage's exit in one step: each window's correction (WINDOWS' add, one amount per
+-- window) and the release of the hold ADMIT took (CLOSE_HOLD with nothing to commit).
+-- KEYS: per window its series hash and entries set; then, with a hold to release, its record.
+-- ARGV: the number of windows, per window: amount, seconds (us); then the reservation id, if any.
+-- Reply: 1.
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  window(KEYS[2 * i - 1], KEYS[2 * i], 0, tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i]))
 end
-save_levels()
-if expires <= now then
-  redis.call('DEL', record)  -- settled after it lapsed: no longer needed to refuse a second reserve
-else
-  redis.call('HSET', record, 'state', 'closed')
-  redis.call('PEXPIRE', record, ms_until(expires))
+if n > 0 then
+  prune_series()
+  record_series()
+  save_series()
 end
+local record = KEYS[2 * n + 1]
+if record ~= nil then close_hold(record, ARGV[2 * n + 2], '') end
 return 1
 """
 )

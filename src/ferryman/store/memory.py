@@ -13,7 +13,7 @@ import heapq
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -182,6 +182,21 @@ class MemoryWindowCounters:
             holds._take(hold.reservation_id, hold.ceilings, hold.amount, hold.ttl, hold_now)
         return admission
 
+    async def finish(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        release: str | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> None:
+        if release is None:
+            self._record(windows, self._now())
+            return
+        if not isinstance(holds, MemoryReservations):
+            raise ValueError("an in-process finish releases its hold in a MemoryReservations (holds=...)")
+        self._record(windows, self._now())
+        await holds.release(release)  # awaits nothing: the two changes are still one step
+
     def _bounds(self, windows: Sequence[tuple[Window, float]], now: float) -> list[_Bound]:
         return [
             _Bound(w.key, w.limit, self._used(w, now), amount, partial(self._wait, w, now, amount))
@@ -285,17 +300,19 @@ class MemoryReservations:
             self._take(reservation_id, ceilings, amount, ttl, now)
         return admission
 
-    async def settle(self, reservation_id: str, actual: float) -> None:
+    async def settle(self, reservation_id: str, actual: float) -> Mapping[str, float]:
         if actual < 0:
             raise ValueError("settle takes an actual cost >= 0")
         now = self._now()
         hold = self._holds.get(reservation_id)
         if hold is None or hold.state == "closed":
-            return
+            return {}
         for key, period in zip(hold.keys, hold.periods, strict=True):
             if period > now:  # a period that has ended has nothing left to protect
                 self._commit(key, actual, period, now)
         self._close(reservation_id, hold, now)
+        levels = {key: self._live_level(key, now) for key in hold.keys}
+        return {key: level.committed for key, level in levels.items() if level is not None}
 
     async def release(self, reservation_id: str) -> None:
         now = self._now()

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -177,6 +177,7 @@ class _Link:
         self.reserve = register(scripts.RESERVE)
         self.admit = register(scripts.ADMIT)
         self.close_hold = register(scripts.CLOSE_HOLD)
+        self.finish = register(scripts.FINISH)
         self.level = register(scripts.LEVEL)
         self.restore = register(scripts.RESTORE)
         self.ledger_append = register(scripts.LEDGER_APPEND)
@@ -281,6 +282,30 @@ class RedisWindowCounters:
             raise ValueError(f"reservation {hold.reservation_id!r} already exists")
         return _admission(reply, names)
 
+    async def finish(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        release: str | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> None:
+        """One FINISH script: the windows' corrections and the release of an admitted hold."""
+        if release is not None and not self._shares_keys_with(holds):
+            raise ValueError("a Redis finish releases its hold in the RedisReservations of the same state")
+        corrections = [(window, amount) for window, amount in windows if amount != 0]
+        if not corrections and release is None:
+            return
+        keys: list[str] = []
+        args = [str(len(corrections))]
+        for window, amount in corrections:
+            keys += self._keys.window(window.key)
+            args += [_number(amount), _number(window.seconds * _US)]
+        if release is not None:
+            keys.append(self._keys.hold(release))
+            args.append(release)
+        script = self._link.finish
+        await self._link.call(lambda: script(keys=keys, args=args))
+
     def _shares_keys_with(self, holds: Reservations | None) -> bool:
         """Whether `holds` reaches the same Redis under the same prefix: then its holds are this script's."""
         return (
@@ -326,10 +351,10 @@ class RedisReservations:
             return Admission(False, refused_key=unknown[0], unknown=unknown)
         return _admission(reply, names)
 
-    async def settle(self, reservation_id: str, actual: float) -> None:
+    async def settle(self, reservation_id: str, actual: float) -> Mapping[str, float]:
         if actual < 0:
             raise ValueError("settle takes an actual cost >= 0")
-        await self._close(reservation_id, _number(actual))
+        return await self._close(reservation_id, _number(actual))
 
     async def release(self, reservation_id: str) -> None:
         await self._close(reservation_id, "")
@@ -347,9 +372,15 @@ class RedisReservations:
         restored = await self._link.call(lambda: script(keys=self._keys.ceiling(key), args=args))
         return bool(restored == 1)
 
-    async def _close(self, reservation_id: str, actual: str) -> None:
+    async def _close(self, reservation_id: str, actual: str) -> dict[str, float]:
+        """CLOSE_HOLD; the levels it reports, by ceiling key (their hashes are named by `_Keys.ceiling`)."""
         script, keys = self._link.close_hold, [self._keys.hold(reservation_id)]
-        await self._link.call(lambda: script(keys=keys, args=[reservation_id, actual]))
+        after: list[object] = await self._link.call(lambda: script(keys=keys, args=[reservation_id, actual]))
+        prefix = self._keys.ceiling("")[0]
+        return {
+            _text(name).removeprefix(prefix): float(_text(committed))
+            for name, committed in zip(after[::2], after[1::2], strict=True)
+        }
 
 
 class RedisCache:
