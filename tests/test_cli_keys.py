@@ -84,7 +84,7 @@ def test_db_upgrade_and_status(config: Path, capsys: pytest.CaptureFixture[str])
     code, out, _ = run(capsys, "db", "status", "--config", str(config))
     assert code == 1 and "(empty)" in out
     code, out, _ = run(capsys, "db", "upgrade", "--config", str(config))
-    assert code == 0 and "0004" in out
+    assert code == 0 and "0005" in out
     assert run(capsys, "db", "status", "--config", str(config))[0] == 0
 
 

@@ -106,3 +106,20 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings(write(tmp_path, "- a\n- b\n"))
     assert "<root>" in problems_of(exc)
+
+
+def test_a_static_keys_end_user_budgets_are_validated_with_their_key_path() -> None:
+    key = {
+        "alias": "app",
+        "key": "fm-x",
+        "end_user_budget": {"daily_usd": -1},
+        "end_user_budgets": {"vip": {"monthly_usd": -2}, "": {}},
+    }
+    with pytest.raises(ConfigError) as exc:
+        settings_from_mapping({"keys": [key]})
+    problems = problems_of(exc)
+    assert "keys[0].end_user_budget.daily_usd" in problems
+    assert "keys[0].end_user_budgets.vip.monthly_usd" in problems
+    assert len(problems) == 3  # and the empty end-user id
+    fine = settings_from_mapping({"keys": [key | {"end_user_budget": None, "end_user_budgets": {"vip": {}}}]})
+    assert fine.keys[0].end_user_budgets["vip"].daily_usd is None

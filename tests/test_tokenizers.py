@@ -1,4 +1,5 @@
-"""Token counters built offline from bpe-openai's rank files: exact for OpenAI models, high for others."""
+"""Token counters built offline from bpe-openai's rank files: exact for OpenAI models, high for others,
+and what the limit stages reserve with them."""
 
 from __future__ import annotations
 
@@ -14,8 +15,16 @@ from typing import Any
 
 import pytest
 
+from ferryman import tokenizers as tokenizers_module
+from ferryman.core.caller import Caller, Limits
 from ferryman.core.canonical import ChatRequest, EmbeddingRequest, ImagePart, Message, TextPart
-from ferryman.core.estimate import estimate_input_tokens
+from ferryman.core.estimate import InputEstimates, estimate_input_tokens
+from ferryman.core.exchange import Exchange
+from ferryman.core.limits import MINUTE, RateLimits
+from ferryman.core.routing import Router, Target
+from ferryman.core.shared_state import Window
+from ferryman.store.memory import MemoryReservations, MemoryWindowCounters
+from ferryman.testing import ScriptedUpstream
 from ferryman.tokenizers import (
     CONSERVATIVE_IMAGE_TOKENS,
     ENCODINGS,
@@ -254,3 +263,74 @@ def test_without_bpe_openai_installed_every_count_is_by_characters(monkeypatch: 
     with pytest.raises(FileNotFoundError, match="bpe-openai"):
         bundled_data_dir()
     assert Tokenizers().for_model("openai", "gpt-4o") == ConservativeCounter(None)
+
+
+@pytest.mark.parametrize(
+    ("models", "loaded"),
+    [
+        ([("openai", "gpt-4o-mini")], ["o200k_base"]),
+        ([("anthropic", "claude-sonnet-4-5"), ("fake", "m")], ["cl100k_base"]),
+        ([("openai", "gpt-4o"), ("gemini", "gemini-2.5-pro")], ["cl100k_base", "o200k_base"]),
+        ([], []),
+    ],
+)
+def test_preload_loads_only_the_encodings_the_deployed_models_count_with(
+    monkeypatch: pytest.MonkeyPatch, models: list[tuple[str, str]], loaded: list[str]
+) -> None:
+    real, names = tokenizers_module.load_encoding, []
+
+    def recorded(name: str, data_dir: Path) -> Any:
+        names.append(name)
+        return real(name, data_dir)
+
+    monkeypatch.setattr(tokenizers_module, "load_encoding", recorded)
+    Tokenizers().preload(models)
+    assert sorted(names) == loaded
+
+
+def test_preload_takes_the_conservative_encoding_when_a_models_own_is_missing(tmp_path: Path) -> None:
+    data = bundled_data_dir()
+    cl100k = ENCODINGS["cl100k_base"].file
+    (tmp_path / cl100k).write_bytes((data / cl100k).read_bytes())  # o200k's file is missing
+    tokenizers = Tokenizers(data_dir=tmp_path)
+    tokenizers.preload([("openai", "gpt-4o")])
+    counter = tokenizers.for_model("openai", "gpt-4o")
+    assert isinstance(counter, ConservativeCounter) and counter.encoding is not None
+
+
+def _exchange(request: ChatRequest) -> Exchange:
+    exchange = Exchange(request_id="req")
+    exchange.admit(Caller(key_alias="app", key_id="k1", key_limits=Limits(tpm_limit=100_000)), request)
+    return exchange
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "conservative"),
+    [("openai", "gpt-4o-mini", False), ("anthropic", "claude-sonnet-4-5", True)],
+)
+async def test_the_tpm_reservation_is_the_deployments_tokenizer_count(
+    tokenizers: Tokenizers, provider: str, model: str, conservative: bool
+) -> None:
+    request = ChatRequest(model="m", messages=(Message("user", (TextPart(SAMPLES["english"]),)),))
+    deployment = Target(ScriptedUpstream(), provider, "d", model, None)
+    counters = MemoryWindowCounters()
+    stage = RateLimits(
+        counters,
+        MemoryReservations(),
+        router=Router({"m": [deployment]}),
+        estimates=InputEstimates(tokenizers),
+    )
+    await stage.enter(_exchange(request))
+    reserved = await counters.count(Window("tpm:key:k1", 100_000, MINUTE))
+    o200k_base, cl100k = tokenizers.encoding("o200k_base"), tokenizers.encoding("cl100k_base")
+    assert o200k_base is not None and cl100k is not None
+    if conservative:  # cl100k's count of role and text, times the safety factor, in OpenAI's framing
+        texts = ("user", SAMPLES["english"])
+        counted = sum(math.ceil(len(cl100k.encode_ordinary(t)) * SAFETY_FACTOR) for t in texts)
+    else:
+        counted = len(o200k_base.encode_ordinary("user")) + len(
+            o200k_base.encode_ordinary(SAMPLES["english"])
+        )
+    assert reserved == 3 + counted + 3
+    assert reserved == estimate_input_tokens(request, tokenizers.for_model(provider, model))
+    assert reserved != estimate_input_tokens(request)  # not the characters rule

@@ -166,6 +166,9 @@ class BudgetSettings(_Strict):
     monthly_usd: Annotated[float, Field(ge=0)] | None = None
 
 
+EndUserId = Annotated[str, Field(min_length=1, max_length=256)]  # as `x-ferryman-end-user` bounds it
+
+
 class BudgetsSettings(_Strict):
     """Gateway-wide and per-end-user budgets, their windows' time zone, and alerts.
 
@@ -174,7 +177,16 @@ class BudgetsSettings(_Strict):
     """
 
     global_: BudgetSettings | None = Field(default=None, alias="global")
-    end_user: BudgetSettings | None = Field(default=None, description="Applies to each end user, per key.")
+    end_user: BudgetSettings | None = Field(
+        default=None,
+        description="Applies to each end user, per key, unless the key, its team or an explicit budget "
+        "of the end user sets one.",
+    )
+    end_users: dict[EndUserId, BudgetSettings] = Field(
+        default_factory=dict,
+        description="Explicit budgets of named end users, under every key (a key's own for the same end "
+        "user wins): they replace the defaults for that end user.",
+    )
     timezone: str = Field(default="UTC", description="Where daily and monthly windows start (IANA name).")
     alert_thresholds: list[Annotated[float, Field(gt=0, le=10)]] = Field(default_factory=lambda: [0.8, 1.0])
     alert_webhook_url: str | None = Field(default=None, pattern=r"^https?://")
@@ -207,6 +219,13 @@ class StaticKey(_Strict):
     tpm_limit: Annotated[int, Field(ge=1)] | None = None
     max_parallel: Annotated[int, Field(ge=1)] | None = None
     budget: BudgetSettings | None = None
+    end_user_budget: BudgetSettings | None = Field(
+        default=None, description="The default budget of each end user of this key."
+    )
+    end_user_budgets: dict[EndUserId, BudgetSettings] = Field(
+        default_factory=dict,
+        description="End users whose own budget replaces the default ones (`{}`: no end-user budget).",
+    )
     expires_at: datetime | None = None
 
     @model_validator(mode="after")

@@ -476,3 +476,80 @@ def test_a_revocation_redis_cannot_announce_is_a_503_and_shows_in_health_and_met
             assert health["invalidation"]["degraded"] is False
             assert health["invalidation"]["last_failure_at"] is not None
             assert metric(gateway, "ai_api_invalidation_failures_total") == 2
+
+
+def test_end_user_budgets_of_keys_set_patch_show_and_clear(admin: httpx.Client) -> None:
+    created = create_key(
+        admin,
+        alias="consumer-app",
+        end_user_budget={"daily_usd": 0.5, "monthly_usd": 5},
+        end_user_budgets={"vip": {"daily_usd": 50}, "internal": {}},
+    )
+    assert created["end_user_budget"] == {"daily_usd": 0.5, "monthly_usd": 5.0}
+    assert created["end_user_budgets"] == {
+        "vip": {"daily_usd": 50.0, "monthly_usd": None},
+        "internal": {"daily_usd": None, "monthly_usd": None},
+    }
+    assert created["budget"] == {"daily_usd": None, "monthly_usd": None}  # the key's own is separate
+    url = f"/admin/keys/{created['id']}"
+    assert admin.get(url).json()["end_user_budgets"] == created["end_user_budgets"]  # stored, read back
+    patched = admin.patch(
+        url, json={"end_user_budget": {"daily_usd": 1}, "end_user_budgets": {"vip": {"monthly_usd": 9}}}
+    ).json()
+    assert patched["end_user_budget"] == {"daily_usd": 1.0, "monthly_usd": 5.0}  # only the window sent
+    assert patched["end_user_budgets"] == {"vip": {"daily_usd": None, "monthly_usd": 9.0}}  # replaced
+    cleared = admin.patch(url, json={"end_user_budget": None, "end_user_budgets": None}).json()
+    assert cleared["end_user_budget"] == {"daily_usd": None, "monthly_usd": None}
+    assert cleared["end_user_budgets"] == {}
+    assert admin.get(url).json() == cleared
+
+
+def test_end_user_budget_of_teams_set_patch_show_and_clear(admin: httpx.Client) -> None:
+    created = admin.post("/admin/teams", json={"end_user_budget": {"monthly_usd": 3}})
+    assert created.status_code == 201, created.text
+    team = created.json()
+    assert team["end_user_budget"] == {"daily_usd": None, "monthly_usd": 3.0}
+    assert "end_user_budgets" not in team  # explicit ones are the key's: end-user ids are per application
+    url = f"/admin/teams/{team['id']}"
+    assert admin.patch(url, json={"end_user_budget": {"daily_usd": 0.25}}).json()["end_user_budget"] == {
+        "daily_usd": 0.25,
+        "monthly_usd": 3.0,
+    }
+    assert admin.patch(url, json={"end_user_budget": None}).json()["end_user_budget"] == {
+        "daily_usd": None,
+        "monthly_usd": None,
+    }
+    assert admin.get(url).json()["end_user_budget"] == {"daily_usd": None, "monthly_usd": None}
+    refused = admin.post("/admin/teams", json={"end_user_budgets": {"vip": {}}})
+    assert_bad_request(refused, "end_user_budgets")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ('{"end_user_budget": {"daily_usd": -1}}', "end_user_budget.daily_usd"),
+        ('{"end_user_budget": {"monthly_usd": NaN}}', "end_user_budget.monthly_usd"),
+        ('{"end_user_budget": {"daily_usd": Infinity}}', "end_user_budget.daily_usd"),
+        ('{"end_user_budget": {"daily_usd": 1e12}}', "end_user_budget.daily_usd"),
+        ('{"end_user_budget": {"weekly_usd": 1}}', "end_user_budget.weekly_usd"),
+        ('{"end_user_budget": 5}', "end_user_budget"),
+        ('{"end_user_budgets": {"vip": {"daily_usd": -0.5}}}', "end_user_budgets.vip.daily_usd"),
+        ('{"end_user_budgets": {"vip": {"monthly_usd": "lots"}}}', "end_user_budgets.vip.monthly_usd"),
+        ('{"end_user_budgets": {"vip": 3}}', "end_user_budgets.vip"),
+        ('{"end_user_budgets": [1]}', "end_user_budgets"),
+    ],
+)
+def test_malformed_end_user_budgets_are_400_naming_the_field(
+    admin: httpx.Client, body: str, param: str
+) -> None:
+    headers = {"content-type": "application/json"}
+    assert_bad_request(admin.post("/admin/keys", content=body, headers=headers), param)
+    key = create_key(admin)
+    assert_bad_request(admin.patch(f"/admin/keys/{key['id']}", content=body, headers=headers), param)
+
+
+def test_end_user_budgets_with_a_bad_id_or_too_many_are_400(admin: httpx.Client) -> None:
+    assert admin.post("/admin/keys", json={"end_user_budgets": {"": {}}}).status_code == 400
+    assert admin.post("/admin/keys", json={"end_user_budgets": {"a\nb": {}}}).status_code == 400
+    too_many: dict[str, dict[str, float]] = {f"user-{n}": {} for n in range(1001)}
+    assert_bad_request(admin.post("/admin/keys", json={"end_user_budgets": too_many}), "end_user_budgets")

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ferryman.core.estimate import estimate_input_tokens
 from ferryman.testing import FakeAnthropic, FakeOpenAI, Reply, Usage
+from ferryman.tokenizers import Tokenizers
 from ferryman.wire import openai as openai_wire
 from tests.processes import gateway_process
 from tests.store.fixtures import fresh_postgres_database, throwaway_redis
@@ -183,7 +184,8 @@ def test_each_threshold_is_announced_once_per_budget_across_three_replicas(
     # key's holds 25 requests: 21 at once cross 80 % (on the 20th) with settles racing on three replicas;
     # three more, one per replica, make every replica read a level past 80 %; of 15 more at once, one
     # fits and reaches 100 %. The second key's holds one request, which jumps from 0 past both at once.
-    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY))
+    counter = Tokenizers().for_model("openai", "gpt-4o-mini")  # as the gateway counts for its deployment
+    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY), counter)
     each = (estimate * PRICE["input_per_mtok"] + 10 * PRICE["output_per_mtok"]) / 1e6
     with contextlib.ExitStack() as stack:
         upstream = stack.enter_context(FakeOpenAI())

@@ -14,6 +14,7 @@ from redis import Redis
 
 from ferryman.core.estimate import estimate_input_tokens
 from ferryman.testing import FakeOpenAI, Reply, Usage
+from ferryman.tokenizers import Tokenizers
 from ferryman.wire import openai as openai_wire
 from tests.processes import gateway_process
 from tests.store.fixtures import throwaway_redis
@@ -32,7 +33,8 @@ PRICE = {"input_per_mtok": 100.0, "output_per_mtok": 1000.0}
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[tuple[FakeOpenAI, float]]:
     """An upstream whose every answer costs exactly its worst case: (the fake, that cost in USD)."""
-    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY))
+    counter = Tokenizers().for_model("openai", "gpt-4o-mini")  # as the gateway counts for its deployment
+    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY), counter)
     with FakeOpenAI() as fake:
         fake.script.set_default(Reply.text("ok", usage=Usage(input_tokens=estimate, output_tokens=10)))
         yield fake, (estimate * 100.0 + 10 * 1000.0) / 1e6

@@ -78,7 +78,7 @@ def test_a_budget_refuses_with_insufficient_quota_and_alerts_once(
             with pytest.raises(openai.RateLimitError) as refused:
                 client.chat.completions.create(model="chat", messages=HELLO, max_tokens=10)  # type: ignore[arg-type]
             deadline = time.monotonic() + 5
-            while len(alerts) < 1 and time.monotonic() < deadline:
+            while len(alerts) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
     error = refused.value
     assert error.code == "budget_exceeded" and error.type == "insufficient_quota"
@@ -86,8 +86,12 @@ def test_a_budget_refuses_with_insufficient_quota_and_alerts_once(
     assert "daily budget of key 'budgeted'" in error.message
     assert len(upstream.requests) == 4  # four served; the refused one never reached the upstream
     assert sum(costs) <= 0.05
-    assert [(a["threshold"], a["window"], a["scope"]) for a in alerts] == [(0.8, "daily", "key")]
-    assert "budgeted" in alerts[0]["text"]
+    # 80 % by spend (4 x $0.010001 of $0.05); 100 % by the refusal, since spend alone never gets there
+    assert [(a["threshold"], a["window"], a["scope"]) for a in alerts] == [
+        (0.8, "daily", "key"),
+        (1.0, "daily", "key"),
+    ]
+    assert "budgeted" in alerts[0]["text"] and alerts[1]["spent_usd"] == pytest.approx(sum(costs))
 
 
 def test_usage_reports_the_keys_own_spend_from_the_embedded_ledger(tmp_path: Any) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from ferryman.core.estimate import estimate_input_tokens
 from ferryman.testing import FakeOpenAI, Reply, Usage
+from ferryman.tokenizers import Tokenizers
 from ferryman.wire import openai as openai_wire
 from tests.processes import gateway_process
 from tests.store.fixtures import fresh_postgres_database, throwaway_redis
@@ -33,7 +34,8 @@ PRICE = {"input_per_mtok": 100.0, "output_per_mtok": 1000.0}
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[tuple[FakeOpenAI, float]]:
     """A slow upstream that spends exactly each request's worst case: (the fake, that cost in USD)."""
-    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY))
+    counter = Tokenizers().for_model("openai", "gpt-4o-mini")  # as the gateway counts for its deployment
+    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY), counter)
     with FakeOpenAI() as fake:
         fake.script.set_default(
             Reply.text("ok", delay=1.0, usage=Usage(input_tokens=estimate, output_tokens=10))

@@ -12,7 +12,10 @@ import httpx
 import openai
 import pytest
 
-from ferryman.testing import FakeOpenAI, Reply
+from ferryman.core.estimate import estimate_input_tokens
+from ferryman.testing import FakeOpenAI, Reply, Usage
+from ferryman.tokenizers import Tokenizers
+from ferryman.wire import openai as openai_wire
 from tests.conftest import RunningGateway, serve_gateway
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -138,3 +141,24 @@ def test_a_deployment_quota_keeps_its_upstream_from_ever_answering_429() -> None
         assert [a.status_code for a in answers] == [200] * 6
         assert [a.headers["x-ferryman-deployment"] for a in answers] == ["primary"] * 3 + ["spare"] * 3
         assert len(primary.requests) == 3 and len(spare.requests) == 3
+
+
+def test_tokens_per_minute_reserve_the_tokenizer_estimate_then_settle_to_the_usage(
+    upstream: FakeOpenAI,
+) -> None:
+    body: dict[str, Any] = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "How many tokens is this, exactly?"}],
+    }
+    counter = Tokenizers().for_model("openai", "gpt-4o-mini")  # the deployment's: o200k, exact
+    estimate = estimate_input_tokens(openai_wire.parse_chat_request(body), counter)
+    assert estimate != estimate_input_tokens(openai_wire.parse_chat_request(body))  # not the old rule
+    upstream.script.set_default(Reply.text("ok", usage=Usage(input_tokens=50, output_tokens=20)))
+    headers = {"authorization": "Bearer fm-limited-key"}
+    with serve_gateway(config(upstream, tpm_limit=10_000)) as gateway:
+        first, second = (
+            httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers) for _ in range(2)
+        )
+        assert first.headers["x-ratelimit-remaining-tokens"] == str(10_000 - estimate)
+        # the first request's hold was settled to its 70 tokens before the second reserved its own
+        assert second.headers["x-ratelimit-remaining-tokens"] == str(10_000 - 70 - estimate)

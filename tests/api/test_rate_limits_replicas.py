@@ -16,6 +16,7 @@ import pytest
 
 from ferryman.core.estimate import estimate_input_tokens
 from ferryman.testing import FakeOpenAI, Reply
+from ferryman.tokenizers import Tokenizers
 from ferryman.wire import openai as openai_wire
 from tests.processes import gateway_process
 from tests.store.fixtures import throwaway_redis, throwaway_redis_process
@@ -95,7 +96,8 @@ def test_the_same_exactness_on_redis_cluster_and_through_sentinel(
 def test_three_replicas_admit_exactly_the_tokens_per_minute(
     tmp_path: Path, slow_upstream: FakeOpenAI
 ) -> None:
-    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY))  # type: ignore[arg-type]
+    counter = Tokenizers().for_model("openai", "gpt-4o-mini")  # as the gateway counts for its deployment
+    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY), counter)  # type: ignore[arg-type]
     config = replica_config("", slow_upstream, tpm_limit=40 * estimate)
     with throwaway_redis() as redis_url, replicas({**config, "redis_url": redis_url}, tmp_path) as urls:
         statuses = asyncio.run(burst(urls, 150))

@@ -168,3 +168,55 @@ async def test_an_answered_request_keeps_its_answer_when_the_settle_cannot_reach
     assert response.usage is not None and response.usage.output_tokens == 10
     _committed, held = await reservations.level("budget:key:k1:daily:2026-12-01")
     assert held > 0  # the worst case stays held (until its TTL) rather than the spend being forgotten
+
+
+async def test_a_budget_that_refuses_before_its_spend_reaches_100_percent_still_says_so_once() -> None:
+    # Answers spend a tenth of their worst case, so the budget refuses at about 80 % spent: a level
+    # that spend alone never lifts to 100 %. The refusal announces the top threshold, once.
+    estimate = estimate_input_tokens(exchange_for(budgeted()).request)  # type: ignore[arg-type]
+    upstream = ScriptedUpstream()
+    upstream.set_default(Answer.text("ok", usage=Usage(input_tokens=estimate, output_tokens=10_000)))
+    alerts: list[BudgetAlert] = []
+    pipeline, stage, reservations = build(upstream, alerts=alerts)
+    worst = stage.worst_case(exchange_for(budgeted(daily=1.0), max_tokens=100_000))
+    spent_each = PRICE.cost(Usage(input_tokens=estimate, output_tokens=10_000))
+    limit = 5 * worst + spent_each / 2
+    caller = budgeted(daily=limit)
+    outcomes = []
+    for _ in range(60):
+        try:
+            await pipeline.chat(exchange_for(caller, max_tokens=100_000))
+            outcomes.append("served")
+        except BudgetExceededError:
+            outcomes.append("refused")
+    served = outcomes.count("served")
+    assert outcomes == ["served"] * served + ["refused"] * (60 - served) and served < 60
+    committed, _ = await reservations.level("budget:key:k1:daily:2026-12-01")
+    assert 0.8 * limit <= committed < 0.9 * limit
+    assert [a.threshold for a in alerts] == [0.8, 1.0]  # 80 % by spend, 100 % by the first refusal only
+    assert alerts[1].spent == pytest.approx(committed)
+
+
+class CountingLevels(MemoryReservations):
+    """Counts `level` calls: a settle that reports its levels should leave none to make."""
+
+    levels = 0
+
+    async def level(self, key: str) -> tuple[float, float]:
+        self.levels += 1
+        return await super().level(key)
+
+
+async def test_a_settled_request_watches_its_thresholds_without_reading_levels_again() -> None:
+    upstream = ScriptedUpstream()
+    upstream.set_default(Answer.text("ok", usage=Usage(input_tokens=100, output_tokens=10)))
+    reservations, alerts = CountingLevels(), list[BudgetAlert]()
+    router = Router({"m": [target(upstream, price=PRICE)]})
+    observer = RecordingObserver()
+    stage = Budgets(reservations, router, clock=lambda: NOW, on_alert=alerts.append)
+    pipeline = Pipeline([stage], AttemptLoop(router, observer), observer)
+    spent = PRICE.cost(Usage(input_tokens=100, output_tokens=10))
+    caller = budgeted(daily=10.0, monthly=spent * 1.1)  # the monthly budget crosses 80 % at once
+    await pipeline.chat(exchange_for(caller, max_tokens=10))
+    assert reservations.levels == 0
+    assert [(a.threshold, a.budget.period) for a in alerts] == [(0.8, "monthly")]

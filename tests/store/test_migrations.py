@@ -47,7 +47,7 @@ def schema_drift(connection: Connection) -> list[object]:
 async def test_upgrade_from_empty_reaches_head_and_matches_the_models(empty_database: str) -> None:
     assert await schema_revision(empty_database) is None
     await upgrade_schema(empty_database)
-    assert await schema_revision(empty_database) == head_revision() == "0004"
+    assert await schema_revision(empty_database) == head_revision() == "0005"
     engine = open_engine(empty_database)
     try:
         async with engine.connect() as conn:
@@ -70,7 +70,7 @@ async def test_upgrade_from_the_previous_revision_keeps_data(empty_database: str
                 {"hash": "a" * 64, "now": datetime(2025, 1, 1, tzinfo=UTC)},
             )
         await upgrade_schema(empty_database)
-        assert await schema_revision(empty_database) == "0004"
+        assert await schema_revision(empty_database) == "0005"
         async with engine.connect() as conn:
             row = (
                 await conn.execute(text("SELECT key_hash, last_used_at FROM api_keys WHERE id = 'k1'"))
@@ -200,3 +200,62 @@ async def test_0004_downgrades_cleanly(empty_database: str) -> None:
     finally:
         await engine.dispose()
     assert await schema_revision(empty_database) == "0003"
+
+
+async def test_0005_adds_nullable_end_user_budgets_and_downgrades_cleanly(empty_database: str) -> None:
+    await upgrade_schema(empty_database, "0004")
+    engine = open_engine(empty_database)
+    insert_key = text(
+        "INSERT INTO api_keys (id, key_hash, key_prefix, metadata, blocked, created_at, updated_at) "
+        "VALUES ('k1', :hash, 'fm-abcdefgh', '{}', false, :now, :now)"
+    ).bindparams(NOW)
+    columns = ("end_user_daily_budget_usd", "end_user_monthly_budget_usd", "end_user_budgets")
+
+    def downgrade(sync: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = sync
+        command.downgrade(config, "0004")
+
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert_key, {"hash": "c" * 64, "now": datetime(2025, 1, 1, tzinfo=UTC)})
+        await upgrade_schema(empty_database)
+        async with engine.begin() as conn:
+            before = (
+                await conn.execute(
+                    text(
+                        "SELECT end_user_daily_budget_usd, end_user_monthly_budget_usd, end_user_budgets "
+                        "FROM api_keys"
+                    )
+                )
+            ).one()
+            await conn.execute(
+                text(
+                    "UPDATE api_keys SET end_user_daily_budget_usd = 0.5, "
+                    "end_user_monthly_budget_usd = 999999999999.5, end_user_budgets = :own"
+                ),
+                {"own": '{"vip": {"daily_usd": 5, "monthly_usd": null}}'},
+            )
+            after = (
+                await conn.execute(
+                    text("SELECT end_user_daily_budget_usd, end_user_monthly_budget_usd FROM api_keys")
+                )
+            ).one()
+            team_columns = await conn.run_sync(lambda sync: inspect(sync).get_columns("teams"))
+            assert await conn.run_sync(schema_drift) == []
+        assert tuple(before) == (None, None, None)  # existing keys keep no end-user budget of their own
+        assert tuple(after) == (0.5, 999999999999.5)
+        assert {c["name"]: c["nullable"] for c in team_columns if c["name"] in columns} == {
+            "end_user_daily_budget_usd": True,
+            "end_user_monthly_budget_usd": True,
+        }
+        async with engine.begin() as conn:
+            await conn.run_sync(downgrade)
+        async with engine.connect() as conn:
+            key_columns = await conn.run_sync(lambda sync: inspect(sync).get_columns("api_keys"))
+            key_hash = await conn.scalar(text("SELECT key_hash FROM api_keys"))
+        assert not {c["name"] for c in key_columns} & set(columns)
+        assert key_hash == "c" * 64
+    finally:
+        await engine.dispose()
+    assert await schema_revision(empty_database) == "0004"

@@ -49,6 +49,7 @@ MAX_USD = 10**12  # exclusive: NUMERIC(18, 6) has 12 digits before the point
 MAX_MODELS = 1_000
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 16
+MAX_END_USER_BUDGETS = 1_000  # a key's explicit ones; more belong in the end users' own system
 # Printable text only: PostgreSQL refuses NUL in a string column, and control characters in an alias
 # or a model name are a mistake (or an attack on whoever reads the logs).
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
@@ -57,6 +58,7 @@ ModelPattern = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTA
 Identifier = Annotated[str, Field(min_length=1, max_length=32, pattern=PRINTABLE)]
 Count = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
 Usd = Annotated[float, Field(ge=0, lt=MAX_USD, allow_inf_nan=False)]
+EndUserId = Annotated[str, Field(min_length=1, max_length=256, pattern=PRINTABLE)]
 
 
 class BudgetBody(BaseModel):
@@ -88,6 +90,10 @@ class _RulesBody(BaseModel):
         default=None, ge=1, le=MAX_INT, description="Requests in flight at once."
     )
     budget: BudgetBody | None = None
+    end_user_budget: BudgetBody | None = Field(
+        default=None,
+        description="The default budget of each end user (per key) unless one has their own.",
+    )
     metadata: dict[str, JsonValue] = Field(
         default_factory=dict,
         description=f"Free-form JSON for you: up to {MAX_METADATA_BYTES} bytes, {MAX_METADATA_DEPTH} levels.",
@@ -118,6 +124,12 @@ class KeyBody(_RulesBody):
         default=None, description="The team this key belongs to (at most one)."
     )
     expires_at: datetime | None = Field(default=None, description="After this instant the key is refused.")
+    end_user_budgets: dict[EndUserId, BudgetBody] | None = Field(
+        default=None,
+        max_length=MAX_END_USER_BUDGETS,
+        description="End users whose own budget replaces the defaults (`{}` caps: none at all); "
+        "PATCH replaces the whole map, null clears it.",
+    )
 
     @field_validator("expires_at")
     @classmethod
@@ -162,6 +174,7 @@ class _RulesOut(BaseModel):
     tpm_limit: int | None
     max_parallel: int | None
     budget: BudgetOut
+    end_user_budget: BudgetOut
     metadata: dict[str, JsonValue]
     blocked: bool
     created_at: datetime
@@ -178,6 +191,7 @@ class KeyOut(_RulesOut):
     key_prefix: str = Field(description="The non-secret start of the key, to recognise it.")
     team_id: str | None
     expires_at: datetime | None
+    end_user_budgets: dict[str, BudgetOut]
     revoked: bool
     revoked_at: datetime | None
     last_used_at: datetime | None = Field(description="Updated at most about once a minute.")
@@ -239,7 +253,17 @@ def key_changes(body: KeyBody) -> Callable[[KeySettings], KeySettings]:
     changes: dict[str, Any] = {name: getattr(body, name) for name in plain}
     if "expires_at" in body.model_fields_set:
         changes["expires_at"] = _utc(body.expires_at)
-    return lambda current: replace(current, **changes, **_shared_changes(body, current.limits))
+    own = None
+    if "end_user_budgets" in body.model_fields_set:
+        own = {user: (b.daily_usd, b.monthly_usd) for user, b in (body.end_user_budgets or {}).items()}
+
+    def change(current: KeySettings) -> KeySettings:
+        shared = _shared_changes(body, current.limits)
+        if own is not None:
+            shared["limits"] = replace(shared["limits"], end_user_budgets=own)
+        return replace(current, **changes, **shared)
+
+    return change
 
 
 def team_changes(body: TeamBody) -> Callable[[TeamSettings], TeamSettings]:
@@ -264,13 +288,21 @@ def _changed_limits(body: _RulesBody, limits: Limits) -> Limits:
         name: getattr(body, name)
         for name in {"rpm_limit", "tpm_limit", "max_parallel"} & body.model_fields_set
     }
-    if "budget" in body.model_fields_set:
-        budget = body.budget or BudgetBody(daily_usd=None, monthly_usd=None)
-        if "daily_usd" in budget.model_fields_set or body.budget is None:
-            changes["daily_budget_usd"] = budget.daily_usd
-        if "monthly_usd" in budget.model_fields_set or body.budget is None:
-            changes["monthly_budget_usd"] = budget.monthly_usd
+    for field, prefix in (("budget", ""), ("end_user_budget", "end_user_")):
+        if field in body.model_fields_set:
+            changes |= _budget_changes(getattr(body, field), prefix)
     return replace(limits, **changes)
+
+
+def _budget_changes(sent: BudgetBody | None, prefix: str) -> dict[str, float | None]:
+    """The `Limits` fields a sent budget changes: the windows it names, or both when it is null."""
+    budget = sent or BudgetBody(daily_usd=None, monthly_usd=None)
+    changes: dict[str, float | None] = {}
+    if "daily_usd" in budget.model_fields_set or sent is None:
+        changes[f"{prefix}daily_budget_usd"] = budget.daily_usd
+    if "monthly_usd" in budget.model_fields_set or sent is None:
+        changes[f"{prefix}monthly_budget_usd"] = budget.monthly_usd
+    return changes
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -286,6 +318,9 @@ def _rules_out(limits: Limits) -> dict[str, Any]:
         "tpm_limit": limits.tpm_limit,
         "max_parallel": limits.max_parallel,
         "budget": BudgetOut(daily_usd=limits.daily_budget_usd, monthly_usd=limits.monthly_budget_usd),
+        "end_user_budget": BudgetOut(
+            daily_usd=limits.end_user_daily_budget_usd, monthly_usd=limits.end_user_monthly_budget_usd
+        ),
     }
 
 
@@ -299,6 +334,10 @@ def key_out(record: KeyRecord) -> KeyOut:
         team_id=s.team_id,
         models=None if s.models is None else list(s.models),
         expires_at=s.expires_at,
+        end_user_budgets={
+            user: BudgetOut(daily_usd=daily, monthly_usd=monthly)
+            for user, (daily, monthly) in s.limits.end_user_budgets.items()
+        },
         metadata=s.metadata,
         blocked=s.blocked,
         revoked=record.revoked_at is not None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -39,6 +40,7 @@ from ferryman.api.usage import usage_routes
 from ferryman.core.access import ModelAccess
 from ferryman.core.attempts import AttemptLoop
 from ferryman.core.budgets import Budgets, SpendRecord
+from ferryman.core.estimate import InputEstimates
 from ferryman.core.failover import Failover
 from ferryman.core.ledger import FallbackLedger, SpendLedger
 from ferryman.core.limits import DeploymentQuotas, Quota, RateLimits
@@ -70,6 +72,7 @@ from ferryman.store.ledger_feeder import LedgerFeeder
 from ferryman.store.ledger_spend import LedgerSpend
 from ferryman.store.service import KeyService
 from ferryman.store.sql_ledger import SqlLedger, open_ledger
+from ferryman.tokenizers import Tokenizers
 
 log = logging.getLogger("ferryman.app")
 FEEDER_REDIS_TIMEOUT = 5.0  # seconds: above the feeder's blocking read, unlike the limiter's 1 s
@@ -110,9 +113,12 @@ def create_app(
         tracer_provider = create_tracer_provider(tracing.service_name, tracing.exporter, __version__)
     tracer = tracer_provider.get_tracer(TRACER_NAME, __version__) if tracer_provider is not None else None
     admin = _admin_app()
+    tokenizers = Tokenizers()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # off the event loop, and before serving: a request would otherwise block it ~0.3 s an encoding
+        await asyncio.to_thread(tokenizers.preload, deployed_models(settings))
         keys = await KeyService.open(settings)  # migrates (or checks) the schema first
         assert keys.engine is not None  # noqa: S101 - open() always opens one (embedded SQLite by default)
         sql_ledger = open_ledger(keys.engine)  # the spend ledger's truth, beside keys and teams
@@ -137,6 +143,7 @@ def create_app(
             TimedReservations(shared.reservations, app_metrics.shared_state_seconds),
             alerts,
             budget_record(sql_ledger, shared.ledger),
+            InputEstimates(tokenizers),
         )
         state = build_state(settings, shared, app_metrics, tracer, keys, extra_stages, services)
         app.state.ferryman = admin.state.ferryman = state
@@ -269,6 +276,12 @@ class StageServices:
     budget_holds: Reservations
     alerts: BudgetAlerter | None = None
     budget_record: SpendRecord | None = None  # the ledger lost budget counters are rebuilt from
+    estimates: InputEstimates | None = None  # tokenizer counts per deployment; None: by characters
+
+
+def deployed_models(settings: Settings) -> set[tuple[str, str]]:
+    """Every `(provider, upstream model)` a deployment serves: what the tokenizers must preload."""
+    return {(d.provider, d.model) for route in settings.models for d in route.deployments}
 
 
 def budget_record(sql_ledger: SqlLedger, ledger: Ledger) -> SpendRecord:
@@ -296,18 +309,22 @@ def pipeline_stages(
             end_user_quota=_quota(limits.end_user),
             model_quotas={route.name: _quota(route.limits) for route in settings.models},
             slot_ttl=limits.slot_ttl_seconds,
+            router=router,
+            estimates=services.estimates,
         ),
         Budgets(  # 429 insufficient_quota unless the worst case fits every budget; settles on exit
             services.budget_holds,
             router,
             global_budget=_budget(budgets.global_),
             end_user_budget=_budget(budgets.end_user),
+            end_user_budgets={user: _budget(budget) for user, budget in budgets.end_users.items()},
             timezone=ZoneInfo(budgets.timezone),
             thresholds=budgets.alert_thresholds,
             hold_ttl=budgets.hold_ttl_seconds,
             on_alert=alerts.alert if alerts is not None else lambda alert: None,
             on_level=alerts.level if alerts is not None else lambda budget, ratio: None,
             record=services.budget_record,
+            estimates=services.estimates,
         ),
     ]
     if ledger is not None:
@@ -331,7 +348,9 @@ def _budget(budget: BudgetSettings | None) -> tuple[float | None, float | None]:
     return (budget.daily_usd, budget.monthly_usd) if budget is not None else (None, None)
 
 
-def deployment_quotas(settings: Settings, limiter: LimiterState) -> DeploymentQuotas | None:
+def deployment_quotas(
+    settings: Settings, limiter: LimiterState, estimates: InputEstimates | None = None
+) -> DeploymentQuotas | None:
     """The upstream quotas of deployments that declare one; None when none does (no lookups at all)."""
     quotas = {
         deployment.label: _quota(deployment.limits)
@@ -341,7 +360,9 @@ def deployment_quotas(settings: Settings, limiter: LimiterState) -> DeploymentQu
     }
     if not quotas:
         return None
-    return DeploymentQuotas(limiter.counters, limiter.slots, quotas, settings.limits.slot_ttl_seconds)
+    return DeploymentQuotas(
+        limiter.counters, limiter.slots, quotas, settings.limits.slot_ttl_seconds, estimates
+    )
 
 
 def _quota(limit: RateLimit | None) -> Quota:
@@ -380,7 +401,9 @@ def build_state(
         LimiterState(shared.counters, shared.reservations), shared.reservations
     )
     stages = [*pipeline_stages(settings, router, services, shared.ledger), *extra_stages]
-    attempts = AttemptLoop(router, observer, quotas=deployment_quotas(settings, services.limiter))
+    attempts = AttemptLoop(
+        router, observer, quotas=deployment_quotas(settings, services.limiter, services.estimates)
+    )
     pipeline = Pipeline(stages, attempts, observer)
     master = settings.master_key.get_secret_value() if settings.master_key else None
     return AppState(

@@ -25,14 +25,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import partial
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from ferryman.core.caller import Limits
 from ferryman.core.canonical import ChatRequest, Usage
-from ferryman.core.estimate import estimate_input_tokens
+from ferryman.core.estimate import InputEstimates
 from ferryman.core.exchange import Exchange
 from ferryman.core.routing import Router
 from ferryman.core.shared_state import Admission, Ceiling, Reservations, within_limit
@@ -142,6 +143,7 @@ class Budgets:
         *,
         global_budget: tuple[float | None, float | None] = (None, None),
         end_user_budget: tuple[float | None, float | None] = (None, None),
+        end_user_budgets: Mapping[str, tuple[float | None, float | None]] | None = None,
         timezone: tzinfo = UTC,
         thresholds: Sequence[float] = (0.8, 1.0),
         hold_ttl: float = 900.0,
@@ -149,13 +151,17 @@ class Budgets:
         on_level: Callable[[Budget, float], None] = lambda budget, ratio: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         record: SpendRecord | None = None,
+        estimates: InputEstimates | None = None,
     ) -> None:
         """`record` is the ledger lost levels are rebuilt from; without one (tests, a gateway keeping no
-        ledger) a level the shared state does not hold counts as zero."""
+        ledger) a level the shared state does not hold counts as zero. `estimates` counts the prompt
+        as each deployment's model does (default: the characters rule)."""
+        self._estimates = estimates or InputEstimates()
         self._reservations = reservations
         self._router = router
         self._global = global_budget
         self._end_user = end_user_budget
+        self._end_users = dict(end_user_budgets or {})
         self._tz = timezone
         self._thresholds = tuple(sorted(thresholds))
         self._hold_ttl = hold_ttl
@@ -164,6 +170,7 @@ class Budgets:
         self._clock = clock
         self._record = record
         self._rebuilding: dict[str, asyncio.Future[None]] = {}  # window key -> its rebuild in flight
+        self._claimed: dict[str, datetime] = {}  # alert flags known taken (by anyone) -> their window's end
 
     def budgets(self, exchange: Exchange) -> list[Budget]:
         """Every budget with a limit that applies to `exchange`."""
@@ -185,7 +192,8 @@ class Budgets:
             candidates.append(("team", caller.team_id, caller.team_id, (None, caller.team_id, None), limits))
         if caller.end_user is not None:
             ident, spender = f"{who}/{caller.end_user}", (caller.key_id, None, caller.end_user)
-            candidates.append(("end_user", ident, caller.end_user, spender, self._end_user))
+            limits = self._end_user_budget(caller.end_user, caller.key_limits, caller.team_limits)
+            candidates.append(("end_user", ident, caller.end_user, spender, limits))
         candidates.append(("global", "all", "gateway", (None, None, None), self._global))
         budgets = []
         for scope, ident, name, (key_id, team_id, end_user), (daily, monthly) in candidates:
@@ -194,6 +202,32 @@ class Budgets:
             if monthly is not None:
                 budgets.append(Budget(scope, ident, name, "monthly", monthly, key_id, team_id, end_user))
         return budgets
+
+    def _end_user_budget(
+        self, end_user: str, key: Limits, team: Limits | None
+    ) -> tuple[float | None, float | None]:
+        """The end user's (daily, monthly) caps: their own on the key, else their own in the gateway's
+        config (`budgets.end_users`), else the key's default, else the team's, else the gateway's.
+
+        The most specific level that sets one wins whole, both windows: a VIP's own daily cap is not
+        also held to a default's monthly one, and an own budget of no caps exempts the end user.
+        Whichever level sets it, it is the one budget of this (key, end user) — one window, one ledger
+        filter — so a changed default never forks the spend into a second counter; a team's default
+        therefore caps each end user per key of the team, as end-user ids belong to the application
+        (the key) that names them."""
+        own = key.end_user_budgets.get(end_user)
+        if own is not None:
+            return own
+        named = self._end_users.get(end_user)  # the gateway's explicit budget of this end user
+        if named is not None:
+            return named
+        for limits in (key, team):
+            if limits is None:
+                continue
+            default = (limits.end_user_daily_budget_usd, limits.end_user_monthly_budget_usd)
+            if default != (None, None):
+                return default
+        return self._end_user
 
     async def enter(self, exchange: Exchange) -> Answer | None:
         """Reserve the worst case on every budget, or refuse before any upstream is called."""
@@ -211,9 +245,9 @@ class Budgets:
         reservation_id = f"budget-{uuid.uuid4().hex}"
         admission = await self._reserve(reservation_id, budgets, ceilings, worst, now)
         if not admission.allowed:
-            budget = (
-                budgets[keys.index(admission.refused_key)] if admission.refused_key in keys else budgets[0]
-            )
+            index = keys.index(admission.refused_key) if admission.refused_key in keys else 0
+            budget = budgets[index]
+            await self._announce_refusal(budget, keys[index], now)
             raise BudgetExceededError(budget, self.resets_at(budget.period, now), now)
         exchange.notes[self.name] = _Hold(reservation_id, tuple(budgets), keys, worst)
         return None
@@ -278,9 +312,9 @@ class Budgets:
             return
         spent = exchange.cost if exchange.cost is not None else 0.0
         try:
-            await self._reservations.settle(hold.reservation_id, spent)
+            levels = await self._reservations.settle(hold.reservation_id, spent)
             if spent > 0:
-                await self._announce(hold)
+                await self._announce(hold, levels)
         except SharedStateUnavailableError:
             # The answer stands: failing it now would bill the client for an answer it never gets, and
             # invite a retry that is billed again. The ledger has the spend; the hold, worth at least
@@ -293,45 +327,85 @@ class Budgets:
 
     def worst_case(self, exchange: Exchange) -> float:
         """The most this request may cost: estimated input plus the longest allowed answer, at the
-        priciest deployment of its model (a fallback may serve it)."""
+        deployment of its model where that costs most (a fallback may serve it). Each deployment's
+        input is counted by its own model's tokenizer: the cheapest rate may meet the highest count."""
         request = exchange.request
         assert request is not None  # noqa: S101 - admitted before the pipeline runs
-        prices = [target.price for target in self._router.targets(exchange.model)]
-        if any(price is None for price in prices):
+        targets = self._router.targets(exchange.model)
+        if any(target.price is None for target in targets):
             raise PermissionDeniedError(
                 f"Model {exchange.model!r} has no price, so no budget can cover it; "
                 "set a price for its deployments.",
                 param="model",
                 code="model_unpriced",
             )
-        input_tokens = estimate_input_tokens(request)
         worst = 0.0
-        for price in prices:
+        for target in targets:
+            price = target.price
             assert price is not None  # noqa: S101 - checked above
             if isinstance(request, ChatRequest):
                 output = request.max_tokens or price.max_output_tokens or DEFAULT_OUTPUT_TOKENS
             else:
                 output = 0
+            input_tokens = self._estimates.for_target(exchange, target)
             worst = max(worst, price.cost(Usage(input_tokens=input_tokens, output_tokens=output)))
         return worst
 
-    async def _announce(self, hold: _Hold) -> None:
+    async def _announce(self, hold: _Hold, levels: Mapping[str, float]) -> None:
+        """Report each budget's level and claim the thresholds it has crossed; the levels come from the
+        settle itself, so a level is read separately only when the settle could not report it."""
         now = self._clock()
         for budget, key in zip(hold.budgets, hold.keys, strict=True):
             if budget.limit <= 0:
                 continue
-            committed, _held = await self._reservations.level(key)
+            committed = levels.get(key)
+            if committed is None:
+                committed, _held = await self._reservations.level(key)
             self._on_level(budget, committed / budget.limit)
             for threshold in self._thresholds:
                 if not within_limit(threshold * budget.limit, committed):
                     break
-                flag, claim_id = f"alert:{key}:{threshold:g}", f"alert-{uuid.uuid4().hex}"
-                resets_at = self.resets_at(budget.period, now)
-                ttl = (resets_at - now + GRACE).total_seconds()
-                claim = await self._reservations.reserve(claim_id, [Ceiling(flag, 1, ttl)], 1, self._hold_ttl)
-                if claim.allowed:  # this replica holds the flag: it alone announces the crossing
-                    await self._reservations.settle(claim_id, 1)  # committed: claimed for the window
-                    self._on_alert(BudgetAlert(budget, threshold, committed, resets_at))
+                await self._claim(budget, key, threshold, committed, now)
+
+    async def _announce_refusal(self, budget: Budget, key: str, now: datetime) -> None:
+        """A refusal announces the highest threshold (100 % by default) if nothing has yet.
+
+        Admission reserves the worst case, so a budget refuses before its spend reaches the limit, and
+        a threshold at 100 % would almost never be crossed by spend alone: the refusal is what tells
+        the owner the budget is used up. The figure reported is what is spent or held by requests in
+        flight, the part of the budget no new request can have. Alerting must never change the answer,
+        so a shared state that fails here is logged, and the refusal stands.
+        """
+        if budget.limit <= 0 or not self._thresholds:
+            return
+        threshold = self._thresholds[-1]
+        if f"alert:{key}:{threshold:g}" in self._claimed:
+            return
+        try:
+            committed, held = await self._reservations.level(key)  # held: requests still in flight
+            await self._claim(budget, key, threshold, committed + held, now)
+        except SharedStateUnavailableError:
+            log.warning("budget alert on refusal skipped: shared state unreachable")
+
+    async def _claim(self, budget: Budget, key: str, threshold: float, spent: float, now: datetime) -> None:
+        """Claim the fleet-wide flag of `threshold` on `key`'s window; the claimant alone alerts. A flag
+        known taken is not asked for again in this process (one round trip saved per request)."""
+        flag = f"alert:{key}:{threshold:g}"
+        if flag in self._claimed:
+            return
+        resets_at = self.resets_at(budget.period, now)
+        ttl = (resets_at - now + GRACE).total_seconds()
+        claim_id = f"alert-{uuid.uuid4().hex}"
+        claim = await self._reservations.reserve(claim_id, [Ceiling(flag, 1, ttl)], 1, self._hold_ttl)
+        if claim.allowed:  # this replica holds the flag: it alone announces the crossing
+            await self._reservations.settle(claim_id, 1)  # committed: claimed for the window
+            self._on_alert(BudgetAlert(budget, threshold, spent, resets_at))
+        self._remember_claimed(flag, resets_at, now)
+
+    def _remember_claimed(self, flag: str, resets_at: datetime, now: datetime) -> None:
+        if len(self._claimed) > 10_000:  # windows that ended: forget them (a flag names its window)
+            self._claimed = {f: end for f, end in self._claimed.items() if end > now}
+        self._claimed[flag] = resets_at
 
     def window_key(self, budget: Budget, now: datetime) -> str:
         """The shared-state key of `budget`'s window containing `now`."""

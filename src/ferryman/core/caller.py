@@ -7,19 +7,28 @@ shared by all its keys, while for model allow-lists the stricter of the two appl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Rate limits and budgets of a key or a team; `None` means unlimited on that axis."""
+    """Rate limits and budgets of a key or a team; `None` means unlimited on that axis.
+
+    The `end_user_*` budgets are the default budget of each end user of the key (of each key, for a
+    team's); `end_user_budgets` (keys only) names end users whose own (daily, monthly) budget replaces
+    the defaults. Which one applies is decided by the budget stage (`Budgets.budgets`).
+    """
 
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     max_parallel: int | None = None
     daily_budget_usd: float | None = None
     monthly_budget_usd: float | None = None
+    end_user_daily_budget_usd: float | None = None
+    end_user_monthly_budget_usd: float | None = None
+    end_user_budgets: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
 
 def models_allow(patterns: tuple[str, ...] | None, model: str) -> bool:

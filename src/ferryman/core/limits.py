@@ -5,8 +5,9 @@ whole — is checked together, all or nothing, in one `WindowCounters.admit` cal
 one script, whatever mix of limits applies), so the limits hold across replicas exactly when the state
 is shared (Redis) and in one process when it is not, and a refusal leaves nothing to roll back. Tokens
 per minute reserve the prompt's estimate up front and are settled to the provider's count on exit; a
-concurrency slot is a hold taken in that same call and released on exit, and one held by a replica
-that died expires by itself after `slot_ttl`. Deployment quotas are not a stage: they are
+concurrency slot is a hold taken in that same call and released on exit (the settle and the release
+are one `finish` call: one round trip again), and one held by a replica that died expires by itself
+after `slot_ttl`. Deployment quotas are not a stage: they are
 `DeploymentQuotas`, consulted by the attempt loop before each attempt (one `admit` call too), so a
 deployment at its limit is skipped rather than provoked into a 429.
 """
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ferryman.core.caller import Limits
-from ferryman.core.estimate import estimate_input_tokens
+from ferryman.core.estimate import InputEstimates
 from ferryman.core.exchange import Exchange
-from ferryman.core.routing import Target
+from ferryman.core.routing import Router, Target
 from ferryman.core.shared_state import (
     Admission,
     Ceiling,
@@ -94,13 +95,19 @@ class RateLimits:
         end_user_quota: Quota | None = None,
         model_quotas: Mapping[str, Quota] | None = None,
         slot_ttl: float = 900.0,
+        router: Router | None = None,
+        estimates: InputEstimates | None = None,
     ) -> None:
+        """`estimates` counts the prompt by each of the model's deployments in `router` and reserves
+        the highest (no deployment is chosen yet); without them, the characters rule."""
         self._counters = counters
         self._slots = slots
         self._global = global_quota or Quota()
         self._end_user = end_user_quota or Quota()
         self._models = dict(model_quotas or {})
         self._slot_ttl = slot_ttl
+        self._router = router
+        self._estimates = estimates or InputEstimates()
 
     def scopes(self, exchange: Exchange) -> list[Scope]:
         """Every scope with a limit that applies to `exchange`, narrowest first."""
@@ -120,10 +127,9 @@ class RateLimits:
         scopes = self.scopes(exchange)
         if not scopes:
             return None
-        assert exchange.request is not None  # noqa: S101 - the api admitted it before the pipeline
-        estimate = estimate_input_tokens(exchange.request)
         rpm = [Window(f"rpm:{s.kind}:{s.id}", s.quota.rpm, MINUTE) for s in scopes if s.quota.rpm]
         tpm = [Window(f"tpm:{s.kind}:{s.id}", s.quota.tpm, MINUTE) for s in scopes if s.quota.tpm]
+        estimate = self._estimate(exchange) if tpm else 0  # settled only where a TPM window took it
         parallel = [
             Ceiling(f"parallel:{s.kind}:{s.id}", s.quota.max_parallel, self._slot_ttl)
             for s in scopes
@@ -139,17 +145,23 @@ class RateLimits:
         exchange.headers.update(_headers(rpm, requests, "requests") | _headers(tpm, tokens, "tokens"))
         return None
 
+    def _estimate(self, exchange: Exchange) -> int:
+        """The prompt's estimate at the deployment of its model that counts it highest."""
+        targets = self._router.targets(exchange.model) if self._router is not None else ()
+        return self._estimates.most(exchange, targets)
+
     async def exit(self, exchange: Exchange, outcome: Outcome) -> None:
         """Free the slot; settle the token estimate to what the provider counted (0 if never called)."""
         held = exchange.notes.pop(self.name, None)
         if not isinstance(held, _Held):
             return
-        if held.slot_id is not None:
-            await self._slots.release(held.slot_id)
+        corrections: list[tuple[Window, float]] = []
         if held.tpm_windows:
             actual = exchange.usage.total_tokens if exchange.usage is not None else 0
-            if actual != held.estimate:
-                await self._counters.add(held.tpm_windows, actual - held.estimate)
+            corrections = [(window, float(actual - held.estimate)) for window in held.tpm_windows]
+        if held.slot_id is not None or any(amount for _, amount in corrections):
+            # one call (one round trip): the token correction and the slot's release together
+            await self._counters.finish(corrections, held.slot_id, holds=self._slots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +183,14 @@ class DeploymentQuotas:
         slots: Reservations,
         quotas: Mapping[str, Quota],
         slot_ttl: float = 900.0,
+        estimates: InputEstimates | None = None,
     ) -> None:
+        """`estimates` counts the prompt as each deployment's own model does (default: by characters)."""
         self._counters = counters
         self._slots = slots
         self._quotas = {name: quota for name, quota in quotas.items() if quota}
         self._slot_ttl = slot_ttl
+        self._estimates = estimates or InputEstimates()
 
     def limits(self, target: Target) -> bool:
         """Whether `target` has a quota at all (most do not: then no round trip is made)."""
@@ -185,8 +200,7 @@ class DeploymentQuotas:
         """Take the deployment's share for this attempt in one call, or raise `LimitExceededError` when
         it has no headroom (nothing is kept then)."""
         quota, name = self._quotas[target.deployment], target.deployment
-        assert exchange.request is not None  # noqa: S101 - admitted before the attempt loop runs
-        estimate = estimate_input_tokens(exchange.request)
+        estimate = self._estimates.for_target(exchange, target) if quota.tpm else 0
         rpm = Window(f"rpm:deployment:{name}", quota.rpm, MINUTE) if quota.rpm else None
         tpm = Window(f"tpm:deployment:{name}", quota.tpm, MINUTE) if quota.tpm else None
         parallel = f"parallel:deployment:{name}"
@@ -204,10 +218,11 @@ class DeploymentQuotas:
     async def end(self, grant: QuotaGrant, tokens: int | None) -> None:
         """The attempt is over: free its slot, settle its token estimate to `tokens` (None: unknown,
         the estimate stands)."""
-        if grant.slot_id is not None:
-            await self._slots.release(grant.slot_id)
+        corrections: list[tuple[Window, float]] = []
         if grant.tpm is not None and tokens is not None and tokens != grant.estimate:
-            await self._counters.add([grant.tpm], tokens - grant.estimate)
+            corrections = [(grant.tpm, float(tokens - grant.estimate))]
+        if grant.slot_id is not None or corrections:
+            await self._counters.finish(corrections, grant.slot_id, holds=self._slots)
 
 
 def _deployment_full(name: str, retry_after: float) -> LimitExceededError:

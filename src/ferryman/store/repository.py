@@ -227,11 +227,29 @@ async def _check_team(session: AsyncSession, team_id: str | None) -> None:
 def _write_limits(row: KeyRow | TeamRow, limits: Limits) -> None:
     row.rpm_limit, row.tpm_limit, row.max_parallel = limits.rpm_limit, limits.tpm_limit, limits.max_parallel
     row.daily_budget_usd, row.monthly_budget_usd = limits.daily_budget_usd, limits.monthly_budget_usd
+    row.end_user_daily_budget_usd = limits.end_user_daily_budget_usd
+    row.end_user_monthly_budget_usd = limits.end_user_monthly_budget_usd
+    if isinstance(row, KeyRow):  # NULL rather than {} for none, as the rows from before 0005 have
+        row.end_user_budgets = {
+            end_user: {"daily_usd": daily, "monthly_usd": monthly}
+            for end_user, (daily, monthly) in limits.end_user_budgets.items()
+        } or None
 
 
 def _read_limits(row: KeyRow | TeamRow) -> Limits:
+    explicit = (row.end_user_budgets if isinstance(row, KeyRow) else None) or {}
     return Limits(
-        row.rpm_limit, row.tpm_limit, row.max_parallel, row.daily_budget_usd, row.monthly_budget_usd
+        row.rpm_limit,
+        row.tpm_limit,
+        row.max_parallel,
+        row.daily_budget_usd,
+        row.monthly_budget_usd,
+        row.end_user_daily_budget_usd,
+        row.end_user_monthly_budget_usd,
+        {
+            end_user: (budget.get("daily_usd"), budget.get("monthly_usd"))
+            for end_user, budget in explicit.items()
+        },
     )
 
 

@@ -20,7 +20,7 @@ def static_grants(keys: Iterable[StaticKey]) -> Mapping[str, KeyGrant]:
 
 
 def _grant(key: StaticKey, digest: str) -> KeyGrant:
-    budget = key.budget
+    budget, end_user = key.budget, key.end_user_budget
     expires = key.expires_at
     if expires is not None and expires.tzinfo is None:
         expires = expires.replace(tzinfo=UTC)
@@ -35,6 +35,11 @@ def _grant(key: StaticKey, digest: str) -> KeyGrant:
             max_parallel=key.max_parallel,
             daily_budget_usd=budget.daily_usd if budget else None,
             monthly_budget_usd=budget.monthly_usd if budget else None,
+            end_user_daily_budget_usd=end_user.daily_usd if end_user else None,
+            end_user_monthly_budget_usd=end_user.monthly_usd if end_user else None,
+            end_user_budgets={
+                who: (own.daily_usd, own.monthly_usd) for who, own in key.end_user_budgets.items()
+            },
         ),
         expires_at=expires,
     )
