@@ -87,11 +87,13 @@ def test_a_budget_refuses_with_insufficient_quota_and_alerts_once(
     assert len(upstream.requests) == 4  # four served; the refused one never reached the upstream
     assert sum(costs) <= 0.05
     # 80 % by spend (4 x $0.010001 of $0.05); 100 % by the refusal, since spend alone never gets there
-    assert [(a["threshold"], a["window"], a["scope"]) for a in alerts] == [
+    assert sorted((a["threshold"], a["window"], a["scope"]) for a in alerts) == [  # deliveries race
         (0.8, "daily", "key"),
         (1.0, "daily", "key"),
     ]
-    assert "budgeted" in alerts[0]["text"] and alerts[1]["spent_usd"] == pytest.approx(sum(costs))
+    by_threshold = {a["threshold"]: a for a in alerts}
+    assert all("budgeted" in a["text"] for a in alerts)
+    assert by_threshold[1.0]["spent_usd"] == pytest.approx(sum(costs))
 
 
 def test_usage_reports_the_keys_own_spend_from_the_embedded_ledger(tmp_path: Any) -> None:
