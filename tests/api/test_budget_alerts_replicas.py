@@ -22,10 +22,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ferryman.core.estimate import estimate_input_tokens
 from ferryman.testing import FakeAnthropic, FakeOpenAI, Reply, Usage
-from ferryman.tokenizers import Tokenizers
-from ferryman.wire import openai as openai_wire
+from tests.api.fleet import burst, openai_deployment, worst_case_upstream
 from tests.processes import gateway_process
 from tests.store.fixtures import fresh_postgres_database, throwaway_redis
 
@@ -37,7 +35,6 @@ BODY: dict[str, Any] = {
     "messages": [{"role": "user", "content": "bill me please"}],
     "max_tokens": 10,
 }
-PRICE = {"input_per_mtok": 100.0, "output_per_mtok": 1000.0}
 CROSSED = "budget threshold crossed"
 
 
@@ -159,24 +156,6 @@ def logged_crossings(tmp_path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-async def _burst(urls: list[str], key: str, total: int) -> list[httpx.Response]:
-    """`total` identical requests at once, spread over the replicas in turn."""
-    limits = httpx.Limits(max_connections=total, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        return list(
-            await asyncio.gather(
-                *(
-                    client.post(
-                        urls[i % len(urls)] + "/v1/chat/completions",
-                        json=BODY,
-                        headers={"authorization": f"Bearer {key}"},
-                    )
-                    for i in range(total)
-                )
-            )
-        )
-
-
 def test_each_threshold_is_announced_once_per_budget_across_three_replicas(
     tmp_path: Path, postgres_admin: str
 ) -> None:
@@ -184,22 +163,10 @@ def test_each_threshold_is_announced_once_per_budget_across_three_replicas(
     # key's holds 25 requests: 21 at once cross 80 % (on the 20th) with settles racing on three replicas;
     # three more, one per replica, make every replica read a level past 80 %; of 15 more at once, one
     # fits and reaches 100 %. The second key's holds one request, which jumps from 0 past both at once.
-    counter = Tokenizers().for_model("openai", "gpt-4o-mini")  # as the gateway counts for its deployment
-    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY), counter)
-    each = (estimate * PRICE["input_per_mtok"] + 10 * PRICE["output_per_mtok"]) / 1e6
     with contextlib.ExitStack() as stack:
-        upstream = stack.enter_context(FakeOpenAI())
-        upstream.script.set_default(
-            Reply.text("ok", delay=0.5, usage=Usage(input_tokens=estimate, output_tokens=10))
-        )
+        upstream, each = stack.enter_context(worst_case_upstream(BODY, delay=0.5))
         receiver = stack.enter_context(alert_receiver())
-        deployment = {
-            "provider": "openai",
-            "model": "gpt-4o-mini",
-            "api_base": upstream.base_url,
-            "api_key": "k",
-            "price": PRICE,
-        }
+        deployment = openai_deployment(upstream)
         config = {
             "keys": [
                 {"alias": "first", "key": FIRST, "budget": {"daily_usd": 25 * each}},
@@ -210,17 +177,17 @@ def test_each_threshold_is_announced_once_per_budget_across_three_replicas(
         }
         urls = fleet(stack, tmp_path, postgres_admin, config)
 
-        asyncio.run(_burst(urls, MASTER, 3))  # warm every replica, so none is too slow to join the race
-        first = asyncio.run(_burst(urls, FIRST, 21))  # the 20th crosses 80 %, settling beside the others
-        first += asyncio.run(_burst(urls, FIRST, 3))  # one per replica: each now reads a level past 80 %
+        asyncio.run(burst(urls, BODY, MASTER, 3))  # warm every replica, so none is too slow to join the race
+        first = asyncio.run(burst(urls, BODY, FIRST, 21))  # the 20th crosses 80 %, settling beside the others
+        first += asyncio.run(burst(urls, BODY, FIRST, 3))  # one per replica: each now reads a level past 80 %
         past_80 = [_level(url) for url in urls]
-        first += asyncio.run(_burst(urls, FIRST, 15))  # one fits (100 %), the rest are refused
+        first += asyncio.run(burst(urls, BODY, FIRST, 15))  # one fits (100 %), the rest are refused
         receiver.wait_for(2)
         first_taken = Counter(_alert_id(body) for body in receiver.taken)
         at_100 = [_level(url) for url in urls]
         usage = httpx.get(urls[0] + "/v1/usage", headers={"authorization": f"Bearer {FIRST}"}).json()
 
-        second = asyncio.run(_burst(urls, SECOND, 6))
+        second = asyncio.run(burst(urls, BODY, SECOND, 6))
         receiver.wait_for(4)
         announced = {
             threshold: fleet_total(urls, "ai_api_budget_alerts_total", scope="key", threshold=threshold)

@@ -12,10 +12,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from ferryman.core.estimate import estimate_input_tokens
-from ferryman.testing import FakeOpenAI, Reply, Usage
-from ferryman.tokenizers import Tokenizers
-from ferryman.wire import openai as openai_wire
+from ferryman.testing import FakeOpenAI
+from tests.api.fleet import openai_deployment, worst_case_upstream
 from tests.processes import gateway_process
 from tests.store.fixtures import throwaway_redis
 
@@ -27,28 +25,18 @@ BODY: dict[str, Any] = {
     "messages": [{"role": "user", "content": "count me"}],
     "max_tokens": 10,
 }
-PRICE = {"input_per_mtok": 100.0, "output_per_mtok": 1000.0}
 
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[tuple[FakeOpenAI, float]]:
     """An upstream whose every answer costs exactly its worst case: (the fake, that cost in USD)."""
-    counter = Tokenizers().for_model("openai", "gpt-4o-mini")  # as the gateway counts for its deployment
-    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY), counter)
-    with FakeOpenAI() as fake:
-        fake.script.set_default(Reply.text("ok", usage=Usage(input_tokens=estimate, output_tokens=10)))
-        yield fake, (estimate * 100.0 + 10 * 1000.0) / 1e6
+    with worst_case_upstream(BODY) as upstream:
+        yield upstream
 
 
 def gateway_config(fake: FakeOpenAI, each: float, **extra: Any) -> dict[str, Any]:
     """A key whose daily budget has room for three requests, not four."""
-    deployment = {
-        "provider": "openai",
-        "model": "gpt-4o-mini",
-        "api_base": fake.base_url,
-        "api_key": "k",
-        "price": PRICE,
-    }
+    deployment = openai_deployment(fake)
     return {
         "master_key": MASTER,
         "server": {"shutdown_delay_seconds": 0},

@@ -7,6 +7,7 @@ import openai
 import pytest
 
 from ferryman.testing import FakeOpenAI, Reply, Usage
+from tests.api.fleet import openai_deployment
 from tests.conftest import serve_gateway
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -18,13 +19,7 @@ def test_a_keys_default_end_user_budget_refuses_one_end_user_and_serves_another(
         upstream.script.set_default(
             Reply.text("ok", usage=Usage(input_tokens=1, output_tokens=10))
         )  # $0.010001 each
-        deployment = {
-            "provider": "openai",
-            "model": "gpt-4o-mini",
-            "api_base": upstream.base_url,
-            "api_key": "k",
-            "price": PRICE,
-        }
+        deployment = openai_deployment(upstream, PRICE)
         key = {
             "alias": "consumer-app",
             "key": "fm-consumer-key",

@@ -13,10 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ferryman.core.estimate import estimate_input_tokens
-from ferryman.testing import FakeOpenAI, Reply, Usage
-from ferryman.tokenizers import Tokenizers
-from ferryman.wire import openai as openai_wire
+from ferryman.testing import FakeOpenAI
+from tests.api.fleet import burst, openai_deployment, worst_case_upstream
 from tests.processes import gateway_process
 from tests.store.fixtures import fresh_postgres_database, throwaway_redis
 
@@ -28,36 +26,13 @@ BODY: dict[str, Any] = {
     "messages": [{"role": "user", "content": "bill me please"}],
     "max_tokens": 10,
 }
-PRICE = {"input_per_mtok": 100.0, "output_per_mtok": 1000.0}
 
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[tuple[FakeOpenAI, float]]:
     """A slow upstream that spends exactly each request's worst case: (the fake, that cost in USD)."""
-    counter = Tokenizers().for_model("openai", "gpt-4o-mini")  # as the gateway counts for its deployment
-    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY), counter)
-    with FakeOpenAI() as fake:
-        fake.script.set_default(
-            Reply.text("ok", delay=1.0, usage=Usage(input_tokens=estimate, output_tokens=10))
-        )
-        yield fake, (estimate * 100.0 + 10 * 1000.0) / 1e6
-
-
-async def _burst(urls: list[str], total: int) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=total, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        return list(
-            await asyncio.gather(
-                *(
-                    client.post(
-                        urls[i % len(urls)] + "/v1/chat/completions",
-                        json=BODY,
-                        headers={"authorization": f"Bearer {KEY}"},
-                    )
-                    for i in range(total)
-                )
-            )
-        )
+    with worst_case_upstream(BODY, delay=1.0) as upstream:
+        yield upstream
 
 
 def test_three_replicas_never_overshoot_a_budget_and_account_for_every_request(
@@ -65,13 +40,7 @@ def test_three_replicas_never_overshoot_a_budget_and_account_for_every_request(
 ) -> None:
     fake, each = upstream
     budget = 20 * each + each / 2  # room for 20 requests, not 21
-    deployment = {
-        "provider": "openai",
-        "model": "gpt-4o-mini",
-        "api_base": fake.base_url,
-        "api_key": "k",
-        "price": PRICE,
-    }
+    deployment = openai_deployment(fake)
     with contextlib.ExitStack() as stack:
         redis_url = stack.enter_context(throwaway_redis())
         database_url = stack.enter_context(fresh_postgres_database(postgres_admin))
@@ -85,7 +54,7 @@ def test_three_replicas_never_overshoot_a_budget_and_account_for_every_request(
         }
         urls = [stack.enter_context(gateway_process(config, tmp_path))[1] for _ in range(3)]
         before = len(fake.requests)
-        responses = asyncio.run(_burst(urls, 100))
+        responses = asyncio.run(burst(urls, BODY, KEY, 100))
         admitted = [r for r in responses if r.status_code == 200]
         refused = [r for r in responses if r.status_code != 200]
         usage = httpx.get(urls[0] + "/v1/usage", headers={"authorization": f"Bearer {KEY}"}).json()

@@ -14,17 +14,15 @@ from typing import Any
 import httpx
 import pytest
 
-from ferryman.core.estimate import estimate_input_tokens
 from ferryman.testing import FakeOpenAI, Reply
-from ferryman.tokenizers import Tokenizers
-from ferryman.wire import openai as openai_wire
+from tests.api.fleet import burst, openai_estimate
 from tests.processes import gateway_process
 from tests.store.fixtures import throwaway_redis, throwaway_redis_process
 from tests.store.redis_topologies import redis_cluster, redis_sentinel
 
 pytestmark = pytest.mark.slow
 KEY = "fm-replicated-key"
-BODY = {"model": "chat", "messages": [{"role": "user", "content": "count me in"}]}
+BODY: dict[str, Any] = {"model": "chat", "messages": [{"role": "user", "content": "count me in"}]}
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +51,9 @@ def replicas(config: dict[str, Any], tmp_path: Path, count: int = 3) -> Iterator
         yield [stack.enter_context(gateway_process(config, tmp_path))[1] for _ in range(count)]
 
 
-async def burst(urls: list[str], total: int, key: str = KEY) -> Counter[int]:
+async def statuses_of(urls: list[str], total: int, key: str = KEY) -> Counter[int]:
     """`total` requests at once, spread round-robin over the replicas; their status codes, counted."""
-    limits = httpx.Limits(max_connections=total, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-
-        async def one(i: int) -> int:
-            response = await client.post(
-                urls[i % len(urls)] + "/v1/chat/completions",
-                json=BODY,
-                headers={"authorization": f"Bearer {key}"},
-            )
-            return response.status_code
-
-        return Counter(await asyncio.gather(*(one(i) for i in range(total))))
+    return Counter(response.status_code for response in await burst(urls, BODY, key, total))
 
 
 def test_three_replicas_admit_exactly_the_requests_per_minute(
@@ -76,7 +63,7 @@ def test_three_replicas_admit_exactly_the_requests_per_minute(
         throwaway_redis() as redis_url,
         replicas(replica_config(redis_url, slow_upstream, rpm_limit=100), tmp_path) as urls,
     ):
-        statuses = asyncio.run(burst(urls, 300))
+        statuses = asyncio.run(statuses_of(urls, 300))
     assert statuses == Counter({200: 100, 429: 200})
 
 
@@ -89,18 +76,17 @@ def test_the_same_exactness_on_redis_cluster_and_through_sentinel(
         topologies[topology]() as redis_url,
         replicas(replica_config(redis_url, slow_upstream, rpm_limit=50), tmp_path) as urls,
     ):
-        statuses = asyncio.run(burst(urls, 150))
+        statuses = asyncio.run(statuses_of(urls, 150))
     assert statuses == Counter({200: 50, 429: 100})
 
 
 def test_three_replicas_admit_exactly_the_tokens_per_minute(
     tmp_path: Path, slow_upstream: FakeOpenAI
 ) -> None:
-    counter = Tokenizers().for_model("openai", "gpt-4o-mini")  # as the gateway counts for its deployment
-    estimate = estimate_input_tokens(openai_wire.parse_chat_request(BODY), counter)  # type: ignore[arg-type]
+    estimate = openai_estimate(BODY)  # as the gateway counts for its deployment
     config = replica_config("", slow_upstream, tpm_limit=40 * estimate)
     with throwaway_redis() as redis_url, replicas({**config, "redis_url": redis_url}, tmp_path) as urls:
-        statuses = asyncio.run(burst(urls, 150))
+        statuses = asyncio.run(statuses_of(urls, 150))
     assert statuses == Counter({200: 40, 429: 110})
 
 
@@ -109,7 +95,7 @@ def test_three_replicas_hold_exactly_max_parallel(tmp_path: Path, slow_upstream:
         throwaway_redis() as redis_url,
         replicas(replica_config(redis_url, slow_upstream, max_parallel=10), tmp_path) as urls,
     ):
-        statuses = asyncio.run(burst(urls, 120))
+        statuses = asyncio.run(statuses_of(urls, 120))
     assert statuses == Counter({200: 10, 429: 110})
 
 
@@ -126,10 +112,10 @@ def test_a_redis_killed_mid_load_is_survived_then_recovered(
         config["limits"] = {"on_redis_failure": policy}  # one replica: its local share is the whole limit
         config["health"] = {"required": ["database"]}
         _, url = stack.enter_context(gateway_process(config, tmp_path))
-        assert asyncio.run(burst([url], 3)) == Counter({200: 3})
+        assert asyncio.run(statuses_of([url], 3)) == Counter({200: 3})
 
         async def kill_in_the_middle() -> Counter[int]:
-            load = asyncio.create_task(burst([url], 60, key="fm-busy"))
+            load = asyncio.create_task(statuses_of([url], 60, key="fm-busy"))
             await asyncio.sleep(0.15)
             redis_process.send_signal(signal.SIGKILL)
             return await load
@@ -138,7 +124,7 @@ def test_a_redis_killed_mid_load_is_survived_then_recovered(
         redis_process.wait(timeout=10)
         if policy == "fail_open":
             assert during == Counter({200: 60}), during  # no client saw the outage
-        down = asyncio.run(burst([url], 4))
+        down = asyncio.run(statuses_of([url], 4))
         assert down == Counter({while_down: 4}), down
         ready = httpx.get(url + "/health/ready")
         assert ready.status_code == 200 and ready.json()["status"] == "degraded"
@@ -149,4 +135,4 @@ def test_a_redis_killed_mid_load_is_survived_then_recovered(
         assert httpx.get(url + "/health").json()["rate_limits"] == expected[policy]
         stack.enter_context(throwaway_redis(port))  # Redis is back, empty
         asyncio.run(asyncio.sleep(1.2))  # the limiter tries Redis again after a second
-        assert asyncio.run(burst([url], 8)) == Counter({200: 5, 429: 3})
+        assert asyncio.run(statuses_of([url], 8)) == Counter({200: 5, 429: 3})

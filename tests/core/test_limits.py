@@ -397,6 +397,27 @@ def failover(
     )
 
 
+def failover_and_stores(
+    shared: Unreachable, policy: str, clock: list[float], changes: list[bool]
+) -> tuple[Failover, MemoryReservations, MemoryWindowCounters, MemoryReservations]:
+    """`failover`, with the shared slots and the local counters and slots it was built on, to inspect."""
+    shared_slots, local_counters, local_slots = (
+        MemoryReservations(),
+        MemoryWindowCounters(),
+        MemoryReservations(),
+    )
+    state = failover(
+        shared,
+        policy,
+        clock,
+        changes,
+        shared_slots=shared_slots,
+        local_counters=local_counters,
+        local_slots=local_slots,
+    )
+    return state, shared_slots, local_counters, local_slots
+
+
 async def test_fail_open_enforces_a_local_share_then_recovers() -> None:
     shared, clock, changes = Unreachable(), [0.0], list[bool]()
     state = failover(shared, "fail_open", clock, changes)
@@ -422,19 +443,8 @@ async def test_fail_closed_refuses_while_the_shared_state_is_down() -> None:
 
 async def test_fail_open_admits_on_a_local_share_and_releases_local_holds_locally() -> None:
     shared, clock, changes = Unreachable(), [0.0], list[bool]()
-    shared_slots, local_counters, local_slots = (
-        MemoryReservations(),
-        MemoryWindowCounters(),
-        MemoryReservations(),
-    )
-    state = failover(
-        shared,
-        "fail_open",
-        clock,
-        changes,
-        shared_slots=shared_slots,
-        local_counters=local_counters,
-        local_slots=local_slots,
+    state, shared_slots, local_counters, local_slots = failover_and_stores(
+        shared, "fail_open", clock, changes
     )
     rpm, tpm = Window("rpm:key:k", 30, MINUTE), Window("tpm:key:k", 3000, MINUTE)
     parallel = Ceiling("parallel:key:k", 6, 60)  # 2 for each of 3 expected replicas
@@ -456,20 +466,8 @@ async def test_fail_open_admits_on_a_local_share_and_releases_local_holds_locall
 
 async def test_finish_releases_where_the_hold_was_taken_and_corrects_where_counting_is_done() -> None:
     shared, clock, changes = Unreachable(), [0.0], list[bool]()
-    shared_slots, local_counters, local_slots = (
-        MemoryReservations(),
-        MemoryWindowCounters(),
-        MemoryReservations(),
-    )
-    state = failover(
-        shared,
-        "fail_closed",  # corrections and releases never refuse, whatever the policy
-        clock,
-        changes,
-        shared_slots=shared_slots,
-        local_counters=local_counters,
-        local_slots=local_slots,
-    )
+    # corrections and releases never refuse, whatever the policy
+    state, shared_slots, local_counters, _ = failover_and_stores(shared, "fail_closed", clock, changes)
     tpm, parallel = Window("tpm:key:k", 3000, MINUTE), Ceiling("parallel:key:k", 6, 60)
     shared.up = True
     assert (await state.admit([(tpm, 40)], Hold("shared", (parallel,), 1, 60), holds=state)).allowed
