@@ -117,9 +117,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # off the event loop, and before serving: a request would otherwise block it ~0.3 s an encoding
-        await asyncio.to_thread(tokenizers.preload, deployed_models(settings))
-        keys = await KeyService.open(settings)  # migrates (or checks) the schema first
+        # The encodings load off the event loop, beside the schema check, and before serving: a request
+        # would otherwise block the loop ~0.3 s an encoding.
+        keys, _ = await asyncio.gather(
+            KeyService.open(settings),  # migrates (or checks) the schema first
+            asyncio.to_thread(tokenizers.preload, deployed_models(settings)),
+        )
         assert keys.engine is not None  # noqa: S101 - open() always opens one (embedded SQLite by default)
         sql_ledger = open_ledger(keys.engine)  # the spend ledger's truth, beside keys and teams
         await sql_ledger.prepare()
