@@ -379,7 +379,7 @@ class Budgets:
         if budget.limit <= 0 or not self._thresholds:
             return
         threshold = self._thresholds[-1]
-        if f"alert:{key}:{threshold:g}" in self._claimed:
+        if _flag(key, threshold) in self._claimed:
             return
         try:
             committed, held = await self._reservations.level(key)  # held: requests still in flight
@@ -390,13 +390,13 @@ class Budgets:
     async def _claim(self, budget: Budget, key: str, threshold: float, spent: float, now: datetime) -> None:
         """Claim the fleet-wide flag of `threshold` on `key`'s window; the claimant alone alerts. A flag
         known taken is not asked for again in this process (one round trip saved per request)."""
-        flag = f"alert:{key}:{threshold:g}"
+        flag = _flag(key, threshold)
         if flag in self._claimed:
             return
         resets_at = self.resets_at(budget.period, now)
-        ttl = (resets_at - now + GRACE).total_seconds()
         claim_id = f"alert-{uuid.uuid4().hex}"
-        claim = await self._reservations.reserve(claim_id, [Ceiling(flag, 1, ttl)], 1, self._hold_ttl)
+        ceiling = Ceiling(flag, 1, self._lifetime(budget, now))
+        claim = await self._reservations.reserve(claim_id, [ceiling], 1, self._hold_ttl)
         if claim.allowed:  # this replica holds the flag: it alone announces the crossing
             await self._reservations.settle(claim_id, 1)  # committed: claimed for the window
             self._on_alert(BudgetAlert(budget, threshold, spent, resets_at))
@@ -428,3 +428,8 @@ class Budgets:
             start = start.replace(day=1)
             end = (start + timedelta(days=32)).replace(day=1)
         return end.astimezone(UTC)
+
+
+def _flag(key: str, threshold: float) -> str:
+    """The shared-state key of the fleet-wide flag for `threshold` on the budget window `key`."""
+    return f"alert:{key}:{threshold:g}"
