@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from ferryman.core.attempts import AttemptLoop
-from ferryman.core.budgets import BudgetAlert, BudgetExceededError, Budgets
+from ferryman.core.budgets import Budget, BudgetAlert, BudgetExceededError, Budgets
 from ferryman.core.caller import Caller, Limits
 from ferryman.core.canonical import ChatRequest, Message, TextPart, Usage
 from ferryman.core.estimate import estimate_input_tokens
@@ -147,6 +147,21 @@ def test_windows_follow_the_configured_time_zone() -> None:
     )
     assert stage.resets_at("daily", NOW) == datetime(2026, 12, 2, 5, tzinfo=UTC)  # midnight in New York
     assert stage.resets_at("monthly", NOW) == datetime(2027, 1, 1, 5, tzinfo=UTC)
+
+
+def test_each_window_is_worked_out_anew_once_time_leaves_it() -> None:
+    """Windows are kept between requests; a request past a window's end (or before its start, for a
+    clock set back) gets the window it falls in."""
+    stage = Budgets(MemoryReservations(), Router({}), timezone=ZoneInfo("America/New_York"))
+    budget = Budget("key", "k1", "app", "daily", 1.0)
+    evening = datetime(2026, 12, 2, 4, 59, tzinfo=UTC)  # 23:59 on Dec 1 in New York
+    after_midnight, month_later = evening + timedelta(minutes=2), evening + timedelta(days=31)
+    assert stage.window_key(budget, evening).endswith(":daily:2026-12-01")
+    assert stage.window_key(budget, after_midnight).endswith(":daily:2026-12-02")
+    assert stage.window_start("daily", after_midnight) == datetime(2026, 12, 2, 5, tzinfo=UTC)
+    assert stage.window_key(budget, evening).endswith(":daily:2026-12-01")  # back again
+    assert stage.resets_at("monthly", month_later) == datetime(2027, 2, 1, 5, tzinfo=UTC)
+    assert stage.resets_at("monthly", evening) == datetime(2027, 1, 1, 5, tzinfo=UTC)  # back again
 
 
 class UnreachableOnSettle(MemoryReservations):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from ferryman.core._shield import Background
 from ferryman.core.attempts import AttemptLoop
 from ferryman.core.caller import Caller, Limits
 from ferryman.core.canonical import ChatRequest, Message, TextPart, Usage
@@ -111,6 +112,41 @@ async def test_concurrency_slots_are_taken_and_given_back() -> None:
     [_ async for _ in first]  # the first stream ends: its slot is free again
     await pipeline.chat(exchange_for(caller))
     await second.aclose()
+
+
+class GatedCounters(MemoryWindowCounters):
+    """Counters whose `finish` waits for the test to open its gate: a remote store's slow reply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def finish(
+        self,
+        windows: Sequence[tuple[Window, float]],
+        release: str | None = None,
+        *,
+        holds: Reservations | None = None,
+    ) -> None:
+        await self.gate.wait()
+        await super().finish(windows, release, holds=holds)
+
+
+async def test_a_background_release_lets_the_answer_go_first_and_is_drained() -> None:
+    counters, slots, background = GatedCounters(), MemoryReservations(), Background()
+    caller = Caller(key_alias="app", key_id="k1", key_limits=Limits(max_parallel=1, tpm_limit=10**6))
+    stage = RateLimits(counters, slots, background=background)
+    observer = RecordingObserver()
+    pipeline = Pipeline([stage], AttemptLoop(Router({"m": [target(ScriptedUpstream())]}), observer), observer)
+    await asyncio.wait_for(pipeline.chat(exchange_for(caller)), 1)  # answered with the release still unsent
+    with pytest.raises(LimitExceededError, match="1 at once"):  # the slot is still held meanwhile
+        await pipeline.chat(exchange_for(caller))
+    drained = asyncio.ensure_future(background.drain())
+    await asyncio.sleep(0.01)
+    assert not drained.done()  # drain waits for the release in flight
+    counters.gate.set()
+    await asyncio.wait_for(drained, 1)
+    await pipeline.chat(exchange_for(caller))  # the slot came back
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ throwaway `redis-server` (stopped by PID); the rest run on the session's Redis u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 
-from ferryman.core.shared_state import Ceiling, Hold, SharedState, SpendEntry, Window
+from ferryman.core.shared_state import Admission, Ceiling, Hold, SharedState, SpendEntry, Window
 from ferryman.errors import ConfigError, SharedStateUnavailableError
 from ferryman.store import _redis_scripts as scripts
 from ferryman.store._evalsha import pack
@@ -406,6 +407,76 @@ async def test_each_operation_is_one_round_trip(
                 command = sent[0]  # one packed command, or redis-py's list of chunks
                 packed = command if isinstance(command, bytes) else b"".join(cast(list[bytes], command))
                 assert b"EVALSHA" in packed and admit_sha in packed
+
+
+async def test_calls_made_in_one_turn_share_one_write_and_each_gets_its_own_reply(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    original = Connection.send_packed_command
+
+    async def counting(self: Connection, command: bytes, check_health: bool = True) -> None:
+        writes.append(command)
+        await original(self, command, check_health)
+
+    async with opened(redis_url, prefix=prefix) as state:
+        ceiling = Ceiling("budget", 5, 60)
+        await state.reservations.level(ceiling.key)  # connected, scripts loaded
+        monkeypatch.setattr(Connection, "send_packed_command", counting)
+        answers = await asyncio.gather(
+            *(state.reservations.reserve(f"r{number}", [ceiling], 1, ttl=30) for number in range(8)),
+            state.counters.check_and_add([Window("rpm", 3, 60)], 3),
+        )
+        assert len(writes) == 1  # nine scripts, one system call's worth of bytes
+        assert [answer.allowed for answer in answers[:8]] == [True] * 5 + [False] * 3  # in call order
+        assert answers[8].allowed
+        assert await state.reservations.level(ceiling.key) == (0, 5)
+
+
+async def test_an_error_reply_in_a_batch_fails_only_its_own_call(redis_url: str, prefix: str) -> None:
+    async with raw_client(redis_url) as client:
+        await client.set(f"{{{prefix}}}:window:broken", "not a hash", px=60_000)
+    async with opened(redis_url, prefix=prefix) as state:
+        good, broken, after = await asyncio.gather(
+            state.counters.check_and_add([Window("rpm", 10, 60)], 1),
+            state.counters.check_and_add([Window("broken", 10, 60)], 1),
+            state.counters.count(Window("rpm", 10, 60)),
+            return_exceptions=True,
+        )
+    assert isinstance(broken, SharedStateUnavailableError)
+    assert isinstance(good, Admission) and good.allowed
+    assert after == 1
+
+
+async def test_a_caller_that_stops_waiting_leaves_the_connection_in_step(redis_url: str, prefix: str) -> None:
+    async with opened(redis_url, prefix=prefix) as state:
+        window = Window("rpm", 100, 60)
+        await state.counters.count(window)
+        for _ in range(5):  # each caller gives up after its call was sent, before its reply was read
+            task = asyncio.ensure_future(state.counters.check_and_add([window], 1))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0.3)  # abandoned batches still in flight land (or fail) meanwhile
+        counted = await state.counters.count(window)
+        assert 0 <= counted <= 5  # the abandoned calls ran or did not; either way, replies stay in step
+        assert (await state.counters.check_and_add([window], 2)).remaining == (100 - counted - 2,)
+        assert await state.counters.count(window) == counted + 2
+
+
+async def test_scripts_flushed_from_redis_are_reloaded_once_for_a_whole_batch(
+    redis_url: str, prefix: str
+) -> None:
+    async with opened(redis_url, prefix=prefix) as state:
+        window = Window("rpm", 100, 60)
+        await state.counters.count(window)
+        async with raw_client(redis_url) as client:
+            await client.script_flush()
+        answers = await asyncio.gather(*(state.counters.check_and_add([window], 1) for _ in range(10)))
+        assert all(answer.allowed for answer in answers)
+        assert await state.counters.count(window) == 10
 
 
 async def test_windows_and_holds_run_on_redis_time_not_the_callers(

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import partial
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from ferryman.core._ids import unique_id
 from ferryman.core.caller import Limits
 from ferryman.core.canonical import ChatRequest, Usage
 from ferryman.core.estimate import InputEstimates
@@ -171,6 +171,12 @@ class Budgets:
         self._record = record
         self._rebuilding: dict[str, asyncio.Future[None]] = {}  # window key -> its rebuild in flight
         self._claimed: dict[str, datetime] = {}  # alert flags known taken (by anyone) -> their window's end
+        self._spans: dict[Period, _Span] = {}  # the current window of each period
+
+    @property
+    def reservations(self) -> Reservations:
+        """Where this stage holds and commits: where a budget's level is read (`GET /v1/usage`)."""
+        return self._reservations
 
     def budgets(self, exchange: Exchange) -> list[Budget]:
         """Every budget with a limit that applies to `exchange`."""
@@ -242,7 +248,7 @@ class Budgets:
             Ceiling(key, budget.limit, self._lifetime(budget, now), restorable=restorable)
             for key, budget in zip(keys, budgets, strict=True)
         ]
-        reservation_id = f"budget-{uuid.uuid4().hex}"
+        reservation_id = unique_id("budget")
         admission = await self._reserve(reservation_id, budgets, ceilings, worst, now)
         if not admission.allowed:
             index = keys.index(admission.refused_key) if admission.refused_key in keys else 0
@@ -394,7 +400,7 @@ class Budgets:
         if flag in self._claimed:
             return
         resets_at = self.resets_at(budget.period, now)
-        claim_id = f"alert-{uuid.uuid4().hex}"
+        claim_id = unique_id("alert")
         ceiling = Ceiling(flag, 1, self._lifetime(budget, now))
         claim = await self._reservations.reserve(claim_id, [ceiling], 1, self._hold_ttl)
         if claim.allowed:  # this replica holds the flag: it alone announces the crossing
@@ -409,25 +415,44 @@ class Budgets:
 
     def window_key(self, budget: Budget, now: datetime) -> str:
         """The shared-state key of `budget`'s window containing `now`."""
-        local = now.astimezone(self._tz)
-        window = local.strftime("%Y-%m-%d") if budget.period == "daily" else local.strftime("%Y-%m")
-        return f"budget:{budget.scope}:{budget.id}:{budget.period}:{window}"
+        return f"budget:{budget.scope}:{budget.id}:{budget.period}:{self._span(budget.period, now).label}"
 
     def window_start(self, period: Period, now: datetime) -> datetime:
         """When the window containing `now` began, in UTC."""
-        local = now.astimezone(self._tz).replace(hour=0, minute=0, second=0, microsecond=0)
-        return (local if period == "daily" else local.replace(day=1)).astimezone(UTC)
+        return self._span(period, now).start
 
     def resets_at(self, period: Period, now: datetime) -> datetime:
         """When the window containing `now` ends, in UTC (calendar days and months of the time zone)."""
-        local = now.astimezone(self._tz)
-        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        if period == "daily":
-            end = start + timedelta(days=1)
-        else:
-            start = start.replace(day=1)
-            end = (start + timedelta(days=32)).replace(day=1)
-        return end.astimezone(UTC)
+        return self._span(period, now).end
+
+    def _span(self, period: Period, now: datetime) -> _Span:
+        """The window of `period` containing `now`, worked out once per window rather than per request
+        (time-zone conversion and formatting cost more than the rest of a budget's bookkeeping)."""
+        span = self._spans.get(period)
+        if span is None or not span.start <= now < span.end:
+            span = self._spans[period] = _calendar_span(period, now, self._tz)
+        return span
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """One daily or monthly window: its label in shared-state keys, and its bounds in UTC."""
+
+    label: str
+    start: datetime
+    end: datetime
+
+
+def _calendar_span(period: Period, now: datetime, tz: tzinfo) -> _Span:
+    """The calendar day or month of `tz` containing `now`."""
+    local = now.astimezone(tz)
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "daily":
+        label, end = local.strftime("%Y-%m-%d"), start + timedelta(days=1)
+    else:
+        start = start.replace(day=1)
+        label, end = local.strftime("%Y-%m"), (start + timedelta(days=32)).replace(day=1)
+    return _Span(label, start.astimezone(UTC), end.astimezone(UTC))
 
 
 def _flag(key: str, threshold: float) -> str:

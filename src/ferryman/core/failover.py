@@ -129,10 +129,9 @@ class Failover:
             self._local_holds.discard(release)
             await local_slots.release(release)
             release = None
-        shares = [(self._share(window), amount) for window, amount in windows]
         await self._either(
             lambda: shared_counters.finish(windows, release, holds=shared_slots),
-            lambda: local_counters.finish(shares),
+            lambda: local_counters.finish([(self._share(window), amount) for window, amount in windows]),
             refuse=False,
         )
 

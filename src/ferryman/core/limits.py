@@ -15,11 +15,12 @@ deployment at its limit is skipped rather than provoked into a 429.
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ferryman.core._ids import unique_id
+from ferryman.core._shield import Background
 from ferryman.core.caller import Limits
 from ferryman.core.estimate import InputEstimates
 from ferryman.core.exchange import Exchange
@@ -37,6 +38,7 @@ from ferryman.errors import RateLimitError
 
 if TYPE_CHECKING:  # the pipeline imports the attempt loop, which imports this module
     from ferryman.core.pipeline import Answer, Outcome
+    from ferryman.core.strategies import HeadroomBook
 
 MINUTE = 60.0
 PARALLEL_RETRY_AFTER = 1.0  # a slot frees when some request ends: worth trying again soon
@@ -61,6 +63,10 @@ class Scope:
     kind: str
     id: str
     quota: Quota
+
+
+_Units = tuple[Window | None, Window | None, Ceiling | None]  # a scope's requests, tokens, concurrency
+_UNITS_CACHED = 10_000  # scopes whose units are kept (see `RateLimits._units`)
 
 
 class LimitExceededError(RateLimitError):
@@ -97,9 +103,14 @@ class RateLimits:
         slot_ttl: float = 900.0,
         router: Router | None = None,
         estimates: InputEstimates | None = None,
+        background: Background | None = None,
     ) -> None:
         """`estimates` counts the prompt by each of the model's deployments in `router` and reserves
-        the highest (no deployment is chosen yet); without them, the characters rule."""
+        the highest (no deployment is chosen yet); without them, the characters rule.
+
+        With `background`, the exit's release and correction are sent without the answer waiting for
+        them (worth it when the counters are remote: a round trip off every request's latency); the
+        slot is then free a moment after the answer rather than before it."""
         self._counters = counters
         self._slots = slots
         self._global = global_quota or Quota()
@@ -108,6 +119,8 @@ class RateLimits:
         self._slot_ttl = slot_ttl
         self._router = router
         self._estimates = estimates or InputEstimates()
+        self._unit_cache: dict[Scope, _Units] = {}
+        self._background = background
 
     def scopes(self, exchange: Exchange) -> list[Scope]:
         """Every scope with a limit that applies to `exchange`, narrowest first."""
@@ -127,14 +140,18 @@ class RateLimits:
         scopes = self.scopes(exchange)
         if not scopes:
             return None
-        rpm = [Window(f"rpm:{s.kind}:{s.id}", s.quota.rpm, MINUTE) for s in scopes if s.quota.rpm]
-        tpm = [Window(f"tpm:{s.kind}:{s.id}", s.quota.tpm, MINUTE) for s in scopes if s.quota.tpm]
+        rpm: list[Window] = []
+        tpm: list[Window] = []
+        parallel: list[Ceiling] = []
+        for scope in scopes:
+            requests_window, tokens_window, ceiling = self._units(scope)
+            if requests_window is not None:
+                rpm.append(requests_window)
+            if tokens_window is not None:
+                tpm.append(tokens_window)
+            if ceiling is not None:
+                parallel.append(ceiling)
         estimate = self._estimate(exchange) if tpm else 0  # settled only where a TPM window took it
-        parallel = [
-            Ceiling(f"parallel:{s.kind}:{s.id}", s.quota.max_parallel, self._slot_ttl)
-            for s in scopes
-            if s.quota.max_parallel
-        ]
         slot = _slot(parallel, self._slot_ttl)
         windows = [(window, 1.0) for window in rpm] + [(window, float(estimate)) for window in tpm]
         admission = await self._counters.admit(windows, slot, holds=self._slots)
@@ -142,8 +159,26 @@ class RateLimits:
             raise _refusal(exchange, admission, rpm, tpm, slot, scopes)
         exchange.notes[self.name] = _Held(slot.reservation_id if slot else None, tpm, estimate, scopes)
         requests, tokens = admission.remaining[: len(rpm)], admission.remaining[len(rpm) : len(windows)]
-        exchange.headers.update(_headers(rpm, requests, "requests") | _headers(tpm, tokens, "tokens"))
+        _headers(exchange.headers, rpm, requests, "requests")
+        _headers(exchange.headers, tpm, tokens, "tokens")
         return None
+
+    def _units(self, scope: Scope) -> _Units:
+        """The scope's requests window, tokens window and concurrency ceiling (None where unlimited),
+        kept per scope: the same key's requests would otherwise build and check them every time."""
+        units = self._unit_cache.get(scope)
+        if units is None:
+            if len(self._unit_cache) >= _UNITS_CACHED:
+                self._unit_cache.clear()  # many distinct keys or end users: start over, stay bounded
+            quota, name = scope.quota, f"{scope.kind}:{scope.id}"
+            units = self._unit_cache[scope] = (
+                Window(f"rpm:{name}", quota.rpm, MINUTE) if quota.rpm else None,
+                Window(f"tpm:{name}", quota.tpm, MINUTE) if quota.tpm else None,
+                Ceiling(f"parallel:{name}", quota.max_parallel, self._slot_ttl)
+                if quota.max_parallel
+                else None,
+            )
+        return units
 
     def _estimate(self, exchange: Exchange) -> int:
         """The prompt's estimate at the deployment of its model that counts it highest."""
@@ -161,7 +196,11 @@ class RateLimits:
             corrections = [(window, float(actual - held.estimate)) for window in held.tpm_windows]
         if held.slot_id is not None or any(amount for _, amount in corrections):
             # one call (one round trip): the token correction and the slot's release together
-            await self._counters.finish(corrections, held.slot_id, holds=self._slots)
+            finish = self._counters.finish(corrections, held.slot_id, holds=self._slots)
+            if self._background is None:
+                await finish
+            else:
+                self._background.spawn(finish, "rate-limit release")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +223,16 @@ class DeploymentQuotas:
         quotas: Mapping[str, Quota],
         slot_ttl: float = 900.0,
         estimates: InputEstimates | None = None,
+        headroom: HeadroomBook | None = None,
     ) -> None:
-        """`estimates` counts the prompt as each deployment's own model does (default: by characters)."""
+        """`estimates` counts the prompt as each deployment's own model does (default: by characters);
+        `headroom` hears what each admission left, for the `most_headroom` strategy."""
         self._counters = counters
         self._slots = slots
         self._quotas = {name: quota for name, quota in quotas.items() if quota}
         self._slot_ttl = slot_ttl
         self._estimates = estimates or InputEstimates()
+        self._headroom = headroom
 
     def limits(self, target: Target) -> bool:
         """Whether `target` has a quota at all (most do not: then no round trip is made)."""
@@ -210,6 +252,8 @@ class DeploymentQuotas:
         )
         windows = [(window, amount) for window, amount in ((rpm, 1.0), (tpm, float(estimate))) if window]
         admission = await self._counters.admit(windows, slot, holds=self._slots)
+        if self._headroom is not None and windows:
+            self._headroom.note(name, _fraction_left(admission, windows))
         if not admission.allowed:
             slot_full = _full_ceiling(admission, slot, len(windows)) is not None
             raise _deployment_full(name, PARALLEL_RETRY_AFTER if slot_full else admission.retry_after)
@@ -223,6 +267,17 @@ class DeploymentQuotas:
             corrections = [(grant.tpm, float(tokens - grant.estimate))]
         if grant.slot_id is not None or corrections:
             await self._counters.finish(corrections, grant.slot_id, holds=self._slots)
+
+
+def _fraction_left(admission: Admission, windows: Sequence[tuple[Window, float]]) -> float:
+    """The fraction of its limit the tightest window has left after `admission` (0 when refused)."""
+    if not admission.allowed:
+        return 0.0
+    fraction = 1.0
+    for (window, _), left in zip(windows, admission.remaining, strict=False):
+        if window.limit > 0:
+            fraction = min(fraction, max(left, 0.0) / window.limit)
+    return fraction
 
 
 def _deployment_full(name: str, retry_after: float) -> LimitExceededError:
@@ -249,8 +304,7 @@ def _slot(ceilings: Sequence[Ceiling], ttl: float) -> Hold | None:
     """One concurrency slot on every ceiling, as a single hold (`None`: no concurrency limit applies)."""
     if not ceilings:
         return None
-    slot_id = f"slot-{uuid.uuid4().hex}"  # never the client's request id: clients may reuse those
-    return Hold(slot_id, tuple(ceilings), 1, ttl)
+    return Hold(unique_id("slot"), tuple(ceilings), 1, ttl)
 
 
 def _full_ceiling(admission: Admission, slot: Hold | None, windows: int) -> Ceiling | None:
@@ -307,14 +361,25 @@ def _refusal(
     )
 
 
-def _headers(windows: Sequence[Window], remaining: Sequence[float], unit: str) -> dict[str, str]:
-    """OpenAI's `x-ratelimit-*` headers for the tightest window (the one with the least left)."""
+def _headers(
+    headers: dict[str, str], windows: Sequence[Window], remaining: Sequence[float], unit: str
+) -> None:
+    """OpenAI's `x-ratelimit-*` headers for the tightest window (the one with the least left), set in
+    `headers`."""
     if not windows or len(remaining) != len(windows):
-        return {}
-    index = min(range(len(windows)), key=lambda i: remaining[i])
+        return
+    index = 0
+    for other in range(1, len(windows)):
+        if remaining[other] < remaining[index]:
+            index = other
     window = windows[index]
-    return {
-        f"x-ratelimit-limit-{unit}": f"{window.limit:g}",
-        f"x-ratelimit-remaining-{unit}": str(max(math.floor(remaining[index]), 0)),
-        f"x-ratelimit-reset-{unit}": f"{window.seconds:g}s",  # a sliding window is fully clear by then
-    }
+    names = _HEADER_NAMES[unit]
+    headers[names[0]] = f"{window.limit:g}"
+    headers[names[1]] = str(max(math.floor(remaining[index]), 0))
+    headers[names[2]] = f"{window.seconds:g}s"  # a sliding window is fully clear by then
+
+
+_HEADER_NAMES = {
+    unit: (f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}", f"x-ratelimit-reset-{unit}")
+    for unit in ("requests", "tokens")
+}

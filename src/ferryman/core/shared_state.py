@@ -30,6 +30,10 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# The values below are built per request on the hot path, so their checks test first and format the
+# message only for a value that fails (an f-string argument to `_require` would be built every time).
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """At most `limit` units per sliding `seconds`, counted under `key`.
@@ -43,8 +47,9 @@ class Window:
     seconds: float
 
     def __post_init__(self) -> None:
-        _require(self.limit >= 0, f"window {self.key!r}: limit must be >= 0")
-        _require(0 < self.seconds < math.inf, f"window {self.key!r}: seconds must be positive and finite")
+        if not (self.limit >= 0 and 0 < self.seconds < math.inf):
+            _require(self.limit >= 0, f"window {self.key!r}: limit must be >= 0")
+            _require(False, f"window {self.key!r}: seconds must be positive and finite")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +90,14 @@ class Hold:
     ttl: float
 
     def __post_init__(self) -> None:
-        _require(self.amount >= 0, f"hold {self.reservation_id!r}: amount must be >= 0")
-        _require(0 < self.ttl < math.inf, f"hold {self.reservation_id!r}: ttl must be positive and finite")
-        _require(
-            not any(ceiling.restorable for ceiling in self.ceilings),
-            f"hold {self.reservation_id!r}: restorable ceilings go through Reservations.reserve",
-        )
+        if not (self.amount >= 0 and 0 < self.ttl < math.inf):
+            _require(self.amount >= 0, f"hold {self.reservation_id!r}: amount must be >= 0")
+            _require(False, f"hold {self.reservation_id!r}: ttl must be positive and finite")
+        for ceiling in self.ceilings:
+            if ceiling.restorable:
+                raise ValueError(
+                    f"hold {self.reservation_id!r}: restorable ceilings go through Reservations.reserve"
+                )
 
 
 def require_admissible(windows: Sequence[tuple[Window, float]]) -> None:
@@ -101,11 +108,10 @@ def require_admissible(windows: Sequence[tuple[Window, float]]) -> None:
     """
     amounts: dict[str, float] = {}
     for window, amount in windows:
-        _require(amount >= 0, f"window {window.key!r}: admitted amounts are >= 0; corrections use add()")
-        _require(
-            amounts.setdefault(window.key, amount) == amount,
-            f"window {window.key!r}: windows sharing a key must admit the same amount",
-        )
+        if not amount >= 0:
+            raise ValueError(f"window {window.key!r}: admitted amounts are >= 0; corrections use add()")
+        if amounts.setdefault(window.key, amount) != amount:
+            raise ValueError(f"window {window.key!r}: windows sharing a key must admit the same amount")
 
 
 class WindowCounters(Protocol):
@@ -197,8 +203,9 @@ class Ceiling:
     restorable: bool = False
 
     def __post_init__(self) -> None:
-        _require(self.limit >= 0, f"ceiling {self.key!r}: limit must be >= 0")
-        _require(0 < self.ttl < math.inf, f"ceiling {self.key!r}: ttl must be positive and finite")
+        if not (self.limit >= 0 and 0 < self.ttl < math.inf):
+            _require(self.limit >= 0, f"ceiling {self.key!r}: limit must be >= 0")
+            _require(False, f"ceiling {self.key!r}: ttl must be positive and finite")
 
 
 class Reservations(Protocol):
@@ -271,7 +278,9 @@ class SpendEntry:
     """One request's final cost as the ledger keeps it: the record budgets are rebuilt from.
 
     `cost_usd` is `None` for an unpriced model, never a silent 0; `estimated` marks usage that was
-    estimated (a stream cut short) rather than reported by the provider.
+    estimated (a stream cut short) rather than reported by the provider. As in `canonical.Usage`,
+    `cached_tokens` and `cache_write_tokens` are parts of `input_tokens`, `reasoning_tokens` of
+    `output_tokens`; the last two default to 0, as entries recorded before they existed read.
     """
 
     request_id: str
@@ -287,11 +296,14 @@ class SpendEntry:
     cached_tokens: int
     cost_usd: float | None
     estimated: bool = False
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def __post_init__(self) -> None:
         _require(self.at.utcoffset() == timedelta(0), f"spend {self.request_id!r}: `at` must be UTC")
+        counts = (self.input_tokens, self.output_tokens, self.cached_tokens)
         _require(
-            min(self.input_tokens, self.output_tokens, self.cached_tokens) >= 0,
+            min(*counts, self.cache_write_tokens, self.reasoning_tokens) >= 0,
             f"spend {self.request_id!r}: token counts must be >= 0",
         )
         _require(self.cost_usd is None or self.cost_usd >= 0, f"spend {self.request_id!r}: cost must be >= 0")

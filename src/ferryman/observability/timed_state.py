@@ -22,19 +22,19 @@ class TimedCounters:
 
     def __init__(self, inner: WindowCounters, histogram: Histogram) -> None:
         self._inner = inner
-        self._histogram = histogram
+        self._timed = _Timer(histogram)
 
     async def check_and_add(self, windows: Sequence[Window], amount: float) -> Admission:
         """Timed as `check_and_add`."""
-        return await _timed(self._histogram, "check_and_add", self._inner.check_and_add(windows, amount))
+        return await self._timed("check_and_add", self._inner.check_and_add(windows, amount))
 
     async def add(self, windows: Sequence[Window], amount: float) -> None:
         """Timed as `add`."""
-        await _timed(self._histogram, "add", self._inner.add(windows, amount))
+        await self._timed("add", self._inner.add(windows, amount))
 
     async def count(self, window: Window) -> float:
         """Timed as `count`."""
-        return await _timed(self._histogram, "count", self._inner.count(window))
+        return await self._timed("count", self._inner.count(window))
 
     async def admit(
         self,
@@ -47,7 +47,7 @@ class TimedCounters:
         both halves of one pair, and only the unwrapped pair is one backend (one atomic step)."""
         inner_holds = holds.inner if isinstance(holds, TimedReservations) else holds
         work = self._inner.admit(windows, hold, holds=inner_holds)
-        return await _timed(self._histogram, "admit", work)
+        return await self._timed("admit", work)
 
     async def finish(
         self,
@@ -58,7 +58,7 @@ class TimedCounters:
     ) -> None:
         """Timed as `finish`; the hold is released in the store `holds` wraps, as in `admit`."""
         inner_holds = holds.inner if isinstance(holds, TimedReservations) else holds
-        await _timed(self._histogram, "finish", self._inner.finish(windows, release, holds=inner_holds))
+        await self._timed("finish", self._inner.finish(windows, release, holds=inner_holds))
 
 
 class TimedReservations:
@@ -66,7 +66,7 @@ class TimedReservations:
 
     def __init__(self, inner: Reservations, histogram: Histogram) -> None:
         self._inner = inner
-        self._histogram = histogram
+        self._timed = _Timer(histogram)
 
     @property
     def inner(self) -> Reservations:
@@ -78,29 +78,40 @@ class TimedReservations:
     ) -> Admission:
         """Timed as `reserve`."""
         work = self._inner.reserve(reservation_id, ceilings, amount, ttl)
-        return await _timed(self._histogram, "reserve", work)
+        return await self._timed("reserve", work)
 
     async def settle(self, reservation_id: str, actual: float) -> Mapping[str, float]:
         """Timed as `settle`."""
-        return await _timed(self._histogram, "settle", self._inner.settle(reservation_id, actual))
+        return await self._timed("settle", self._inner.settle(reservation_id, actual))
 
     async def release(self, reservation_id: str) -> None:
         """Timed as `release`."""
-        await _timed(self._histogram, "release", self._inner.release(reservation_id))
+        await self._timed("release", self._inner.release(reservation_id))
 
     async def level(self, key: str) -> tuple[float, float]:
         """Timed as `level`."""
-        return await _timed(self._histogram, "level", self._inner.level(key))
+        return await self._timed("level", self._inner.level(key))
 
     async def restore(self, key: str, committed: float, ttl: float, *, if_absent: bool = False) -> bool:
         """Timed as `restore`."""
         work = self._inner.restore(key, committed, ttl, if_absent=if_absent)
-        return await _timed(self._histogram, "restore", work)
+        return await self._timed("restore", work)
 
 
-async def _timed(histogram: Histogram, operation: str, work: Awaitable[T]) -> T:
-    started = time.perf_counter()
-    try:
-        return await work
-    finally:
-        histogram.labels(operation).observe(time.perf_counter() - started)
+class _Timer:
+    """Times awaitables into one histogram, by operation: each label's child looked up once, not per
+    call (`labels` costs more than the observation)."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._children: dict[str, Histogram] = {}
+
+    async def __call__(self, operation: str, work: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await work
+        finally:
+            child = self._children.get(operation)
+            if child is None:
+                child = self._children[operation] = self._histogram.labels(operation)
+            child.observe(time.perf_counter() - started)

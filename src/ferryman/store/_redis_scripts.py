@@ -114,8 +114,9 @@ local function window(hash, entries, limit, seconds, amount)  -- a bound; its se
   local s = series[hash]
   if s == nil then
     s = {hash = hash, entries = entries, longest = seconds, amount = amount}
-    local stored = redis.call('HMGET', hash, 'total', 'span')
+    local stored = redis.call('HMGET', hash, 'total', 'span', 'seq')
     s.total, s.span = tonumber(stored[1]) or 0, tonumber(stored[2])  -- span nil: no such series
+    s.seq = tonumber(stored[3]) or 0
     series[hash] = s
     series_order[#series_order + 1] = s
   elseif seconds > s.longest then
@@ -127,9 +128,8 @@ end
 local function record_series()  -- count each series' amount once, now
   for _, s in ipairs(series_order) do
     if s.amount ~= 0 then
-      s.span = math.max(s.span or 0, s.longest)
-      local seq = redis.call('HINCRBY', s.hash, 'seq', 1)
-      redis.call('ZADD', s.entries, fmt(now), fmt(s.amount) .. ':' .. seq)
+      s.span, s.seq, s.added = math.max(s.span or 0, s.longest), s.seq + 1, true
+      redis.call('ZADD', s.entries, fmt(now), fmt(s.amount) .. ':' .. string.format('%d', s.seq))
       s.total, s.live = s.total + s.amount, (s.live or 0) + 1
     end
   end
@@ -141,8 +141,10 @@ local function save_series()  -- a series lives as long as its newest unit count
       if s.live == 0 then
         redis.call('DEL', s.hash, s.entries)
       else
-        redis.call('HSET', s.hash, 'total', fmt(s.total), 'span', fmt(s.span))
-        local newest = tonumber(redis.call('ZRANGE', s.entries, -1, -1, 'WITHSCORES')[2])
+        local seq = string.format('%d', s.seq)
+        redis.call('HSET', s.hash, 'total', fmt(s.total), 'span', fmt(s.span), 'seq', seq)
+        local newest = now  -- a unit added by this script is the newest; else ask the set
+        if not s.added then newest = tonumber(redis.call('ZRANGE', s.entries, -1, -1, 'WITHSCORES')[2]) end
         local ms = ms_until(newest + s.span)
         redis.call('PEXPIRE', s.hash, ms)
         redis.call('PEXPIRE', s.entries, ms)

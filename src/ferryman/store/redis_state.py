@@ -43,7 +43,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 
@@ -59,7 +59,7 @@ from ferryman.core.shared_state import (
 )
 from ferryman.errors import SharedStateUnavailableError
 from ferryman.store import _redis_scripts as scripts
-from ferryman.store._evalsha import Scripts
+from ferryman.store._evalsha import Script, Scripts
 from ferryman.store._redis_connect import REDIS_FAILURES, Connected, connect, parse_redis_url
 
 LEDGER_STREAM_SUFFIX = "ledger"
@@ -95,6 +95,8 @@ def encode_spend_entry(entry: SpendEntry) -> str:
             "input_tokens": entry.input_tokens,
             "output_tokens": entry.output_tokens,
             "cached_tokens": entry.cached_tokens,
+            "cache_write_tokens": entry.cache_write_tokens,
+            "reasoning_tokens": entry.reasoning_tokens,
             "cost_usd": entry.cost_usd,
             "estimated": entry.estimated,
         },
@@ -103,7 +105,8 @@ def encode_spend_entry(entry: SpendEntry) -> str:
 
 
 def decode_spend_entry(text: str | bytes) -> SpendEntry:
-    """The `SpendEntry` that `encode_spend_entry` wrote."""
+    """The `SpendEntry` that `encode_spend_entry` wrote (one written before an entry had cache writes
+    and reasoning tokens reads them as 0)."""
     fields = json.loads(text)
     cost = fields["cost_usd"]
     return SpendEntry(
@@ -120,6 +123,8 @@ def decode_spend_entry(text: str | bytes) -> SpendEntry:
         cached_tokens=int(fields["cached_tokens"]),
         cost_usd=None if cost is None else float(cost),
         estimated=bool(fields["estimated"]),
+        cache_write_tokens=int(fields.get("cache_write_tokens", 0)),
+        reasoning_tokens=int(fields.get("reasoning_tokens", 0)),
     )
 
 
@@ -171,7 +176,8 @@ class _Link:
         self._timeout = timeout
         self._gate = asyncio.Semaphore(max_connections)
         self._discovery = asyncio.Lock()
-        self.scripts = Scripts(self.client)  # the hot path: EVALSHA without redis-py's client layer
+        self._cluster = isinstance(self.client, RedisCluster)
+        self.scripts = Scripts(self.client, timeout)  # the hot path: EVALSHA without redis-py's client layer
         register = self.scripts.register
         self.windows = register(scripts.WINDOWS)
         self.reserve = register(scripts.RESERVE)
@@ -182,19 +188,25 @@ class _Link:
         self.restore = register(scripts.RESTORE)
         self.ledger_append = register(scripts.LEDGER_APPEND)
 
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """Run one script as `call` runs an operation, but without a timer of its own: `Scripts` bounds
+        each batch's round trip by the same timeout (a timer per call cost more than the script)."""
+        if self._cluster:
+            return await self.call(lambda: script(keys=keys, args=args))
+        await self._acquire()
+        try:
+            return await script(keys=keys, args=args)
+        except REDIS_FAILURES as exc:
+            raise SharedStateUnavailableError(f"shared state (Redis) failed: {type(exc).__name__}") from exc
+        finally:
+            self._gate.release()
+
     async def call(self, operation: Callable[[], Awaitable[Result]]) -> Result:
         """Run one Redis operation; any Redis or socket failure raises `SharedStateUnavailableError`."""
-        try:
-            if self._gate.locked():
-                async with asyncio.timeout(self._timeout):
-                    await self._gate.acquire()
-            else:
-                await self._gate.acquire()
-        except TimeoutError as exc:
-            raise SharedStateUnavailableError("shared state busy: no Redis connection came free") from exc
+        await self._acquire()
         try:
             async with asyncio.timeout(self._timeout):  # the client has no socket timeout: this is it
-                if isinstance(self.client, RedisCluster):
+                if self._cluster:
                     # redis-py lets concurrent calls rediscover the cluster's layout together, and they
                     # close each other's connections; one at a time, the others find it done (a no-op).
                     async with self._discovery:
@@ -205,6 +217,17 @@ class _Link:
             raise SharedStateUnavailableError(f"shared state (Redis) failed: {type(exc).__name__}") from exc
         finally:
             self._gate.release()
+
+    async def _acquire(self) -> None:
+        """A place among the calls in flight, waiting at most `timeout` for one."""
+        try:
+            if self._gate.locked():
+                async with asyncio.timeout(self._timeout):
+                    await self._gate.acquire()
+            else:
+                await self._gate.acquire()
+        except TimeoutError as exc:
+            raise SharedStateUnavailableError("shared state busy: no Redis connection came free") from exc
 
 
 def _admission(reply: list[object], keys: Sequence[str]) -> Admission:
@@ -276,8 +299,7 @@ class RedisWindowCounters:
                 keys += self._keys.ceiling(ceiling.key)
                 args += [_number(ceiling.limit), _number(ceiling.ttl * _US)]
                 names.append(ceiling.key)
-        script = self._link.admit
-        reply: list[object] = await self._link.call(lambda: script(keys=keys, args=args))
+        reply: list[object] = await self._link.run(self._link.admit, keys, args)
         if hold is not None and reply == [-1]:  # the script's answer for a hold whose id is known
             raise ValueError(f"reservation {hold.reservation_id!r} already exists")
         return _admission(reply, names)
@@ -303,8 +325,7 @@ class RedisWindowCounters:
         if release is not None:
             keys.append(self._keys.hold(release))
             args.append(release)
-        script = self._link.finish
-        await self._link.call(lambda: script(keys=keys, args=args))
+        await self._link.run(self._link.finish, keys, args)
 
     def _shares_keys_with(self, holds: Reservations | None) -> bool:
         """Whether `holds` reaches the same Redis under the same prefix: then its holds are this script's."""
@@ -319,8 +340,7 @@ class RedisWindowCounters:
         args = [mode, _number(amount)]
         for window in windows:
             args += [_number(window.limit), _number(window.seconds * _US)]
-        script = self._link.windows
-        reply: list[object] = await self._link.call(lambda: script(keys=keys, args=args))
+        reply: list[object] = await self._link.run(self._link.windows, keys, args)
         return reply
 
 
@@ -341,8 +361,7 @@ class RedisReservations:
         for ceiling in ceilings:
             keys += self._keys.ceiling(ceiling.key)
             args += [_number(ceiling.limit), _number(ceiling.ttl * _US), "1" if ceiling.restorable else "0"]
-        script = self._link.reserve
-        reply: list[object] = await self._link.call(lambda: script(keys=keys, args=args))
+        reply: list[object] = await self._link.run(self._link.reserve, keys, args)
         if reply == [-1]:
             raise ValueError(f"reservation {reservation_id!r} already exists")
         names = [ceiling.key for ceiling in ceilings]
@@ -360,22 +379,20 @@ class RedisReservations:
         await self._close(reservation_id, "")
 
     async def level(self, key: str) -> tuple[float, float]:
-        script = self._link.level
-        committed, held = await self._link.call(lambda: script(keys=self._keys.ceiling(key)))
+        committed, held = await self._link.run(self._link.level, self._keys.ceiling(key), ())
         return float(_text(committed)), float(_text(held))
 
     async def restore(self, key: str, committed: float, ttl: float, *, if_absent: bool = False) -> bool:
         if not ttl > 0:
             raise ValueError("restore takes a ttl > 0")
-        script = self._link.restore
         args = [_number(committed), _number(ttl * _US), "1" if if_absent else "0"]
-        restored = await self._link.call(lambda: script(keys=self._keys.ceiling(key), args=args))
+        restored = await self._link.run(self._link.restore, self._keys.ceiling(key), args)
         return bool(restored == 1)
 
     async def _close(self, reservation_id: str, actual: str) -> dict[str, float]:
         """CLOSE_HOLD; the levels it reports, by ceiling key (their hashes are named by `_Keys.ceiling`)."""
-        script, keys = self._link.close_hold, [self._keys.hold(reservation_id)]
-        after: list[object] = await self._link.call(lambda: script(keys=keys, args=[reservation_id, actual]))
+        keys = [self._keys.hold(reservation_id)]
+        after: list[object] = await self._link.run(self._link.close_hold, keys, [reservation_id, actual])
         prefix = self._keys.ceiling("")[0]
         return {
             _text(name).removeprefix(prefix): float(_text(committed))
@@ -421,8 +438,7 @@ class RedisLedger:
         keys = [self._keys.ledger_seen(entry.request_id), self._keys.ledger()]
         ttl_ms = int(LEDGER_SEEN_TTL.total_seconds() * 1000)
         args = [entry.request_id, encode_spend_entry(entry), str(ttl_ms)]
-        script = self._link.ledger_append
-        appended = await self._link.call(lambda: script(keys=keys, args=args))
+        appended = await self._link.run(self._link.ledger_append, keys, args)
         return bool(appended == 1)
 
     async def entries(self, *, since: datetime | None = None) -> list[SpendEntry]:
