@@ -18,7 +18,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from ferryman import __version__
-from ferryman.api.app import GatewayApp, create_app
+from ferryman.api.app import WORKERS_ENV, GatewayApp, create_app
 from ferryman.cli_keys import add_admin_commands, run_admin_command
 from ferryman.core.pricing import price_for
 from ferryman.errors import ConfigError
@@ -144,6 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
         # Each worker builds its own app from the same file; uvicorn supervises them.
         if args.config:
             os.environ["FERRYMAN_CONFIG"] = os.path.abspath(args.config)
+        os.environ[WORKERS_ENV] = str(settings.server.workers)  # `--workers` too: budgets need to know
         _prepare_multiprocess_metrics()
         config = _uvicorn_config("ferryman.api.app:app_from_env", settings)
         supervisor = Multiprocess(config, sockets=[config.bind_socket()])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import math
 import sys
 import uuid
@@ -36,6 +37,11 @@ from ferryman.errors import ConfigError
 from ferryman.store.backends import open_shared_state
 from ferryman.store.memory import MemoryCache, MemoryReservations, MemoryWindowCounters, open_memory_state
 from tests.store.redis_topologies import redis_cluster_url, redis_sentinel_url  # noqa: F401 - fixtures
+from tests.store.sql_backend import (  # noqa: F401 - fixtures
+    emptied_reservations,
+    sql_reservations_postgresql,
+    sql_reservations_sqlite,
+)
 
 BACKEND_URLS = [
     pytest.param("memory://", id="memory"),
@@ -44,6 +50,17 @@ BACKEND_URLS = [
     pytest.param("redis_sentinel_url", id="redis-sentinel"),
 ]
 """`memory://` itself, or the name of the fixture serving a real server's URL."""
+
+RESERVATION_BACKENDS = [
+    *BACKEND_URLS,
+    pytest.param("sql_reservations_sqlite", id="sql-sqlite"),
+    pytest.param("sql_reservations_postgresql", id="sql-postgresql"),
+]
+"""The reservations contract also binds `store.sql_reservations`, which implements `Reservations` only:
+its `backend` has in-process counters, cache and ledger beside it, which the tests marked
+`reservations_contract` never use."""
+
+reservations_contract = pytest.mark.parametrize("backend", RESERVATION_BACKENDS, indirect=True)
 
 
 class FakeClock:
@@ -81,6 +98,11 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             yield opened
         finally:
             await opened.state.close()
+        return
+    if url.startswith("sql_reservations_"):  # a migrated database; the database's clock: real sleeping
+        async with emptied_reservations(request.getfixturevalue(url)) as reservations:
+            local = await open_memory_state("memory://")
+            yield Backend(dataclasses.replace(local, reservations=reservations), asyncio.sleep)
         return
     server_url: str = request.getfixturevalue(url)
     prefix = f"test-{uuid.uuid4().hex}"
@@ -263,6 +285,7 @@ async def test_concurrent_checks_never_overshoot(backend: Backend) -> None:
 # --- reservations --------------------------------------------------------------------------------------
 
 
+@reservations_contract
 async def test_reserve_holds_and_reports_what_remains(backend: Backend) -> None:
     reservations = backend.state.reservations
     daily = Ceiling(backend.key("daily"), limit=10, ttl=5.0)
@@ -271,6 +294,7 @@ async def test_reserve_holds_and_reports_what_remains(backend: Backend) -> None:
     assert await reservations.level(daily.key) == (0, 4)
 
 
+@reservations_contract
 async def test_one_refusing_ceiling_holds_nothing_anywhere(backend: Backend) -> None:
     reservations = backend.state.reservations
     team = Ceiling(backend.key("team"), limit=100, ttl=5.0)
@@ -284,6 +308,7 @@ async def test_one_refusing_ceiling_holds_nothing_anywhere(backend: Backend) -> 
     assert await reservations.level(team.key) == (0, 0)
 
 
+@reservations_contract
 async def test_an_expired_hold_frees_the_ceiling(backend: Backend) -> None:
     reservations = backend.state.reservations
     ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
@@ -297,6 +322,7 @@ async def test_an_expired_hold_frees_the_ceiling(backend: Backend) -> None:
     assert (await reservations.reserve("next", [ceiling], 5, ttl=0.5)).allowed
 
 
+@reservations_contract
 async def test_spend_alone_over_the_limit_retries_when_the_period_ends(backend: Backend) -> None:
     reservations = backend.state.reservations
     ceiling = Ceiling(backend.key("budget"), limit=10, ttl=2.0)
@@ -307,6 +333,7 @@ async def test_spend_alone_over_the_limit_retries_when_the_period_ends(backend: 
         assert answer.retry_after == pytest.approx(1.5, abs=0.05)
 
 
+@reservations_contract
 async def test_settle_commits_the_actual_cost_once(backend: Backend) -> None:
     reservations = backend.state.reservations
     ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
@@ -318,6 +345,7 @@ async def test_settle_commits_the_actual_cost_once(backend: Backend) -> None:
     assert await reservations.level(ceiling.key) == (1.5, 0)
 
 
+@reservations_contract
 async def test_settle_reports_each_ceilings_committed_total_after_it(backend: Backend) -> None:
     reservations = backend.state.reservations
     daily, monthly = Ceiling(backend.key("daily"), 10, 5.0), Ceiling(backend.key("monthly"), 100, 5.0)
@@ -329,6 +357,7 @@ async def test_settle_reports_each_ceilings_committed_total_after_it(backend: Ba
     assert await reservations.settle("never", 1.0) == {}
 
 
+@reservations_contract
 async def test_settle_may_exceed_the_hold(backend: Backend) -> None:
     reservations = backend.state.reservations
     key, team = Ceiling(backend.key("key"), 10, 5.0), Ceiling(backend.key("team"), 10, 5.0)
@@ -339,6 +368,7 @@ async def test_settle_may_exceed_the_hold(backend: Backend) -> None:
     assert not (await reservations.reserve("r2", [key], 0.5, ttl=1.0)).allowed
 
 
+@reservations_contract
 async def test_release_drops_the_hold_and_commits_nothing(backend: Backend) -> None:
     reservations = backend.state.reservations
     ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
@@ -350,6 +380,7 @@ async def test_release_drops_the_hold_and_commits_nothing(backend: Backend) -> N
     assert await reservations.level(ceiling.key) == (0, 3)
 
 
+@reservations_contract
 async def test_settle_after_the_hold_expired_still_commits(backend: Backend) -> None:
     reservations = backend.state.reservations
     ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
@@ -361,6 +392,7 @@ async def test_settle_after_the_hold_expired_still_commits(backend: Backend) -> 
     assert await reservations.level(ceiling.key) == (6, 0)
 
 
+@reservations_contract
 async def test_restore_sets_the_committed_total_and_keeps_holds(backend: Backend) -> None:
     reservations = backend.state.reservations
     ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
@@ -373,6 +405,7 @@ async def test_restore_sets_the_committed_total_and_keeps_holds(backend: Backend
     assert await reservations.level(ceiling.key) == (0, 2)
 
 
+@reservations_contract
 async def test_a_restorable_ceiling_without_a_level_is_unknown_not_zero(backend: Backend) -> None:
     reservations = backend.state.reservations
     lost = Ceiling(backend.key("lost"), limit=10, ttl=5.0, restorable=True)
@@ -390,6 +423,7 @@ async def test_a_restorable_ceiling_without_a_level_is_unknown_not_zero(backend:
     assert await reservations.level(lost.key) == (4, 2)
 
 
+@reservations_contract
 async def test_restore_if_absent_never_overwrites_a_level(backend: Backend) -> None:
     reservations = backend.state.reservations
     ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0, restorable=True)
@@ -402,6 +436,7 @@ async def test_restore_if_absent_never_overwrites_a_level(backend: Backend) -> N
     assert await reservations.level(ceiling.key) == (7, 0)
 
 
+@reservations_contract
 async def test_replicas_restoring_at_once_set_a_level_once(backend: Backend) -> None:
     reservations = backend.state.reservations
     key = backend.key("budget")
@@ -412,6 +447,7 @@ async def test_replicas_restoring_at_once_set_a_level_once(backend: Backend) -> 
     assert await reservations.level(key) == (restored.index(True) + 1, 0)
 
 
+@reservations_contract
 async def test_a_restored_level_is_known_at_zero_until_its_ttl(backend: Backend) -> None:
     reservations = backend.state.reservations
     ceiling = Ceiling(backend.key("budget"), limit=10, ttl=1.0, restorable=True)
@@ -426,6 +462,7 @@ async def test_a_restored_level_is_known_at_zero_until_its_ttl(backend: Backend)
     assert (await reservations.reserve("r4", [ceiling], 2, ttl=0.5)).unknown == (ceiling.key,)
 
 
+@reservations_contract
 async def test_committed_spend_lives_for_the_ceiling_ttl(backend: Backend) -> None:
     reservations = backend.state.reservations
     ceiling = Ceiling(backend.key("budget"), limit=10, ttl=1.0)
@@ -437,6 +474,7 @@ async def test_committed_spend_lives_for_the_ceiling_ttl(backend: Backend) -> No
     assert await reservations.level(ceiling.key) == (0, 0)
 
 
+@reservations_contract
 async def test_reserving_an_id_twice_is_an_error(backend: Backend) -> None:
     reservations = backend.state.reservations
     ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
@@ -449,11 +487,14 @@ async def test_reserving_an_id_twice_is_an_error(backend: Backend) -> None:
     assert await reservations.level(ceiling.key) == (1, 0)
 
 
+@reservations_contract
 async def test_concurrent_reservations_never_overshoot(backend: Backend) -> None:
     reservations = backend.state.reservations
-    ceiling = Ceiling(backend.key("budget"), limit=2.0, ttl=5.0)  # exactly 20 holds of $0.10
+    ceiling = Ceiling(backend.key("budget"), limit=2.0, ttl=60.0)  # exactly 20 holds of $0.10
+    # Holds that outlast the burst: 200 transactions against one SQL row take seconds on a busy machine,
+    # and a hold lapsing mid-burst would rightly admit one more.
     answers = await asyncio.gather(
-        *(reservations.reserve(f"r{i}", [ceiling], 0.1, ttl=2.0) for i in range(200))
+        *(reservations.reserve(f"r{i}", [ceiling], 0.1, ttl=30.0) for i in range(200))
     )
     assert sum(a.allowed for a in answers) == 20
     committed, held = await reservations.level(ceiling.key)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -160,3 +162,24 @@ async def test_a_journal_the_database_refused_is_moved_before_the_next_and_nothi
     finally:
         await journal.aclose()
     assert sorted(e.request_id for e in await sql.entries()) == ["r0", "r1", "r2"]
+
+
+async def test_cache_writes_and_reasoning_tokens_go_through_the_journal_and_old_lines_read_as_zero(
+    tmp_path: Path, sql: SqlLedger
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    old = json.loads(encode_spend_entry(entry("old")))
+    del old["cache_write_tokens"], old["reasoning_tokens"]  # a line written before the fields existed
+    (data / "spend-1-0123abcd.journal").write_text(json.dumps(old) + "\n")
+    new = dataclasses.replace(entry("new"), cache_write_tokens=7, reasoning_tokens=3)
+    journal = JournalLedger(data, sql)
+    await journal.start()  # replays the old journal
+    try:
+        assert await journal.append(new)
+        await journal.flush()
+    finally:
+        await journal.aclose()
+    stored = {e.request_id: e for e in await sql.entries()}
+    assert stored["new"] == new
+    assert (stored["old"].cache_write_tokens, stored["old"].reasoning_tokens) == (0, 0)

@@ -5,6 +5,8 @@ feeder SIGKILLed before acknowledging loses nothing and duplicates nothing once 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import signal
 import subprocess
 import sys
@@ -135,6 +137,7 @@ def test_the_feeder_reads_what_the_redis_ledger_writes_and_refuses_what_sql_coul
         (good.replace("+00:00", ""), "not a spend entry"),  # no time zone
         (good.replace('"input_tokens":100', f'"input_tokens":{2**63}'), "BIGINT"),
         (good.replace('"cost_usd":null', '"cost_usd":1e300'), "NUMERIC"),
+        (good.replace('"reasoning_tokens":0', f'"reasoning_tokens":{2**63}'), "BIGINT"),
     ):
         with pytest.raises(ValueError, match=reason):
             read_spend(bad.encode())
@@ -383,3 +386,28 @@ async def _holds(redis: Redis, prefix: str, consumer: str, count: int) -> bool:
     except ResponseError:  # NOGROUP: the feeder has not made the group yet
         return False
     return len(held) == count
+
+
+def test_cache_writes_and_reasoning_tokens_survive_the_stream_and_old_entries_read_as_zero() -> None:
+    entry = dataclasses.replace(spend("k", 1), cache_write_tokens=40, reasoning_tokens=9)
+    assert read_spend(encode_spend_entry(entry).encode()) == entry
+    old = json.loads(encode_spend_entry(entry))
+    del old["cache_write_tokens"], old["reasoning_tokens"]  # written by a release before the fields
+    assert read_spend(json.dumps(old).encode()) == dataclasses.replace(
+        entry, cache_write_tokens=0, reasoning_tokens=0
+    )
+
+
+async def test_cache_writes_and_reasoning_tokens_reach_sql_through_the_feeder(
+    redis: Redis, prefix: str, engine: AsyncEngine, key_id: str
+) -> None:
+    entry = dataclasses.replace(spend(key_id, 1), cache_write_tokens=40, reasoning_tokens=9)
+    await append(redis, prefix, [entry])
+    feeder = LedgerFeeder(redis, SqlLedger(engine), prefix=prefix, settings=FAST)
+    feeder.start()
+    try:
+        await eventually(lambda: _empty(redis, prefix))
+    finally:
+        await feeder.aclose()
+    stored = [e for e in await SqlLedger(engine).entries() if e.request_id == entry.request_id]
+    assert stored == [entry]

@@ -47,7 +47,7 @@ def schema_drift(connection: Connection) -> list[object]:
 async def test_upgrade_from_empty_reaches_head_and_matches_the_models(empty_database: str) -> None:
     assert await schema_revision(empty_database) is None
     await upgrade_schema(empty_database)
-    assert await schema_revision(empty_database) == head_revision() == "0005"
+    assert await schema_revision(empty_database) == head_revision() == "0006"
     engine = open_engine(empty_database)
     try:
         async with engine.connect() as conn:
@@ -70,7 +70,7 @@ async def test_upgrade_from_the_previous_revision_keeps_data(empty_database: str
                 {"hash": "a" * 64, "now": datetime(2025, 1, 1, tzinfo=UTC)},
             )
         await upgrade_schema(empty_database)
-        assert await schema_revision(empty_database) == "0005"
+        assert await schema_revision(empty_database) == "0006"
         async with engine.connect() as conn:
             row = (
                 await conn.execute(text("SELECT key_hash, last_used_at FROM api_keys WHERE id = 'k1'"))
@@ -259,3 +259,29 @@ async def test_0005_adds_nullable_end_user_budgets_and_downgrades_cleanly(empty_
     finally:
         await engine.dispose()
     assert await schema_revision(empty_database) == "0004"
+
+
+async def test_0006_adds_the_budget_reservation_tables_and_downgrades_cleanly(empty_database: str) -> None:
+    await upgrade_schema(empty_database, "0005")
+    engine = open_engine(empty_database)
+    tables = ("budget_levels", "budget_holds", "budget_hold_ceilings")
+
+    def downgrade(sync: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = sync
+        command.downgrade(config, "0005")
+
+    try:
+        await upgrade_schema(empty_database)
+        async with engine.connect() as conn:
+            names = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+            assert await conn.run_sync(schema_drift) == []
+        assert names >= set(tables)
+        async with engine.begin() as conn:
+            await conn.run_sync(downgrade)
+        async with engine.connect() as conn:
+            names = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+        assert not names & set(tables)
+        assert "spend_ledger" in names
+    finally:
+        await engine.dispose()

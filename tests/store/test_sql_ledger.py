@@ -5,6 +5,7 @@ with a default one, and storage failures leaving as StoreUnavailableError."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -365,3 +366,28 @@ async def test_an_in_memory_database_takes_concurrent_writers() -> None:
         await assert_rollups_equal_the_ledger(engine, "key-memory", len(entries))
     finally:
         await engine.dispose()
+
+
+async def test_cache_writes_and_reasoning_tokens_are_stored_read_back_and_rolled_up(
+    ledger: SqlLedger, engine: AsyncEngine
+) -> None:
+    key_id = f"key-{uuid.uuid4().hex}"
+    entry = spend(key_id=key_id, tokens=(1000, 300, 200))
+    entry = dataclasses.replace(entry, cache_write_tokens=500, reasoning_tokens=120)
+    assert await ledger.append(entry)
+    assert await ledger.append_many([older := spend(key_id=key_id, tokens=(10, 2, 0))]) == 1  # without: 0
+    stored = {e.request_id: e for e in await ledger.entries(since=NOW - timedelta(days=1))}
+    assert stored[entry.request_id] == entry
+    assert (stored[older.request_id].cache_write_tokens, stored[older.request_id].reasoning_tokens) == (0, 0)
+    async with engine.connect() as conn:
+        for rollup in ("spend_daily", "spend_daily_by_key"):
+            sums = (
+                await conn.execute(
+                    text(
+                        f"SELECT SUM(cache_write_tokens), SUM(reasoning_tokens) FROM {rollup} "  # noqa: S608 - fixed names
+                        "WHERE key_id = :key"
+                    ),
+                    {"key": key_id},
+                )
+            ).one()
+            assert tuple(sums) == (500, 120)

@@ -54,7 +54,7 @@ async def usage(request: Request) -> Response:
         }
         if cap is not None:
             budget = Budget("key", caller.key_id, caller.key_alias, period, cap)
-            committed, held = await state.shared.reservations.level(stage.window_key(budget, now))
+            committed, held = await stage.reservations.level(stage.window_key(budget, now))
             spent = committed
             window |= {"reserved_usd": held, "remaining_usd": max(cap - committed - held, 0.0)}
         window["spent_usd"] = spent

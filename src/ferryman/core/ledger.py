@@ -45,7 +45,7 @@ class SpendLedger:
             SpendEntry(
                 request_id=exchange.spend_id,
                 at=datetime.now(UTC),
-                model=exchange.model,
+                model=exchange.served_model or exchange.model,  # a fallback model bills as itself
                 provider=exchange.provider,
                 deployment=exchange.deployment,
                 key_id=caller.key_id,
@@ -56,6 +56,8 @@ class SpendLedger:
                 cached_tokens=usage.cached_tokens,
                 cost_usd=exchange.cost,
                 estimated=exchange.usage_estimated,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
             )
         )
 

@@ -63,7 +63,8 @@ def read_spend(raw: bytes) -> SpendEntry:
         entry = decode_spend_entry(raw)
     except (KeyError, TypeError, ValueError) as exc:  # malformed JSON is a ValueError too
         raise ValueError(f"not a spend entry: {type(exc).__name__}: {exc}") from exc
-    if max(entry.input_tokens, entry.output_tokens, entry.cached_tokens) > MAX_COUNT:
+    counts = (entry.input_tokens, entry.output_tokens, entry.cached_tokens)
+    if max(*counts, entry.cache_write_tokens, entry.reasoning_tokens) > MAX_COUNT:
         raise ValueError("a token count past 2**63 - 1 (BIGINT)")
     if entry.cost_usd is not None and not (math.isfinite(entry.cost_usd) and entry.cost_usd < MAX_COST_USD):
         raise ValueError(f"cost_usd {entry.cost_usd!r} does not fit NUMERIC(24, 12)")

@@ -52,6 +52,8 @@ LEDGER: Table = Base.metadata.tables[LedgerRow.__tablename__]
 DAILY: Table = Base.metadata.tables[DailySpendRow.__tablename__]
 DAILY_BY_KEY: Table = Base.metadata.tables[KeyDailySpendRow.__tablename__]
 SUMS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "unpriced_requests")
+ROLLUP_SUMS = (*SUMS, "cache_write_tokens", "reasoning_tokens")
+"""What the rollups sum: the reports' `SUMS`, and the parts of the token counts kept for later reports."""
 if TYPE_CHECKING:
     Query = Select[*tuple[Any, ...]]
 
@@ -325,7 +327,7 @@ class SqlLedger:
         insert = postgresql.insert(rollup) if self._postgres else sqlite.insert(rollup)
         statement = insert.on_conflict_do_update(
             index_elements=list(rollup.primary_key.columns),
-            set_={name: rollup.c[name] + insert.excluded[name] for name in SUMS},
+            set_={name: rollup.c[name] + insert.excluded[name] for name in ROLLUP_SUMS},
         )
         key_names = [column.name for column in rollup.primary_key.columns]
         # Sorted, so concurrent writers lock rollup rows in the same order and cannot deadlock each other.
@@ -391,9 +393,8 @@ def _ledger_values(entry: SpendEntry) -> dict[str, Any]:
         "input_tokens": entry.input_tokens,
         "output_tokens": entry.output_tokens,
         "cached_tokens": entry.cached_tokens,
-        # Not in SpendEntry yet; the columns exist (default 0) so adding them there is one line here.
-        "cache_write_tokens": 0,
-        "reasoning_tokens": 0,
+        "cache_write_tokens": entry.cache_write_tokens,
+        "reasoning_tokens": entry.reasoning_tokens,
         "cost_usd": _exact(entry.cost_usd),
         "estimated": entry.estimated,
     }
@@ -409,15 +410,17 @@ class Sums:
     cached_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     unpriced_requests: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def add(self, other: Sums) -> None:
         """Add `other` into these sums."""
-        for name in SUMS:
+        for name in ROLLUP_SUMS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def values(self) -> dict[str, Any]:
         """As bind parameters."""
-        return {name: getattr(self, name) for name in SUMS}
+        return {name: getattr(self, name) for name in ROLLUP_SUMS}
 
 
 RollupKey = tuple[date, str, str, str, str, str]  # day, key, team, end user, model, provider
@@ -444,6 +447,8 @@ def _rollup(entries: Iterable[SpendEntry]) -> dict[RollupKey, Sums]:
                 entry.cached_tokens,
                 cost or Decimal(0),
                 int(cost is None),
+                entry.cache_write_tokens,
+                entry.reasoning_tokens,
             )
         )
     return groups
@@ -470,7 +475,7 @@ async def _create_partition(conn: AsyncConnection, month: date) -> None:
     # Identifiers and bounds come from dates, never from input; DDL takes no bind parameters.
     await conn.execute(text(f'CREATE TABLE "{name}" (LIKE spend_ledger INCLUDING DEFAULTS)'))
     moved = "DELETE FROM spend_ledger_default WHERE at >= :low AND at < :high RETURNING *"
-    move = f'WITH moved AS ({moved}) INSERT INTO "{name}" SELECT * FROM moved'  # noqa: S608 - see above
+    move = f'WITH moved AS ({moved}) INSERT INTO "{name}" SELECT * FROM moved'  # noqa: S608 - see above  # nosec B608
     await conn.execute(text(move), {"low": low, "high": high})
     await conn.execute(
         text(

@@ -1,4 +1,4 @@
-"""The SQL schema of teams, virtual keys and the spend ledger, as SQLAlchemy 2 declarative tables.
+"""The SQL schema of teams, keys, the spend ledger and budget holds, as SQLAlchemy 2 declarative tables.
 
 This is the *current* shape, used by queries; the migrations in `ferryman.migrations` are its history
 and must reach the same shape. Timestamps are stored in UTC and always read back timezone-aware, so
@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -189,6 +190,8 @@ class _DailySums:
     cached_tokens: Mapped[int] = mapped_column(BigInteger)
     cost_usd: Mapped[float] = mapped_column(Cost)
     unpriced_requests: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class DailySpendRow(_DailySums, Base):
@@ -232,3 +235,54 @@ class KeyDailySpendRow(_DailySums, Base):
     team_id: Mapped[str] = mapped_column(Text, primary_key=True)
     model: Mapped[str] = mapped_column(Text, primary_key=True)
     provider: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
+# Budget reservations in SQL (`store.sql_reservations`), for workers sharing a database without Redis.
+# Times are seconds since the epoch on the database's clock, as doubles: every comparison is made in one
+# transaction against one reading of that clock, so replicas with skewed clocks still agree. Amounts
+# are doubles too: the in-process and Redis backends add floats, and `within_limit` forgives rounding.
+
+
+class BudgetLevelRow(Base):
+    """A ceiling's committed spend until its period ends (`until`); `kept` once restored from the ledger.
+
+    A row is a lock as much as a level: every reservation that changes a level locks its row first, in
+    key order. A level is *known* while its period is live and it has spend or was restored, or while an
+    open hold is on it; a row that is neither is the same as no row (and is deleted by the next clean-up).
+    """
+
+    __tablename__ = "budget_levels"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    committed: Mapped[float] = mapped_column(Double)
+    until: Mapped[float] = mapped_column(Double)
+    kept: Mapped[bool] = mapped_column(Boolean)
+
+
+class BudgetHoldRow(Base):
+    """One reservation: its amount, when it lapses (`expires`), and when it may be forgotten.
+
+    An open hold is kept past its lapse while a late settle could still commit (`forget_at`: its longest
+    period); a closed one until it would have lapsed, so its id is not reserved twice meanwhile.
+    """
+
+    __tablename__ = "budget_holds"
+    __table_args__ = (Index("ix_budget_holds_forget_at", "forget_at"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    amount: Mapped[float] = mapped_column(Double)
+    expires: Mapped[float] = mapped_column(Double)
+    forget_at: Mapped[float] = mapped_column(Double)
+    closed: Mapped[bool] = mapped_column(Boolean)
+
+
+class BudgetHoldCeilingRow(Base):
+    """A hold's ceiling (once per key): the period its settle commits to, and whether it is restorable."""
+
+    __tablename__ = "budget_hold_ceilings"
+    __table_args__ = (Index("ix_budget_hold_ceilings_key", "key"),)
+
+    hold_id: Mapped[str] = mapped_column(ForeignKey("budget_holds.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    period: Mapped[float] = mapped_column(Double)
+    restorable: Mapped[bool] = mapped_column(Boolean)
