@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from ferryman.core.attempts import Decision, Failure, classify
+from ferryman.core.breaker import BreakerConfig
 from ferryman.core.canonical import Usage
 from ferryman.core.deployment_health import FAILING_AFTER, DeploymentHealth
 from ferryman.core.exchange import Exchange
@@ -18,6 +17,8 @@ from ferryman.errors import (
 )
 from ferryman.testing import Answer, Fail, ScriptedUpstream, Stream
 from tests.core.conftest import RecordingObserver, build_pipeline, chat_exchange
+
+OPENS_AFTER = BreakerConfig().failure_threshold  # consecutive failures that open a circuit
 
 
 def upstreams(*labels: str) -> list[ScriptedUpstream]:
@@ -64,7 +65,7 @@ async def test_the_last_failure_is_raised_when_every_deployment_fails() -> None:
 async def test_an_unhealthy_deployment_is_skipped_while_another_can_answer() -> None:
     a, b = upstreams("a", "b")
     health = DeploymentHealth()
-    for _ in range(FAILING_AFTER):
+    for _ in range(OPENS_AFTER):
         health.record_failure("a", "status_5xx")
     exchange = chat_exchange()
     await build_pipeline([a, b], health=health).chat(exchange)
@@ -76,23 +77,13 @@ async def test_an_unhealthy_deployment_is_still_the_last_resort() -> None:
     a, b = upstreams("a", "b")
     b.script(Fail.status(503))
     health = DeploymentHealth()
-    for _ in range(FAILING_AFTER):
+    for _ in range(OPENS_AFTER):
         health.record_failure("a", "timeout")
     exchange = chat_exchange()
     await build_pipeline([a, b], health=health).chat(exchange)
     assert len(b.calls) == 1 and len(a.calls) == 1
     assert exchange.deployment == "a"
     assert health.status("a").state == "healthy"  # its answer ends the outage
-
-
-def test_a_failing_deployment_is_probed_again_after_its_cooldown() -> None:
-    health = DeploymentHealth(cooldown_seconds=30)
-    for _ in range(FAILING_AFTER):
-        health.record_failure("a", "timeout")
-    now = time.time()
-    assert not health.available("a", now)
-    assert health.available("a", now + 31)
-    assert health.available("never-called", now)
 
 
 async def test_client_errors_leave_health_alone() -> None:

@@ -1,4 +1,5 @@
-"""Deployment order: weighted, complete, zero-weight deployments only as fallbacks."""
+"""Deployment order: weighted by default, complete, zero-weight deployments only as fallbacks; the
+strategies themselves are in test_strategies.py."""
 
 from __future__ import annotations
 
@@ -37,3 +38,10 @@ def test_primary_follows_weights() -> None:
     router = Router({"m": [target("a", 1), target("c", 3)]}, rng=random.Random(7))
     firsts = Counter(router.choose_order("m")[0].deployment for _ in range(4000))
     assert 0.7 < firsts["c"] / 4000 < 0.8
+
+
+def test_a_models_strategy_is_named_and_unknown_models_are_404() -> None:
+    router = Router({"m": [target("a", 1), target("b", 1)]}, strategies={"m": "least_busy"})
+    assert router.strategy("m") == "least_busy"
+    with pytest.raises(NotFoundError):
+        router.strategy("nope")

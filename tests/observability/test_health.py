@@ -45,6 +45,7 @@ def test_live_ready_and_summary(gateway_factory: Any) -> None:
         "deployment": "fake/m",
         "provider": "fake",
         "state": "healthy",
+        "circuit": "closed",
         "successes": 1,
         "failures": 0,
         "consecutive_failures": 0,
@@ -54,7 +55,12 @@ def test_live_ready_and_summary(gateway_factory: Any) -> None:
 
 def test_a_deployment_that_keeps_failing_shows_as_failing(gateway_factory: Any) -> None:
     refused = {"provider": "openai", "model": "gpt-4o-mini", "api_base": f"http://127.0.0.1:{free_port()}/v1"}
-    gateway: RunningGateway = gateway_factory({"models": [{"name": "gpt", "deployments": [refused]}]})
+    # one attempt per deployment: each scripted fault is counted as it happens (retries: test_resilience.py)
+    config = {
+        "models": [{"name": "gpt", "deployments": [refused]}],
+        "retries": {"max_attempts_per_deployment": 1},
+    }
+    gateway: RunningGateway = gateway_factory(config)
     body = {"model": "gpt", "messages": [{"role": "user", "content": "x"}]}
     states = []
     for _ in range(3):

@@ -42,6 +42,7 @@ REQUIRED_PANELS = [
     ("Budget utilization by scope and window", "ai_api_budget_utilization_ratio"),
     ("Budget alerts announced", "ai_api_budget_alerts_total"),
     ("Spend ledger backlog", "ai_api_ledger_backlog"),
+    ("Deployment circuit state", "ai_api_deployment_state"),
 ]
 
 

@@ -24,6 +24,7 @@ EXPECTED = {
     "ai_api_budget_utilization_ratio",
     "ai_api_budget_alerts_total",
     "ai_api_ledger_backlog",
+    "ai_api_deployment_state",
     "up",
 }
 

@@ -93,10 +93,11 @@ GOVERNANCE_SEVERITIES = {
     "SharedStateSlow": "warning",
 }
 GOVERNANCE_ALERTS = set(GOVERNANCE_SEVERITIES)
-REQUIRED_ALERTS = set(SEED_RULES) | GATEWAY_ALERTS | GOVERNANCE_ALERTS
+ROUTING_ALERTS = {"DeploymentCircuitOpen"}
+REQUIRED_ALERTS = set(SEED_RULES) | GATEWAY_ALERTS | GOVERNANCE_ALERTS | ROUTING_ALERTS
 # Features whose alerts have not landed: the reserved block at the end of alerts.yaml keeps their place.
-NOT_LANDED = ("circuit breakers", "retries/cache")
-LANDED = ("budgets", "rate limits", "spend ledger")
+NOT_LANDED = ("retries/cache",)
+LANDED = ("budgets", "rate limits", "spend ledger", "circuit breakers")
 # Each governance rule's guard that its comment explains, the rule without it, and the promtool cases
 # that must fail then: proof the cases test the decision, not only the happy path.
 GOVERNANCE_GUARDS = {

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ferryman.api.admin_deployments import add_deployment_routes
 from ferryman.api.errors import error_response
 from ferryman.api.state import AppState
 from ferryman.errors import InvalidationNotDeliveredError, InvalidRequestError
@@ -696,6 +697,7 @@ def admin_router() -> APIRouter:
     )
     for method, path, endpoint, status in _ROUTES:
         router.add_api_route(path, endpoint, methods=[method], status_code=status)
+    add_deployment_routes(router)  # strategy figures and circuit breakers (api/admin_deployments.py)
     router.add_api_route(
         "/spend",
         spend,

@@ -107,13 +107,16 @@ def _invalidation_summary(state: AppState) -> dict[str, object] | None:
 
 
 def _deployment_summary(state: AppState, model: str, target: Target) -> dict[str, object]:
-    """One deployment's identity and upstream record (error classes only: messages may quote prompts)."""
-    status = state.deployment_health.status(target.deployment)
+    """One deployment's identity, upstream record (error classes only: messages may quote prompts) and
+    circuit breaker state (`closed`, `half_open`, `open`)."""
+    health = state.deployment_health
+    status = health.status(target.deployment)
     return {
         "model": model,
         "deployment": target.deployment,
         "provider": target.provider,
-        "state": status.state,
+        "state": health.label(target.deployment),
+        "circuit": health.circuit(target.deployment).state,
         "successes": status.successes,
         "failures": status.failures,
         "consecutive_failures": status.consecutive_failures,
