@@ -2,6 +2,7 @@
 
     FerrymanError
     ├── ConfigError                 bad config file (carries every key path at fault)
+    ├── SecretError                 a secret reference (`file:`, `aws-sm:`, `vault:`) cannot be read
     ├── RequestError                the client's fault, 4xx
     │   ├── InvalidRequestError     400: malformed JSON, missing or wrong-typed field (`param` names it)
     │   ├── AuthenticationError     401: no key, unknown / expired / revoked key
@@ -26,6 +27,8 @@ Every error knows its HTTP `status`, OpenAI `type` and `code`, so rendering it i
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class FerrymanError(Exception):
     """Root of every error Ferryman raises on purpose."""
@@ -48,6 +51,10 @@ class ConfigError(FerrymanError):
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
         super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+
+
+class SecretError(FerrymanError):
+    """A secret reference could not be read; the message names the reference, never a value."""
 
 
 class RequestError(FerrymanError):
@@ -165,8 +172,21 @@ class ProviderError(FerrymanError):
         return True
 
 
+Refusal = Literal["context_window_exceeded", "content_policy"]
+"""Why an upstream refused a request that another *model* might take (`UpstreamStatusError.reason`)."""
+_REFUSAL_CODES: dict[Refusal, str] = {
+    "context_window_exceeded": "context_length_exceeded",
+    "content_policy": "content_filter",
+}
+
+
 class UpstreamStatusError(ProviderError):
-    """The upstream answered with an error status; 4xx keep their meaning for the client."""
+    """The upstream answered with an error status; 4xx keep their meaning for the client.
+
+    `reason` names a refusal of this request by this model that a different model might not repeat
+    (the prompt is longer than its context window, its content policy refused it): not retryable on
+    the same model, but worth a fallback model.
+    """
 
     def __init__(
         self,
@@ -176,16 +196,20 @@ class UpstreamStatusError(ProviderError):
         upstream_status: int,
         retry_after: float | None = None,
         param: str | None = None,
+        reason: Refusal | None = None,
     ) -> None:
         super().__init__(message, provider=provider)
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.param = param
+        self.reason = reason
         # The client's request keeps its meaning (400, 404, 413, 422, 429…), but an upstream that refuses
         # the *gateway's* credentials is the gateway's fault: a 401 would wrongly blame the client's key.
         client_fault = 400 <= upstream_status < 500 and upstream_status not in (401, 403, 407)
         self.status = upstream_status if client_fault else 502
         self.type, self.code = _upstream_type_and_code(upstream_status)
+        if reason is not None:  # OpenAI's own codes, which clients already check for
+            self.code = _REFUSAL_CODES[reason]
 
     @property
     def retryable(self) -> bool:

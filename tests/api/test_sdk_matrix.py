@@ -51,6 +51,9 @@ def gateway(fakes: dict[str, FakeServer]) -> Iterator[RunningGateway]:
     fast = {"connect": 2, "read": 1.5, "total": 5}
     config = {
         "master_key": MASTER,
+        # Each scripted fault must reach the client (or the next deployment) as it is: the gateway's
+        # own retries of a deployment are tested in tests/api/test_resilience.py.
+        "retries": {"max_attempts_per_deployment": 1},
         "models": [
             {
                 "name": "gpt-route",

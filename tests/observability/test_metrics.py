@@ -44,7 +44,9 @@ def gateway(gateway_factory: Any, fake: FakeGemini) -> RunningGateway:
         "api_base": fake.base_url,
         "api_key": "k",
     }
-    return gateway_factory({"models": [{"name": "flash", "deployments": [deployment]}]})  # type: ignore[no-any-return]
+    # one attempt per deployment: each scripted fault is counted as it happens (retries: test_resilience.py)
+    retries = {"max_attempts_per_deployment": 1}
+    return gateway_factory({"models": [{"name": "flash", "deployments": [deployment]}], "retries": retries})  # type: ignore[no-any-return]
 
 
 def chat(gateway: RunningGateway, *, stream: bool = False) -> httpx.Response:
@@ -139,7 +141,7 @@ def test_every_metric_the_alerts_and_dashboard_use_is_exported(
     hello = [{"role": "user", "content": "one two three"}]
     assert post({"model": "flash", "messages": hello}, key) == 200
     assert post({"model": "flash", "messages": hello, "stream": True}, key) == 200  # time to first token
-    fake.script.reply(Reply.error(503, "down"))
+    fake.script.reply(Reply.error(503, "down"), times=2)  # the gateway retries once
     assert post({"model": "flash", "messages": hello}, key) == 502  # an upstream error
     assert post({}, {"authorization": "Bearer x"}) == 401  # an auth failure
     assert post({"model": "house", "messages": hello}, key) == 200  # an unpriced request

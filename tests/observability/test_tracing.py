@@ -54,7 +54,9 @@ def gateway(exporter: InMemorySpanExporter, fake: FakeAnthropic) -> Iterator[Run
                     },
                 ],
             }
-        ]
+        ],
+        # one attempt per deployment: each scripted fault is counted as it happens (retries: test_resilience.py)
+        "retries": {"max_attempts_per_deployment": 1},
     }
     with serve_gateway(config, tracer_provider=provider) as running:
         yield running

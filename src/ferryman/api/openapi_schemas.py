@@ -281,6 +281,16 @@ def _chat_request() -> Schema:
             },
             "seed": typed("integer"),
             "user": typed("string"),
+            "fallbacks": array(
+                typed("string"),
+                "Ferryman: fallback models, in order, instead of the configured ones; not sent upstream.",
+                maxItems=8,
+            ),
+            "timeout": typed(
+                "number",
+                "Ferryman: seconds for the whole request; may shorten the model's timeout.",
+                maximum=86400,
+            ),
         },
         "model",
         "messages",
@@ -296,6 +306,16 @@ def _openai_other_schemas() -> Schemas:
                 "encoding_format": typed("string", enum=["float", "base64"]),
                 "dimensions": typed("integer", minimum=1),
                 "user": typed("string"),
+                "fallbacks": array(
+                    typed("string"),
+                    "Ferryman: fallback models, in order, instead of the configured ones; not sent upstream.",
+                    maxItems=8,
+                ),
+                "timeout": typed(
+                    "number",
+                    "Ferryman: seconds for the whole request; may shorten the model's timeout.",
+                    maximum=86400,
+                ),
             },
             "model",
             "input",

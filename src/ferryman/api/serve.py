@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from ferryman.api.body import read_json_object
 from ferryman.api.errors import error_body, error_response
+from ferryman.api.request_options import with_request_options
 from ferryman.api.state import AppState
 from ferryman.core.canonical import (
     ChatRequest,
@@ -57,7 +58,8 @@ async def serve(
     try:
         caller = await state.auth.authenticate(request)
         body = await read_json_object(request, state.settings.server.max_body_bytes)
-        exchange.admit(caller, parse(body))
+        exchange.admit(caller, with_request_options(parse(body), request.headers))
+        exchange.cache_control = request.headers.get("cache-control", "")  # no-cache / no-store opt-outs
         if state.settings.logging.log_bodies:
             exchange.request_body = body
         return await ingress.respond(state, exchange, body)
@@ -133,9 +135,10 @@ def _finish_whole(state: AppState, exchange: Exchange, payload: bytes) -> Respon
 
 
 def answer_headers(exchange: Exchange) -> dict[str, str]:
-    """The governance headers of an answer: which model and deployment served it, what it cost (whole
-    answers; a stream's cost comes as its last comment line), and what the stages added."""
-    headers = {"x-ferryman-model": exchange.model}
+    """The governance headers of an answer: which model and deployment served it (a fallback model, if
+    one answered), what it cost (whole answers; a stream's cost comes as its last comment line), and
+    what the stages added."""
+    headers = {"x-ferryman-model": exchange.served_model or exchange.model}
     if exchange.deployment:
         headers["x-ferryman-deployment"] = exchange.deployment
     if exchange.cost is not None and not exchange.stream:

@@ -138,6 +138,10 @@ class ChatRequest:
     stream: bool = False
     user: str | None = None
     seed: int | None = None
+    # Gateway options, never sent upstream (see core/fallbacks.py and core/timeouts.py): the models to
+    # fall back to (None: the configured ones) and the client's own timeout in seconds.
+    fallbacks: tuple[str, ...] | None = None
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +245,8 @@ class EmbeddingRequest:
     inputs: tuple[str, ...]
     dimensions: int | None = None
     user: str | None = None
+    fallbacks: tuple[str, ...] | None = None  # gateway options, as on ChatRequest
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ class MetricsObserver:
         """One more active request and one more upstream attempt on the provider."""
         provider = attempt.target.provider
         self.metrics.active.labels(provider).inc()
-        self.metrics.upstream_attempts.labels(provider, exchange.model).inc()
+        self.metrics.upstream_attempts.labels(provider, _served(exchange)).inc()
 
     def calling(self, attempt: Attempt) -> AbstractContextManager[object]:
         """No context needed."""
@@ -30,19 +30,19 @@ class MetricsObserver:
     def attempt_failed(self, exchange: Exchange, attempt: Attempt, error: ProviderError, kind: str) -> None:
         """Count the failure by class; an attempt that never answered is no longer active."""
         provider = attempt.target.provider
-        self.metrics.upstream_errors.labels(provider, exchange.model, kind).inc()
+        self.metrics.upstream_errors.labels(provider, _served(exchange), kind).inc()
         if not attempt.answered:
             self.metrics.active.labels(provider).dec()
 
     def first_token(self, exchange: Exchange, attempt: Attempt) -> None:
         """Observe the time to first token."""
         if exchange.time_to_first_token is not None:
-            histogram = self.metrics.time_to_first_token.labels(attempt.target.provider, exchange.model)
+            histogram = self.metrics.time_to_first_token.labels(attempt.target.provider, _served(exchange))
             histogram.observe(exchange.time_to_first_token)
 
     def attempt_settled(self, exchange: Exchange, attempt: Attempt) -> None:
         """Tokens and cost (or an unpriced request: never a silent $0); the attempt is over."""
-        m, provider, model = self.metrics, attempt.target.provider, exchange.model
+        m, provider, model = self.metrics, attempt.target.provider, _served(exchange)
         m.active.labels(provider).dec()
         usage = exchange.usage
         if usage is not None:
@@ -66,8 +66,16 @@ class MetricsObserver:
             m.auth_failures.labels("forbidden_model").inc()
         elif isinstance(error, LimitExceededError):
             m.rate_limited.labels(error.scope).inc()
-        if not exchange.provider:
+        if exchange.cache_result in ("hit", "miss"):
+            m.cache_requests.labels(exchange.cache_result).inc()
+        if not exchange.provider:  # a cache hit's provider is "cache": requests it answered count too
             return
         m.requests.labels(exchange.provider, exchange.status, exchange.model).inc()
         m.duration.labels(exchange.provider, exchange.model).observe(exchange.latency)
         m.overhead.labels(exchange.provider).observe(exchange.overhead)
+
+
+def _served(exchange: Exchange) -> str:
+    """The model an attempt went to (a fallback's own name): upstream metrics count by it, while the
+    request counters keep the model the client asked for."""
+    return exchange.served_model or exchange.model

@@ -6,7 +6,8 @@ boundary where transport failures become Ferryman errors:
 
     asyncio.TimeoutError            → UpstreamTimeoutError      (504)
     aiohttp connection / payload    → UpstreamConnectionError   (502)
-    an error status from upstream   → UpstreamStatusError       (4xx kept, 5xx → 502)
+    an error status from upstream   → UpstreamStatusError       (4xx kept, 5xx → 502; a context-window
+                                                                 or content-policy refusal named in `reason`)
     a body that is not JSON         → UpstreamConnectionError   (502)
 """
 
@@ -21,10 +22,12 @@ import aiohttp
 import orjson
 
 from ferryman.core.canonical import EmbeddingRequest, EmbeddingResponse, JSONObject, StreamEvent
+from ferryman.core.retries import parse_retry_after
 from ferryman.core.upstream import StreamBatch
 from ferryman.errors import (
     FerrymanError,
     InvalidRequestError,
+    Refusal,
     UpstreamConnectionError,
     UpstreamStatusError,
     UpstreamTimeoutError,
@@ -178,6 +181,7 @@ class HttpProvider:
             upstream_status=status,
             retry_after=_retry_after(headers),
             param=param,
+            reason=_refusal(status, raw),
         )
 
 
@@ -214,13 +218,40 @@ def _error_message(raw: bytes) -> tuple[str, str | None]:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from `retry-after-ms` or `retry-after`; HTTP-date forms are ignored."""
+    """Seconds from `retry-after-ms` or `retry-after` (delta-seconds or an HTTP date)."""
     value_ms = headers.get("retry-after-ms")
     if value_ms is not None:
         with contextlib.suppress(ValueError):
             return max(float(value_ms) / 1000, 0.0)
     value = headers.get("retry-after")
-    if value is not None:
-        with contextlib.suppress(ValueError):
-            return max(float(value), 0.0)
+    return parse_retry_after(value) if value is not None else None
+
+
+# How each provider words a refusal another model might not repeat (codes exact, messages lowercased).
+_CONTEXT_CODES = frozenset({"context_length_exceeded"})  # OpenAI, Azure, most OpenAI-compatible servers
+_CONTEXT_PHRASES = (
+    "prompt is too long",  # Anthropic: "prompt is too long: 210000 tokens > 200000 maximum"
+    "maximum context length",  # OpenAI-compatible servers without the code (vLLM, older OpenAI)
+    "context window",
+    "exceeds the maximum number of tokens",  # Gemini: "The input token count (…) exceeds the maximum…"
+)
+_POLICY_CODES = frozenset({"content_filter", "content_policy_violation"})  # Azure, OpenAI images
+_POLICY_PHRASES = ("content management policy", "content policy")
+
+
+def _refusal(status: int, raw: bytes) -> Refusal | None:
+    """Whether an upstream 400 refused the prompt's size or content (see `UpstreamStatusError.reason`)."""
+    if status not in (400, 413, 422):
+        return None
+    error: object = None
+    with contextlib.suppress(orjson.JSONDecodeError):
+        body = orjson.loads(raw)
+        error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None
+    code, message = error.get("code"), str(error.get("message") or "").lower()
+    if code in _CONTEXT_CODES or any(phrase in message for phrase in _CONTEXT_PHRASES):
+        return "context_window_exceeded"
+    if code in _POLICY_CODES or any(phrase in message for phrase in _POLICY_PHRASES):
+        return "content_policy"
     return None

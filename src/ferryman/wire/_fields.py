@@ -228,3 +228,24 @@ def load_object(text: str) -> JSONObject | None:
     except orjson.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+# --- the gateway's own options in a body -------------------------------------------------------------
+
+MAX_TIMEOUT_SECONDS = 86_400.0
+MAX_FALLBACKS = 8
+
+
+def get_gateway_options(body: JSONObject) -> tuple[tuple[str, ...] | None, float | None]:
+    """`fallbacks` (model names; `[]`: none) and `timeout` (seconds), Ferryman's own fields in an OpenAI
+    body (LiteLLM's names for them); read here and never sent upstream."""
+    raw = get_opt_list(body, "fallbacks")
+    fallbacks: tuple[str, ...] | None = None
+    if raw is not None:
+        if len(raw) > MAX_FALLBACKS:
+            raise Malformed("fallbacks", f"may name at most {MAX_FALLBACKS} models")
+        fallbacks = tuple(as_str(name, f"fallbacks[{i}]") for i, name in enumerate(raw))
+    timeout = get_opt_number(body, "timeout", low=0.0, high=MAX_TIMEOUT_SECONDS)
+    if timeout == 0:
+        raise Malformed("timeout", "must be a positive number of seconds")
+    return fallbacks, timeout

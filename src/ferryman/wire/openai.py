@@ -42,6 +42,7 @@ from ferryman.wire._fields import (
     as_object,
     as_str,
     field_path,
+    get_gateway_options,
     get_list,
     get_object,
     get_opt_bool,
@@ -118,6 +119,7 @@ def _parse_chat_request(body: JSONObject) -> ChatRequest:
     completion_tokens = get_opt_int(body, "max_completion_tokens", minimum=1)
     legacy_tokens = get_opt_int(body, "max_tokens", minimum=1)
     _parse_stream_options(body)
+    fallbacks, timeout = get_gateway_options(body)
     return ChatRequest(
         model=get_str(body, "model"),
         messages=_parse_messages(get_list(body, "messages")),
@@ -132,6 +134,8 @@ def _parse_chat_request(body: JSONObject) -> ChatRequest:
         stream=get_opt_bool(body, "stream") or False,
         user=get_opt_str(body, "user"),
         seed=get_opt_int(body, "seed"),
+        fallbacks=fallbacks,
+        timeout=timeout,
     )
 
 

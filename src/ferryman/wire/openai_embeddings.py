@@ -14,6 +14,7 @@ from ferryman.wire._fields import (
     as_body,
     as_list,
     as_object,
+    get_gateway_options,
     get_list,
     get_opt_int,
     get_opt_str,
@@ -34,11 +35,14 @@ def parse_embedding_request(body: JSONObject) -> EmbeddingRequest:
 
 def _parse_embedding_request(body: JSONObject) -> EmbeddingRequest:
     embedding_encoding(body)
+    fallbacks, timeout = get_gateway_options(body)
     return EmbeddingRequest(
         model=get_str(body, "model"),
         inputs=_parse_embedding_inputs(body),
         dimensions=get_opt_int(body, "dimensions", minimum=1),
         user=get_opt_str(body, "user"),
+        fallbacks=fallbacks,
+        timeout=timeout,
     )
 
 

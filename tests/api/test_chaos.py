@@ -1,0 +1,92 @@
+"""Chaos, bounded: one of a model's two upstream servers dies under steady load, and no client notices.
+
+Two fake OpenAI servers on loopback serve one model; client threads (the official SDK, its own retries
+off) keep requests in flight while one server is stopped mid-load, cutting its in-flight replies and
+refusing new connections. The gateway's retries and its next deployment must absorb every failure:
+the client error count is exactly zero. Short enough to run with every `make test`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import openai
+
+from ferryman.testing import FakeOpenAI, Reply
+from tests.conftest import RunningGateway, serve_gateway
+
+WORKERS = 8
+RUN_SECONDS = 3.0
+KILL_AFTER_SECONDS = 1.0
+
+
+def deployment(fake: FakeOpenAI, name: str) -> dict[str, Any]:
+    return {
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "api_base": fake.base_url,
+        "api_key": "k",
+        "name": name,
+    }
+
+
+def upstream_failures(gateway: RunningGateway) -> float:
+    total = 0.0
+    for line in gateway.metrics.render_latest().decode().splitlines():
+        if line.startswith("ai_api_upstream_errors_total{"):
+            total += float(line.split()[-1])
+    return total
+
+
+def test_killing_one_of_two_upstreams_under_load_costs_no_client_a_request() -> None:
+    with FakeOpenAI() as doomed, FakeOpenAI() as survivor:
+        for fake in (doomed, survivor):
+            fake.script.set_default(Reply.echo(delay=0.03))  # slow enough that replies are in flight
+        config = {
+            "models": [{"name": "chat", "deployments": [deployment(doomed, "a"), deployment(survivor, "b")]}]
+        }
+        with serve_gateway(config) as gateway:
+            outcomes: Counter[str] = Counter()
+            errors: list[str] = []
+            lock = threading.Lock()
+            stop_at = time.monotonic() + RUN_SECONDS
+
+            def load(worker: int) -> None:
+                with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as client:
+                    n = 0
+                    while time.monotonic() < stop_at:
+                        n += 1
+                        text = f"w{worker} n{n}"
+                        try:
+                            reply = client.chat.completions.create(
+                                model="chat", messages=[{"role": "user", "content": text}], timeout=10
+                            )
+                            ok = reply.choices[0].message.content == f"echo: {text}"
+                            with lock:
+                                outcomes["ok" if ok else "wrong"] += 1
+                        except openai.APIError as exc:
+                            with lock:
+                                outcomes["error"] += 1
+                                errors.append(repr(exc))
+
+            threads = [threading.Thread(target=load, args=(i,)) for i in range(WORKERS)]
+            for thread in threads:
+                thread.start()
+            time.sleep(KILL_AFTER_SECONDS)
+            served_by_doomed = len(doomed.requests)
+            doomed.stop()
+            killed_at = len(survivor.requests)
+            for thread in threads:
+                thread.join(timeout=RUN_SECONDS + 15)
+            assert not any(thread.is_alive() for thread in threads)
+            failures_absorbed = upstream_failures(gateway)
+
+    assert outcomes["error"] == 0, errors[:5]
+    assert outcomes["wrong"] == 0
+    assert outcomes["ok"] > 100  # steady load, before and after the kill
+    assert served_by_doomed > 10  # the doomed upstream had its share before it died
+    assert len(survivor.requests) > killed_at + 50  # and the survivor carried the load after
+    assert failures_absorbed >= 1  # the kill did fail attempts: the gateway absorbed them
