@@ -38,6 +38,8 @@ class Exchange:
     provider: str = ""
     deployment: str = ""
     upstream_model: str = ""
+    served_model: str = ""  # the model that answered: the requested one, or a fallback
+    deadline: float | None = None  # `time.perf_counter()` past which nothing more is tried
     attempts: int = 0
     upstream_seconds: float = 0.0
     time_to_first_token: float | None = None
@@ -52,6 +54,12 @@ class Exchange:
     finished: float | None = None
     # Headers stages want on the answer (x-ratelimit-*, x-ferryman-cost-usd, …), refusals included:
     headers: dict[str, str] = field(default_factory=dict)
+    # The response cache's (core/response_cache.py): the client's `Cache-Control` header as sent, the
+    # cache's verdict ("" when the model is not cached), and whether a stage wants a stream's answer
+    # assembled whole for its `exit` (`Outcome.response`):
+    cache_control: str = ""
+    cache_result: Literal["", "hit", "miss", "bypass"] = ""
+    assemble_stream: bool = False
     # Kept only with `logging.log_bodies`:
     request_body: JSONObject | None = None
     response_body: str | None = None
@@ -66,7 +74,7 @@ class Exchange:
         when no header named one."""
         self.caller = caller.for_end_user(request.user) if caller.end_user is None else caller
         self.request = request
-        self.model = request.model
+        self.model = self.served_model = request.model
         self.operation = "embeddings" if isinstance(request, EmbeddingRequest) else "chat"
         self.stream = isinstance(request, ChatRequest) and request.stream
 

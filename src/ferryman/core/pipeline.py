@@ -28,9 +28,12 @@ from ferryman.core.canonical import (
     EmbeddingRequest,
     EmbeddingResponse,
     Finish,
+    Message,
     StreamEvent,
     StreamStart,
     TextDelta,
+    TextPart,
+    ToolCall,
     ToolCallDelta,
     ToolCallStart,
     UsageReport,
@@ -53,8 +56,9 @@ class ClientGone(Exception):
 class Outcome:
     """How a request ended, as each stage's `exit` sees it.
 
-    `answered`: the client got its answer (`response` holds it when it was a whole one); `failed`:
-    `error` says why; `cancelled`: the client went away before the end.
+    `answered`: the client got its answer (`response` holds it when it was a whole one, or a stream
+    whose exchange asked for it assembled, `exchange.assemble_stream`); `failed`: `error` says why;
+    `cancelled`: the client went away before the end.
     """
 
     kind: Literal["answered", "failed", "cancelled"]
@@ -173,7 +177,9 @@ class AnswerStream:
     """A stream of batches whose stages exit exactly once: when it ends, fails, or is closed early.
 
     The api layer iterates it and calls `aclose` in every case (a client that hangs up never lets
-    the iteration end); `aclose` after the end does nothing.
+    the iteration end); `aclose` after the end does nothing. When a stage set `exchange.assemble_stream`
+    on entry (the response cache, to store the answer), the events are kept as they pass and the
+    stages' exits see the whole answer they add up to; otherwise nothing is kept.
     """
 
     def __init__(
@@ -188,6 +194,7 @@ class AnswerStream:
         self._entered = entered
         self._batches = batches
         self._ended = False
+        self._events: list[StreamEvent] | None = [] if exchange.assemble_stream else None
 
     def __aiter__(self) -> AsyncIterator[StreamBatch]:
         return self
@@ -196,13 +203,17 @@ class AnswerStream:
         if self._ended:
             raise StopAsyncIteration
         try:
-            return await anext(self._batches)
+            batch = await anext(self._batches)
         except StopAsyncIteration:
-            await self._end(Outcome("answered"))
+            whole = _assemble(self._events, self._exchange.model) if self._events is not None else None
+            await self._end(Outcome("answered", response=whole))
             raise
         except BaseException as exc:
             await self._end(_ended_by(exc))
             raise
+        if self._events is not None:
+            self._events.extend(batch)
+        return batch
 
     async def aclose(self) -> None:
         """Stop the stream; if it had not ended, its stages see it as cancelled."""
@@ -260,3 +271,34 @@ async def _replay(response: ChatResponse) -> AsyncGenerator[StreamBatch, None]:
         events.append(ToolCallDelta(index, call.arguments))
     events += [Finish(response.finish_reason), UsageReport(response.usage)]
     yield events
+
+
+def _assemble(events: Sequence[StreamEvent], model: str) -> ChatResponse | None:
+    """A stream's events as the whole answer they add up to (the inverse of `_replay`), answering as
+    `model`; None for a stream that never said how it began, why it finished, or what it used."""
+    start: StreamStart | None = None
+    finish: Finish | None = None
+    usage: UsageReport | None = None
+    text: list[str] = []
+    calls: dict[int, tuple[ToolCallStart, list[str]]] = {}
+    for event in events:
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+        elif isinstance(event, ToolCallDelta):
+            if event.index in calls:
+                calls[event.index][1].append(event.arguments)
+        elif isinstance(event, ToolCallStart):
+            calls[event.index] = (event, [])
+        elif isinstance(event, StreamStart):
+            start = event
+        elif isinstance(event, Finish):
+            finish = event
+        elif isinstance(event, UsageReport):
+            usage = event
+    if start is None or finish is None or usage is None:
+        return None
+    ordered = (calls[index] for index in sorted(calls))
+    tool_calls = tuple(ToolCall(call.id, call.name, "".join(arguments)) for call, arguments in ordered)
+    joined = "".join(text)
+    message = Message("assistant", (TextPart(joined),) if joined else (), tool_calls)
+    return ChatResponse(start.id, model, message, finish.reason, usage.usage, start.created)

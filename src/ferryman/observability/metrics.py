@@ -56,6 +56,8 @@ class Metrics:
     limiter_degraded: Gauge
     shared_state_seconds: Histogram
     ledger_backlog: Gauge
+    deployment_state: Gauge
+    cache_requests: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -172,6 +174,21 @@ class Metrics:
                 "Spend entries in Redis not yet written to the SQL ledger (pending or not yet read)",
                 registry=reg,
                 multiprocess_mode="livemax",
+            ),
+            # The circuit breaker's state: 0 closed, 1 half-open (probing), 2 open (passed over). Workers
+            # keep circuits of their own (shared through Redis when configured): the worst one shows.
+            deployment_state=Gauge(
+                "ai_api_deployment_state",
+                "Circuit breaker state of a deployment: 0 closed, 1 half-open, 2 open",
+                ["deployment"],
+                registry=reg,
+                multiprocess_mode="livemax",
+            ),
+            cache_requests=Counter(
+                "ai_api_cache_requests_total",
+                "Response cache lookups by result (hit, miss); bypassed requests are not looked up",
+                ["result"],
+                registry=reg,
             ),
         )
 
