@@ -30,6 +30,7 @@ check-tools: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/bandit -c pyproject.toml -r src -q
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

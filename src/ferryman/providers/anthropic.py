@@ -26,10 +26,14 @@ class AnthropicProvider(HttpProvider):
         super().__init__(deployment, propagate_trace=propagate_trace)
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         headers.update(deployment.headers)
-        if deployment.api_key:
-            headers["x-api-key"] = deployment.api_key.get_secret_value()
-        self._headers = headers
+        self._static_headers = headers
         self._url = f"{deployment.base_url}/v1/messages"
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        # Built per request: the key is read now, so a rotated one (docs/secrets.md) takes effect at once.
+        key = self.deployment.api_key
+        return {**self._static_headers, "x-api-key": key.get_secret_value()} if key else self._static_headers
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         """One non-streamed message."""

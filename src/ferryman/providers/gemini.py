@@ -29,11 +29,16 @@ class GeminiProvider(HttpProvider):
 
     def __init__(self, deployment: Deployment, *, propagate_trace: bool = False) -> None:
         super().__init__(deployment, propagate_trace=propagate_trace)
-        headers = {"content-type": "application/json", **deployment.headers}
-        if deployment.api_key:
-            headers["x-goog-api-key"] = deployment.api_key.get_secret_value()
-        self._headers = headers
+        self._static_headers = {"content-type": "application/json", **deployment.headers}
         self._model_url = f"{deployment.base_url}/v1beta/models/{quote(deployment.model, safe='')}"
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        # Built per request: the key is read now, so a rotated one (docs/secrets.md) takes effect at once.
+        key = self.deployment.api_key
+        if not key:
+            return self._static_headers
+        return {**self._static_headers, "x-goog-api-key": key.get_secret_value()}
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         """One generateContent call."""

@@ -35,11 +35,13 @@ class OpenAIProvider(HttpProvider):
 
     def __init__(self, deployment: Deployment, *, propagate_trace: bool = False) -> None:
         super().__init__(deployment, propagate_trace=propagate_trace)
-        self._headers = self._build_headers(deployment)
+        self._static_headers = {"content-type": "application/json", **deployment.headers}
 
-    @staticmethod
-    def _build_headers(deployment: Deployment) -> dict[str, str]:
-        headers = {"content-type": "application/json", **deployment.headers}
+    @property
+    def _headers(self) -> dict[str, str]:
+        # Built per request: the key is read now, so a rotated one (docs/secrets.md) takes effect at once.
+        headers = dict(self._static_headers)
+        deployment = self.deployment
         key = deployment.api_key.get_secret_value() if deployment.api_key else None
         if key:
             if deployment.api_version:
