@@ -123,3 +123,28 @@ def test_a_static_keys_end_user_budgets_are_validated_with_their_key_path() -> N
     assert len(problems) == 3  # and the empty end-user id
     fine = settings_from_mapping({"keys": [key | {"end_user_budget": None, "end_user_budgets": {"vip": {}}}]})
     assert fine.keys[0].end_user_budgets["vip"].daily_usd is None
+
+
+def _route(name: str, **extra: object) -> dict[str, object]:
+    return {"name": name, "deployments": [{"provider": "fake", "model": name}], **extra}
+
+
+def test_fallbacks_must_name_other_models_of_the_config() -> None:
+    with pytest.raises(ConfigError, match="falls back to 'nope', which is not a model"):
+        settings_from_mapping({"models": [_route("a", fallbacks=["nope"])]})
+    with pytest.raises(ConfigError, match="lists itself as a fallback"):
+        settings_from_mapping({"models": [_route("a", fallbacks=["a"])]})
+    settings = settings_from_mapping({"models": [_route("a", fallbacks=["b"]), _route("b")]})
+    assert settings.models[0].fallbacks == ["b"]
+
+
+def test_retries_and_timeouts_have_documented_defaults_and_bounds() -> None:
+    settings = settings_from_mapping({"models": [_route("a")]})
+    assert settings.retries.max_attempts_per_deployment == 2
+    assert (settings.retries.budget_ratio, settings.retries.budget_window_seconds) == (0.2, 10.0)
+    assert settings.models[0].timeout_seconds is None
+    with pytest.raises(ConfigError) as caught:
+        settings_from_mapping(
+            {"models": [_route("a", timeout_seconds=0)], "retries": {"max_attempts_per_deployment": 0}}
+        )
+    assert set(problems_of(caught)) == {"models[0].timeout_seconds", "retries.max_attempts_per_deployment"}

@@ -1,7 +1,9 @@
 """The one place the config file and the environment are read: YAML → validated `Settings`.
 
 Values may reference the environment as `${NAME}` (or `${NAME:-default}`); a reference to an unset
-variable with no default is an error naming the key path, never a silent empty string. Every validation
+variable with no default is an error naming the key path, never a silent empty string. Secrets may be
+references instead (`file:/path`, `aws-sm:name#field`, `vault:path#field`: see `ferryman.secret_refs`),
+read here and kept current while serving. Every validation
 problem is reported with its exact key path (`models[1].deployments[0].provider`), all at once, so
 `ferryman check-config` shows the whole list in one run.
 """
@@ -30,6 +32,7 @@ from pydantic import (
 
 from ferryman.errors import ConfigError
 from ferryman.providers import PROVIDERS, provider_class
+from ferryman.secret_refs import resolve_references
 
 DependencyName = Literal["database", "redis"]
 
@@ -82,6 +85,11 @@ class Deployment(_Strict):
     api_version: str | None = Field(default=None, description="Azure-style `api-version` query value.")
     headers: dict[str, str] = Field(default_factory=dict)
     weight: Annotated[int, Field(ge=0)] = 1
+    priority: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="Under `strategy: priority`, lower goes first; deployments without one follow in "
+        "list order.",
+    )
     limits: RateLimit | None = Field(
         default=None,
         description="The upstream's own quota for this deployment: at its limit a request goes to the "
@@ -124,12 +132,77 @@ class Deployment(_Strict):
         return self.api_base or provider_class(self.provider).default_api_base
 
 
+class CacheOverride(_Strict):
+    """A model's own response-cache settings (`models[].cache`); what it leaves unset follows `cache:`."""
+
+    enabled: bool | None = None
+    ttl_seconds: Annotated[float, Field(gt=0)] | None = None
+    cache_nonzero_temperature: bool | None = None
+
+
 class ModelRoute(_Strict):
     """A model name clients send, and the deployments that serve it."""
 
     name: str = Field(min_length=1)
     deployments: list[Deployment] = Field(min_length=1)
     limits: RateLimit | None = None
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Other models to try, in order, once every deployment of this one has failed (or "
+        "refused the prompt's length or content). A request's own list replaces this one.",
+    )
+    timeout_seconds: Annotated[float, Field(gt=0)] | None = Field(
+        default=None,
+        description="End to end, across every attempt and retry (a whole stream included): then 504. "
+        "A request may ask for less, never more.",
+    )
+    first_token_timeout_seconds: Annotated[float, Field(gt=0)] | None = Field(
+        default=None,
+        description="How long a stream's first batch may take from one deployment before the next is tried.",
+    )
+    cache: CacheOverride | None = Field(
+        default=None, description="This model's own response-cache settings (docs/caching.md)."
+    )
+    strategy: Literal["weighted", "least_busy", "lowest_latency", "most_headroom", "priority"] = Field(
+        default="weighted",
+        description="In what order a request tries the deployments (docs/routing.md).",
+    )
+
+
+class RetrySettings(_Strict):
+    """Retries of the same deployment, and the budget that keeps them from multiplying an outage.
+
+    A 429, 5xx, timeout or dropped connection is retried on the same deployment after the upstream's
+    `Retry-After` (up to `max_delay_seconds`; longer ones move on at once) or an exponential backoff
+    with full jitter; then the next deployment, then the fallback models. Over any
+    `budget_window_seconds`, retries add at most `budget_ratio` to the first attempts, plus
+    `min_retries_per_second` so a quiet gateway can still retry (docs/resilience.md).
+    """
+
+    max_attempts_per_deployment: Annotated[int, Field(ge=1, le=10)] = 2
+    base_delay_seconds: Annotated[float, Field(ge=0, le=60)] = 0.25
+    max_delay_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+    budget_ratio: Annotated[float, Field(ge=0, le=10)] = 0.2
+    budget_window_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    min_retries_per_second: Annotated[float, Field(ge=0)] = 1.0
+
+
+class BreakerSettings(_Strict):
+    """Each deployment's circuit breaker (docs/routing.md): open after `failure_threshold` upstream
+    failures in a row, or `failure_ratio` of at least `min_requests` attempts in `window_seconds`;
+    passed over for `cooldown_seconds`, then `half_open_probes` requests probe it. `shared: auto`
+    shares open circuits through Redis when `redis_url` is set; `local` keeps each replica's own."""
+
+    failure_threshold: Annotated[int, Field(ge=1, le=10_000)] = 5
+    failure_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    min_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 10
+    window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    cooldown_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    half_open_probes: Annotated[int, Field(ge=1, le=1_000)] = 1
+    shared: Literal["auto", "local"] = "auto"
+    sync_interval_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=0.5, description="How often a replica reads the fleet's open circuits from Redis."
+    )
 
 
 class ServerSettings(_Strict):
@@ -268,6 +341,35 @@ class HealthSettings(_Strict):
     check_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
 
 
+class CacheSettings(_Strict):
+    """The response cache (docs/caching.md): exact repeats answered at $0, off by default."""
+
+    enabled: bool = False
+    ttl_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="`memory`: each process its own, bounded by `max_bytes`; `redis`: shared by replicas "
+        "through `redis_url` (bounded by Redis's own `maxmemory`).",
+    )
+    scope: Literal["key", "team", "global"] = Field(
+        default="key", description="Who shares an entry: the calling key, its team, or every caller."
+    )
+    max_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    cache_nonzero_temperature: bool = Field(
+        default=False,
+        description="Also cache requests whose temperature is above 0 or unset (sampled answers).",
+    )
+
+
+class SecretsSettings(_Strict):
+    """How often secret references (`file:`, `aws-sm:`, `vault:`) are read again (docs/secrets.md)."""
+
+    refresh_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=300.0,
+        description="Seconds between re-reads of every referenced secret; 0 reads them again only on SIGHUP.",
+    )
+
+
 class MetricsSettings(_Strict):
     """`/metrics` exposure: open by default (scrapers rarely hold secrets), or behind a bearer token."""
 
@@ -294,6 +396,10 @@ class Settings(_Strict):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     budgets: BudgetsSettings = Field(default_factory=BudgetsSettings)
     models: list[ModelRoute] = Field(default_factory=list)
+    retries: RetrySettings = Field(default_factory=RetrySettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     keys: list[StaticKey] = Field(default_factory=list)
     auto_migrate: bool = True
     key_cache_ttl_seconds: Annotated[float, Field(ge=0)] = 30.0
@@ -305,6 +411,23 @@ class Settings(_Strict):
             if route.name in seen:
                 raise ValueError(f"model name {route.name!r} is defined twice")
             seen.add(route.name)
+        return self
+
+    @model_validator(mode="after")
+    def _fallbacks_are_other_models(self) -> Settings:
+        names = {route.name for route in self.models}
+        for route in self.models:
+            for fallback in route.fallbacks:
+                if fallback == route.name:
+                    raise ValueError(f"model {route.name!r} lists itself as a fallback")
+                if fallback not in names:
+                    raise ValueError(f"model {route.name!r} falls back to {fallback!r}, which is not a model")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_cache_needs_redis(self) -> Settings:
+        if self.cache.backend == "redis" and not self.redis_url:
+            raise ValueError("cache.backend 'redis' needs redis_url (or use backend 'memory')")
         return self
 
     @model_validator(mode="after")
@@ -348,7 +471,8 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
     if not isinstance(raw, dict):
         raise ConfigError([("<root>", "the config must be a mapping of keys to values")])
     problems: list[tuple[str, str]] = []
-    data = _interpolate(raw, "", os.environ if environ is None else environ, problems)
+    environ = os.environ if environ is None else environ
+    data = resolve_references(_interpolate(raw, "", environ, problems), environ, problems)
     if problems:
         raise ConfigError(problems)
     return settings_from_mapping(data)

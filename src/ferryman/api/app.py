@@ -9,7 +9,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI
@@ -28,6 +28,7 @@ from ferryman import __version__
 from ferryman.api.admin import admin_router, handle_validation_error
 from ferryman.api.anthropic_routes import anthropic_routes
 from ferryman.api.auth import Authenticator
+from ferryman.api.circuits import circuit_breaker, start_breaker_sync
 from ferryman.api.dependencies import DependencyWatch
 from ferryman.api.errors import error_response, handle_ferryman_error, handle_unexpected_error
 from ferryman.api.gemini_routes import gemini_routes
@@ -37,18 +38,25 @@ from ferryman.api.openai_routes import openai_routes
 from ferryman.api.openapi import install_openapi
 from ferryman.api.state import AppState
 from ferryman.api.usage import usage_routes
+from ferryman.core._shield import Background
 from ferryman.core.access import ModelAccess
 from ferryman.core.attempts import AttemptLoop
 from ferryman.core.budgets import Budgets, SpendRecord
+from ferryman.core.deployment_health import DeploymentHealth
 from ferryman.core.estimate import InputEstimates
 from ferryman.core.failover import Failover
+from ferryman.core.fallbacks import ModelFallbacks
 from ferryman.core.ledger import FallbackLedger, SpendLedger
 from ferryman.core.limits import DeploymentQuotas, Quota, RateLimits
 from ferryman.core.observer import Observer, combine
 from ferryman.core.pipeline import Pipeline, Stage
 from ferryman.core.pricing import Price, price_for
+from ferryman.core.response_cache import CachePolicy, ResponseCache
+from ferryman.core.retries import RetryBudget, RetryPolicy, RetryRules
 from ferryman.core.routing import Router, Target
-from ferryman.core.shared_state import Ledger, Reservations, SharedState, WindowCounters
+from ferryman.core.shared_state import Cache, Ledger, Reservations, SharedState, WindowCounters
+from ferryman.core.strategies import DeploymentLoad, HeadroomBook
+from ferryman.core.timeouts import ModelTimeout, ModelTimeouts
 from ferryman.core.upstream import Upstream
 from ferryman.errors import FerrymanError, InvalidRequestError, NotFoundError
 from ferryman.observability.access_log import AccessLogObserver
@@ -63,6 +71,7 @@ from ferryman.observability.tracing import (
     create_tracer_provider,
 )
 from ferryman.providers import create_provider
+from ferryman.secret_refs import SecretRefresher
 from ferryman.settings import BudgetSettings, Deployment, RateLimit, Settings, load_settings
 from ferryman.store._redis_connect import Connected, parse_redis_url
 from ferryman.store._redis_connect import connect as connect_redis
@@ -70,12 +79,15 @@ from ferryman.store.backends import open_shared_state
 from ferryman.store.journal import JournalLedger
 from ferryman.store.ledger_feeder import LedgerFeeder
 from ferryman.store.ledger_spend import LedgerSpend
+from ferryman.store.memory import MemoryCache
 from ferryman.store.service import KeyService
 from ferryman.store.sql_ledger import SqlLedger, open_ledger
+from ferryman.store.sql_reservations import budget_holds
 from ferryman.tokenizers import Tokenizers
 
 log = logging.getLogger("ferryman.app")
 FEEDER_REDIS_TIMEOUT = 5.0  # seconds: above the feeder's blocking read, unlike the limiter's 1 s
+WORKERS_ENV = "FERRYMAN_WORKERS"  # the worker count `serve` runs, for each worker's `app_from_env`
 
 
 class GatewayApp(Starlette):
@@ -140,27 +152,38 @@ def create_app(
         else:  # no Redis, no journal: each request's spend is committed to SQL before it is done
             shared = dataclasses.replace(shared, ledger=sql_ledger)
         local = await open_shared_state("memory://") if settings.redis_url else shared
+        background = Background() if settings.redis_url else None  # remote releases, off the answer
         alerts = BudgetAlerter(app_metrics, settings.budgets.alert_webhook_url)
         services = StageServices(
             limiter_state(settings, shared, local, app_metrics),
-            TimedReservations(shared.reservations, app_metrics.shared_state_seconds),
+            TimedReservations(budget_holds(settings, shared, keys.engine), app_metrics.shared_state_seconds),
             alerts,
             budget_record(sql_ledger, shared.ledger),
             InputEstimates(tokenizers),
+            background,
+            response_store=response_store(settings, shared),
         )
         state = build_state(settings, shared, app_metrics, tracer, keys, extra_stages, services)
         app.state.ferryman = admin.state.ferryman = state
         if not state.auth.enabled:
             log.warning("no master_key configured: the gateway accepts requests without a key")
         await state.dependencies.start()
+        breaker_sync = start_breaker_sync(settings, state.deployment_health.breaker)
+        secrets = SecretRefresher.for_settings(settings, settings.secrets.refresh_seconds)
+        await secrets.start()  # rotated keys apply to the next request (docs/secrets.md)
         try:
             yield
         finally:
+            await secrets.aclose()
             await state.dependencies.aclose()
+            if breaker_sync is not None:
+                await breaker_sync.aclose()
             for upstream in state.upstreams:
                 await upstream.aclose()
             if tracer_provider is not None:
                 tracer_provider.shutdown()
+            if background is not None:
+                await background.drain()  # slots released before the connections close
             await shared.close()
             if local is not shared:
                 await local.close()
@@ -222,8 +245,11 @@ def _admin_app() -> FastAPI:
 
 
 def app_from_env() -> GatewayApp:
-    """Factory for multi-worker serving: each worker process loads `FERRYMAN_CONFIG` itself."""
-    return create_app(load_settings(os.environ.get("FERRYMAN_CONFIG") or None))
+    """Factory for multi-worker serving: each worker process loads `FERRYMAN_CONFIG` itself, and takes
+    the worker count the supervisor runs (`FERRYMAN_WORKERS`: `serve --workers` overrides the file)."""
+    settings = load_settings(os.environ.get("FERRYMAN_CONFIG") or None)
+    workers = os.environ.get(WORKERS_ENV)
+    return create_app(settings.with_server(workers=int(workers)) if workers else settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +306,8 @@ class StageServices:
     alerts: BudgetAlerter | None = None
     budget_record: SpendRecord | None = None  # the ledger lost budget counters are rebuilt from
     estimates: InputEstimates | None = None  # tokenizer counts per deployment; None: by characters
+    background: Background | None = None  # where remote slot releases finish (None: awaited in place)
+    response_store: Cache | None = None  # where the response cache keeps answers; None: in this process
 
 
 def deployed_models(settings: Settings) -> set[tuple[str, str]]:
@@ -298,8 +326,9 @@ def pipeline_stages(
 ) -> list[Stage]:
     """The request pipeline, in the order a request meets it (docs/architecture.md draws it).
 
-    Each stage is one module in `ferryman.core`; adding one is a line here. The response cache takes
-    its place after the budgets.
+    Each stage is one module in `ferryman.core`; adding one is a line here. The response cache sits
+    after the budgets (a hit settles their hold at $0) and before the ledger (a hit skips it, so the
+    cache records its hits itself).
     """
     limits, budgets, limiter = settings.limits, settings.budgets, services.limiter
     alerts = services.alerts
@@ -314,6 +343,7 @@ def pipeline_stages(
             slot_ttl=limits.slot_ttl_seconds,
             router=router,
             estimates=services.estimates,
+            background=services.background,
         ),
         Budgets(  # 429 insufficient_quota unless the worst case fits every budget; settles on exit
             services.budget_holds,
@@ -330,9 +360,37 @@ def pipeline_stages(
             estimates=services.estimates,
         ),
     ]
+    if cached := cache_policies(settings):  # answers a repeat at $0: after the budgets, before the ledger
+        store = services.response_store or MemoryCache(max_bytes=settings.cache.max_bytes)
+        stages.append(ResponseCache(store, cached, scope=settings.cache.scope, ledger=ledger))
     if ledger is not None:
         stages.append(SpendLedger(ledger))  # exits first: spend is on record before the answer is done
     return stages
+
+
+def cache_policies(settings: Settings) -> dict[str, CachePolicy]:
+    """Each cached model's policy: `cache:`, overridden field by field by the model's own `cache`."""
+    top, policies = settings.cache, {}
+    for route in settings.models:
+        own = route.cache
+        if own is None:
+            if top.enabled:
+                policies[route.name] = CachePolicy(top.ttl_seconds, top.cache_nonzero_temperature)
+            continue
+        if own.enabled if own.enabled is not None else top.enabled:
+            nonzero = own.cache_nonzero_temperature
+            policies[route.name] = CachePolicy(
+                own.ttl_seconds or top.ttl_seconds,
+                top.cache_nonzero_temperature if nonzero is None else nonzero,
+            )
+    return policies
+
+
+def response_store(settings: Settings, shared: SharedState) -> Cache:
+    """The response cache's backend: the shared state's cache (Redis) or one bounded to this process."""
+    if settings.cache.backend == "redis":
+        return shared.cache
+    return MemoryCache(max_bytes=settings.cache.max_bytes)
 
 
 def start_ledger_feeder(url: str, ledger: SqlLedger, metrics: Metrics) -> tuple[LedgerFeeder, Connected]:
@@ -352,7 +410,10 @@ def _budget(budget: BudgetSettings | None) -> tuple[float | None, float | None]:
 
 
 def deployment_quotas(
-    settings: Settings, limiter: LimiterState, estimates: InputEstimates | None = None
+    settings: Settings,
+    limiter: LimiterState,
+    estimates: InputEstimates | None = None,
+    headroom: HeadroomBook | None = None,
 ) -> DeploymentQuotas | None:
     """The upstream quotas of deployments that declare one; None when none does (no lookups at all)."""
     quotas = {
@@ -364,7 +425,40 @@ def deployment_quotas(
     if not quotas:
         return None
     return DeploymentQuotas(
-        limiter.counters, limiter.slots, quotas, settings.limits.slot_ttl_seconds, estimates
+        limiter.counters, limiter.slots, quotas, settings.limits.slot_ttl_seconds, estimates, headroom
+    )
+
+
+class Resilience(TypedDict):
+    """The attempt loop's retries, fallbacks and timeouts, as `resilience` builds them from the config."""
+
+    policy: RetryPolicy
+    retry_budget: RetryBudget
+    fallbacks: ModelFallbacks
+    timeouts: ModelTimeouts
+
+
+def resilience(settings: Settings) -> Resilience:
+    """Retries with their budget, fallback models and timeouts, from `retries:` and `models[]`."""
+    retries = settings.retries
+    rules = RetryRules(
+        retries.max_attempts_per_deployment, retries.base_delay_seconds, retries.max_delay_seconds
+    )
+    return Resilience(
+        policy=RetryPolicy(rules),
+        retry_budget=RetryBudget(
+            retries.budget_ratio, retries.budget_window_seconds, retries.min_retries_per_second
+        ),
+        fallbacks=ModelFallbacks(
+            {route.name: route.fallbacks for route in settings.models},
+            [route.name for route in settings.models],
+        ),
+        timeouts=ModelTimeouts(
+            {
+                route.name: ModelTimeout(route.timeout_seconds, route.first_token_timeout_seconds)
+                for route in settings.models
+            }
+        ),
     )
 
 
@@ -372,12 +466,15 @@ def _quota(limit: RateLimit | None) -> Quota:
     return Quota(limit.rpm, limit.tpm, limit.max_parallel) if limit is not None else Quota()
 
 
-def build_observer(metrics: Metrics, tracer: Tracer | None) -> Observer:
-    """Everything that watches requests: metrics, traces (when on) and the access log."""
+def build_observer(metrics: Metrics, tracer: Tracer | None, load: DeploymentLoad | None = None) -> Observer:
+    """Everything that watches requests: metrics, traces (when on), the access log, and the routing
+    strategies' in-flight and latency figures."""
     observers: list[Observer] = [MetricsObserver(metrics)]
     if tracer is not None:
         observers.append(TracingObserver(tracer))
     observers.append(AccessLogObserver())
+    if load is not None:
+        observers.append(load)
     return combine(observers)
 
 
@@ -398,14 +495,22 @@ def build_state(
             upstream = create_provider(deployment, propagate_trace=tracer is not None)
             upstreams.append(upstream)
             routes.setdefault(route.name, []).append(_target(upstream, deployment))
-    router = Router(routes)
-    observer = build_observer(metrics, tracer)
+    load, headroom = DeploymentLoad(), HeadroomBook()
+    strategies = {route.name: route.strategy for route in settings.models}
+    router = Router(routes, strategies=strategies, load=load, headroom=headroom)
+    observer = build_observer(metrics, tracer, load)
     services = services or StageServices(
-        LimiterState(shared.counters, shared.reservations), shared.reservations
+        LimiterState(shared.counters, shared.reservations),
+        shared.reservations,
+        response_store=response_store(settings, shared),
     )
     stages = [*pipeline_stages(settings, router, services, shared.ledger), *extra_stages]
     attempts = AttemptLoop(
-        router, observer, quotas=deployment_quotas(settings, services.limiter, services.estimates)
+        router,
+        observer,
+        health=DeploymentHealth(circuit_breaker(settings, metrics)),
+        quotas=deployment_quotas(settings, services.limiter, services.estimates, headroom),
+        **resilience(settings),
     )
     pipeline = Pipeline(stages, attempts, observer)
     master = settings.master_key.get_secret_value() if settings.master_key else None
@@ -453,6 +558,7 @@ def _target(upstream: Upstream, deployment: Deployment) -> Target:
         upstream_model=deployment.model,
         price=price,
         weight=deployment.weight,
+        priority=deployment.priority,
     )
 
 
