@@ -15,18 +15,29 @@ from dataclasses import dataclass
 
 from ferryman.api.app import LimiterState, StageServices, pipeline_stages
 from ferryman.core.attempts import AttemptLoop
+from ferryman.core.breaker import BreakerConfig, CircuitBreaker
 from ferryman.core.caller import Caller, Limits
 from ferryman.core.canonical import ChatRequest, Message, TextPart
+from ferryman.core.deployment_health import DeploymentHealth
 from ferryman.core.exchange import Exchange
-from ferryman.core.observer import NullObserver
+from ferryman.core.observer import NullObserver, Observer
 from ferryman.core.pipeline import Pipeline, Stage
 from ferryman.core.pricing import Price
 from ferryman.core.routing import Router, Target
+from ferryman.core.strategies import DeploymentLoad, StrategyName
 from ferryman.settings import settings_from_mapping
 from ferryman.store.backends import open_shared_state
 from ferryman.testing import ScriptedUpstream
 
 MODEL = "bench-model"
+ROUTING_STRATEGIES: tuple[StrategyName, ...] = (
+    "weighted",
+    "least_busy",
+    "lowest_latency",
+    "most_headroom",
+    "priority",
+)
+ROUTING_GOAL_US = 50.0  # the routing issue's: strategies and breaker add at most 0.05 ms per request
 # A key with every limit and a budget, none ever reached: each stage does its whole work per request.
 BENCH_CALLER = Caller(
     key_alias="bench",
@@ -60,13 +71,37 @@ async def _measure(requests: int, rounds: int) -> tuple[StageCost, ...]:
     for stage in pipeline_stages(settings, router, services, shared.ledger):
         with_stage = await _best(router, (stage,), requests, rounds)
         costs.append(StageCost(stage.name, max(with_stage - bare, 0.0)))
-    return tuple(costs)
+    return (*costs, *await _routing_costs(requests, rounds))
 
 
-async def _best(router: Router, stages: Sequence[Stage], requests: int, rounds: int) -> float:
+async def _routing_costs(requests: int, rounds: int) -> list[StageCost]:
+    """What each routing strategy and the circuit breaker add to the attempt loop, for a model of two
+    deployments: against weighted random with no breaker and no load bookkeeping (the loop before
+    strategies), each strategy with the breaker on and the in-flight / latency observer feeding it."""
+    targets = [Target(ScriptedUpstream(), "scripted", f"bench-{n}", MODEL, Price(0.15, 0.6)) for n in (1, 2)]
+    plain = await _best(Router({MODEL: targets}), (), requests, rounds, health=DeploymentHealth())
+    costs = []
+    for strategy in ROUTING_STRATEGIES:
+        load = DeploymentLoad()
+        router = Router({MODEL: targets}, strategies={MODEL: strategy}, load=load)
+        health = DeploymentHealth(CircuitBreaker(BreakerConfig()))
+        timed = await _best(router, (), requests, rounds, health=health, observer=load)
+        costs.append(StageCost(f"routing: {strategy} + breaker", max(timed - plain, 0.0)))
+    return costs
+
+
+async def _best(
+    router: Router,
+    stages: Sequence[Stage],
+    requests: int,
+    rounds: int,
+    *,
+    health: DeploymentHealth | None = None,
+    observer: Observer | None = None,
+) -> float:
     """Microseconds per request through `stages`, the best of `rounds` (the least disturbed run)."""
-    observer = NullObserver()
-    pipeline = Pipeline(stages, AttemptLoop(router, observer), observer)
+    observer = observer or NullObserver()
+    pipeline = Pipeline(stages, AttemptLoop(router, observer, health=health), observer)
     request = ChatRequest(model=MODEL, messages=(Message(role="user", parts=(TextPart("Say hello."),)),))
     best = float("inf")
     for _ in range(rounds):
@@ -91,4 +126,15 @@ def render_stage_costs(costs: Sequence[StageCost]) -> str:
         "|---|---:|",
     ]
     lines += [f"| {cost.name} | {cost.microseconds:.2f} |" for cost in costs]
+    routing = [cost for cost in costs if cost.name.startswith("routing: ")]
+    if routing:
+        worst = max(routing, key=lambda cost: cost.microseconds)
+        verdict = "met" if worst.microseconds <= ROUTING_GOAL_US else "**missed**"
+        lines += [
+            "",
+            "The `routing:` rows are a model of two deployments, each strategy with the circuit breaker on "
+            "and the in-flight / latency observer feeding it, against weighted random without either "
+            f"(the loop before strategies). Goal: at most {ROUTING_GOAL_US:g} µs each; the dearest, "
+            f"{worst.name.removeprefix('routing: ')}, adds {worst.microseconds:.2f} µs: {verdict}.",
+        ]
     return "\n".join(lines) + "\n"

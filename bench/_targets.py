@@ -205,6 +205,7 @@ def _slug(name: str) -> str:
 REDIS_NAME = "Ferryman (Redis)"
 LIMITS_NAME = "Ferryman (Redis) + limits"
 BUDGETS_NAME = "Ferryman (Redis) + budgets"
+CACHE_NAME = "Ferryman (Redis) + cache hits"
 _NEVER_REACHED = {"rpm": 10**9, "tpm": 10**12, "max_parallel": 10**6}
 
 
@@ -215,6 +216,12 @@ def governance_variants(redis_url: str) -> list[tuple[str, dict[str, object]]]:
         (REDIS_NAME, base),
         (LIMITS_NAME, {**base, "limits": {"global": _NEVER_REACHED}}),
         (BUDGETS_NAME, {**base, "budgets": {"global": {"daily_usd": 10.0**9, "monthly_usd": 10.0**9}}}),
+        # The bench's request sets no temperature, so the cache is told to keep sampled answers too:
+        # after the first request every one is a hit, served from Redis without the upstream.
+        (
+            CACHE_NAME,
+            {**base, "cache": {"enabled": True, "backend": "redis", "cache_nonzero_temperature": True}},
+        ),
     ]
 
 

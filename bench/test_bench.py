@@ -27,9 +27,10 @@ from _load import (
 from _measure import LoadPlan, Phase, TargetFailure, TargetResult
 from _procs import read_tree_usage, start_process
 from _report import NOTES_MARKER, RunReport, kept_notes, render_markdown
-from _stages import StageCost, measure_stage_costs
+from _stages import ROUTING_STRATEGIES, StageCost, measure_stage_costs
 from _targets import (
     BUDGETS_NAME,
+    CACHE_NAME,
     DIRECT_NAME,
     FERRYMAN_NAME,
     LIMITS_NAME,
@@ -291,6 +292,7 @@ def test_stage_costs_are_measured_for_every_stage_of_the_app() -> None:
         "rate_limits",
         "budgets",
         "ledger",
+        *(f"routing: {strategy} + breaker" for strategy in ROUTING_STRATEGIES),
     ]
     assert costs[0].microseconds > 0
     assert all(cost.microseconds >= 0 for cost in costs)
@@ -306,6 +308,7 @@ def test_report_states_what_limits_and_budgets_add_against_redis_alone() -> None
             _result(REDIS_NAME, rps=1000, p50=1.0, ttfb=1.0),
             _result(LIMITS_NAME, rps=800, p50=1.2, ttfb=1.0),  # 1 s CPU over fewer requests: +0.025 ms
             _result(BUDGETS_NAME, rps=500, p50=1.1, ttfb=1.0),  # +0.100 ms
+            _result(CACHE_NAME, rps=2500, p50=0.5, ttfb=1.0),  # 0.04 ms in all
         ),
     )
 
@@ -315,3 +318,4 @@ def test_report_states_what_limits_and_budgets_add_against_redis_alone() -> None
     assert "| limits: added CPU per request | ≤ 0.1 ms | 0.02 ms | met |" in text
     assert "| limits: added p50 latency at c=1 | ≤ 0.5 ms | 0.20 ms | met |" in text
     assert "| budgets: added CPU per request | ≤ 0.15 ms | 0.10 ms | met |" in text
+    assert "| cache hit: CPU per request | ≤ 0.3 ms | 0.04 ms | met |" in text
