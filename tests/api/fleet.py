@@ -27,17 +27,20 @@ def openai_estimate(body: dict[str, Any], model: str = "gpt-4o-mini") -> int:
 
 
 DEAR = {"input_per_mtok": 100.0, "output_per_mtok": 1000.0}  # a few requests fill a small budget
+FREE = {"input_per_mtok": 0.0, "output_per_mtok": 0.0}  # priced at $0: for tests of routing, not money
 OUTPUT_TOKENS = 10  # what `worst_case_upstream` answers with: the bodies' `max_tokens`
 
 
-def openai_deployment(fake: FakeOpenAI, price: dict[str, float] = DEAR) -> dict[str, Any]:
-    """A gpt-4o-mini deployment on `fake`, priced (budgeted keys refuse unpriced models)."""
+def openai_deployment(fake: FakeOpenAI, price: dict[str, float] = DEAR, **extra: Any) -> dict[str, Any]:
+    """A gpt-4o-mini deployment on `fake`, priced (budgeted keys refuse unpriced models); `extra`
+    adds or overrides keys (`name`, `priority`, `weight` …)."""
     return {
         "provider": "openai",
         "model": "gpt-4o-mini",
         "api_base": fake.base_url,
         "api_key": "k",
         "price": price,
+        **extra,
     }
 
 

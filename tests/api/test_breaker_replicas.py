@@ -13,26 +13,18 @@ import httpx
 import pytest
 
 from ferryman.testing import FakeOpenAI, Reply
+from tests.api.fleet import FREE, openai_deployment
 from tests.processes import gateway_process
 
 pytestmark = pytest.mark.slow
 MASTER = "breaker-replicas-master"
 HEADERS = {"authorization": f"Bearer {MASTER}"}
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
-FREE = {"input_per_mtok": 0, "output_per_mtok": 0}
 
 
 def replica_config(redis_url: str, flaky: FakeOpenAI, steady: FakeOpenAI) -> dict[str, Any]:
     def deployment(fake: FakeOpenAI, name: str, priority: int) -> dict[str, Any]:
-        return {
-            "provider": "openai",
-            "model": "gpt-4o-mini",
-            "api_base": fake.base_url,
-            "api_key": "k",
-            "name": name,
-            "priority": priority,
-            "price": FREE,
-        }
+        return openai_deployment(fake, FREE, name=name, priority=priority)
 
     return {
         "master_key": MASTER,

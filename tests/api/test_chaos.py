@@ -16,6 +16,7 @@ from typing import Any
 import openai
 
 from ferryman.testing import FakeOpenAI, Reply
+from tests.api.fleet import FREE, openai_deployment
 from tests.conftest import RunningGateway, serve_gateway
 
 WORKERS = 8
@@ -24,13 +25,7 @@ KILL_AFTER_SECONDS = 1.0
 
 
 def deployment(fake: FakeOpenAI, name: str) -> dict[str, Any]:
-    return {
-        "provider": "openai",
-        "model": "gpt-4o-mini",
-        "api_base": fake.base_url,
-        "api_key": "k",
-        "name": name,
-    }
+    return openai_deployment(fake, FREE, name=name)
 
 
 def upstream_failures(gateway: RunningGateway) -> float:

@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from ferryman.testing import FakeOpenAI, Reply
+from tests.api.fleet import FREE, openai_deployment
 from tests.conftest import RunningGateway
 
 MASTER = "strategies-master-key"
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
-FREE = {"input_per_mtok": 0, "output_per_mtok": 0}
 
 
 @pytest.fixture
@@ -24,15 +24,7 @@ def upstreams() -> Iterator[tuple[FakeOpenAI, FakeOpenAI]]:
 
 
 def deployment(fake: FakeOpenAI, name: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "provider": "openai",
-        "model": "gpt-4o-mini",
-        "api_base": fake.base_url,
-        "api_key": "k",
-        "name": name,
-        "price": FREE,
-        **extra,
-    }
+    return openai_deployment(fake, FREE, name=name, **extra)
 
 
 def config(strategy: str, *deployments: dict[str, Any], **top: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from ferryman.core.canonical import Usage
 from ferryman.core.exchange import Exchange
 from ferryman.core.shared_state import Ledger, SpendEntry
 from ferryman.errors import SharedStateUnavailableError
@@ -40,26 +41,34 @@ class SpendLedger:
         usage = exchange.usage
         if usage is None or exchange.answered_by != "upstream":
             return
-        caller = exchange.caller
         await self._ledger.append(
-            SpendEntry(
-                request_id=exchange.spend_id,
-                at=datetime.now(UTC),
-                model=exchange.served_model or exchange.model,  # a fallback model bills as itself
-                provider=exchange.provider,
-                deployment=exchange.deployment,
-                key_id=caller.key_id,
-                team_id=caller.team_id,
-                end_user=caller.end_user,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cached_tokens=usage.cached_tokens,
-                cost_usd=exchange.cost,
-                estimated=exchange.usage_estimated,
-                cache_write_tokens=usage.cache_write_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-            )
+            spend_entry(exchange, usage, exchange.provider, exchange.deployment, exchange.cost)
         )
+
+
+def spend_entry(
+    exchange: Exchange, usage: Usage, provider: str, deployment: str, cost: float | None
+) -> SpendEntry:
+    """The ledger entry of `exchange`: who spent what on which deployment (a cache hit names the cache
+    as both, at $0). A fallback model bills as itself, not as the model the client asked for."""
+    caller = exchange.caller
+    return SpendEntry(
+        request_id=exchange.spend_id,
+        at=datetime.now(UTC),
+        model=exchange.served_model or exchange.model,
+        provider=provider,
+        deployment=deployment,
+        key_id=caller.key_id,
+        team_id=caller.team_id,
+        end_user=caller.end_user,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_tokens=usage.cached_tokens,
+        cost_usd=cost,
+        estimated=exchange.usage_estimated,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+    )
 
 
 class FallbackLedger:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, TypeAlias, cast, get_args
 
 import orjson
@@ -51,7 +50,8 @@ from ferryman.core.canonical import (
     Usage,
 )
 from ferryman.core.exchange import Exchange
-from ferryman.core.shared_state import Cache, Ledger, SpendEntry
+from ferryman.core.ledger import spend_entry
+from ferryman.core.shared_state import Cache, Ledger
 from ferryman.errors import SharedStateUnavailableError
 
 if TYPE_CHECKING:
@@ -167,23 +167,7 @@ class ResponseCache:
     async def _record_hit(self, exchange: Exchange, usage: Usage) -> None:
         if self._ledger is None:
             return
-        caller = exchange.caller
-        await self._ledger.append(
-            SpendEntry(
-                request_id=exchange.spend_id,
-                at=datetime.now(UTC),
-                model=exchange.served_model or exchange.model,
-                provider=CACHE_PROVIDER,
-                deployment=CACHE_PROVIDER,
-                key_id=caller.key_id,
-                team_id=caller.team_id,
-                end_user=caller.end_user,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cached_tokens=usage.cached_tokens,
-                cost_usd=0.0,
-            )
-        )
+        await self._ledger.append(spend_entry(exchange, usage, CACHE_PROVIDER, CACHE_PROVIDER, 0.0))
 
 
 def cacheable(request: ChatRequest, policy: CachePolicy) -> bool:
