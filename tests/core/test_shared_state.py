@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import math
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class Backend:
     state: SharedState
     advance: Callable[[float], Awaitable[None]]
     prefix: str = field(default_factory=lambda: uuid.uuid4().hex)
+    now: Callable[[], float] = time.monotonic  # the test's view of the time `advance` moves
 
     def key(self, name: str) -> str:
         return f"test:{self.prefix}:{name}"
@@ -93,7 +95,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     url: str = request.param
     if url.startswith("memory:"):
         clock = FakeClock()
-        opened = Backend(await open_memory_state(url, clock=clock), clock.advance)
+        opened = Backend(await open_memory_state(url, clock=clock), clock.advance, now=clock)
         try:
             yield opened
         finally:
@@ -312,11 +314,17 @@ async def test_one_refusing_ceiling_holds_nothing_anywhere(backend: Backend) -> 
 async def test_an_expired_hold_frees_the_ceiling(backend: Backend) -> None:
     reservations = backend.state.reservations
     ceiling = Ceiling(backend.key("budget"), limit=10, ttl=5.0)
+    t0 = backend.now()
     assert (await reservations.reserve("crashed", [ceiling], 8, ttl=0.5)).allowed
+    t1 = backend.now()
     await backend.advance(0.2)
+    t2 = backend.now()
     refused = await reservations.reserve("next", [ceiling], 5, ttl=0.5)
+    t3 = backend.now()
     assert not refused.allowed
-    assert refused.retry_after == pytest.approx(0.3, abs=0.05)  # the hold in the way lapses by then
+    # The hold in the way lapses 0.5 s after the backend took it (its clock read within [t0, t1]), and
+    # the refusal read the clock within [t2, t3]: exact on a fake clock, bounded on a real one.
+    assert t0 + 0.5 - t3 - 0.02 <= refused.retry_after <= t1 + 0.5 - t2 + 0.02
     await backend.advance(0.4)
     assert await reservations.level(ceiling.key) == (0, 0)
     assert (await reservations.reserve("next", [ceiling], 5, ttl=0.5)).allowed
