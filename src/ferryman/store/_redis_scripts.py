@@ -11,12 +11,20 @@ Conventions shared by every script:
   stores the names it was given; a script never invents a key name, so the naming lives in one place.
 - Numbers travel as strings: `ARGV` values are Python `repr(float)`s, which `tonumber` reads back to the
   same double, and replies carry floats as `%.17g` strings, because Redis truncates a Lua number in a
-  reply to an integer, and `redis.call` would format a number argument with only 14 digits.
+  reply to an integer, and `redis.call` would format a number argument with only 14 digits. `fmt` writes
+  a whole number below 1e16 with `%d`: the same text, at a third of the cost (most values are whole:
+  times in microseconds, requests, tokens). A value read and left unchanged is written back as its text.
+- Every key has a TTL at least as long as its data must live (each chunk states how long), so idle state
+  vanishes by itself. A script renews a TTL only when what it changed asks for more than the key's TTL,
+  read with PTTL, covers (scripts of an older release, sharing the Redis during a rolling deploy, set
+  TTLs without any record of it), and then with slack (`expire`: a tenth of the time left, at most a
+  minute), so the calls that follow skip it. Keys may outlive their data by that slack: units and holds
+  go by their scores anyway, and a level whose period is over with nothing held counts as absent.
 - A sorted-set member starts with its amount (`<amount>:<unique part>`), so the amount of an entry
   that slides out or a hold that lapses is known without another lookup.
 - An admission reply is `{allowed (1/0), retry_after seconds, refused index (1-based, 0 = none),
   remaining...}`, the fields of `Admission` in order.
-- Scripts are assembled from shared chunks: `_PRELUDE` (time, numbers), `_JUDGE` (the all-or-nothing
+- Scripts are assembled from shared chunks: `_PRELUDE` (time, numbers, TTLs), `_JUDGE` (the all-or-nothing
   answer over windows and ceilings alike), `_SERIES` (windows), `_LEVELS` and `_HOLDS` (ceilings and
   holds), `_CLOSE` (settling or releasing a hold). ADMIT is WINDOWS' check and RESERVE run as one script
   from the same chunks, so an admitted hold is a reserved hold, key for key; FINISH is WINDOWS' add and
@@ -26,15 +34,26 @@ Conventions shared by every script:
 from __future__ import annotations
 
 _PRELUDE = """
-local function fmt(x) return string.format('%.17g', x) end
+local function fmt(x)  -- the exact text of a double ('%.17g'); for a whole number below 1e16 that is '%d'
+  if x % 1 == 0 and x > -1e16 and x < 1e16 then return string.format('%d', x) end
+  return string.format('%.17g', x)
+end
 local function amount_of(member) return tonumber(string.match(member, '^([^:]*)')) end
 local function within(total, limit) return total <= limit + 1e-9 * math.max(1, math.abs(limit)) end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now_text = fmt(now)  -- formatted once: it is several scores and bounds
 local function ms_until(at)  -- a PEXPIRE argument: whole milliseconds, at least 1, never overflowing
   local ms = math.ceil((at - now) / 1000)
   if ms < 1 then ms = 1 elseif ms > 1e15 then ms = 1e15 end
   return string.format('%d', ms)
+end
+local function expire(key, at)  -- live until `at`, and a tenth of the way there (at most a minute) beyond
+  redis.call('PEXPIRE', key, ms_until(at + math.min((at - now) / 10, 60000000)))
+end
+local function outlives(key, at)  -- whether `key`'s TTL, whoever set it, already reaches `at` (2 ms spare)
+  local ttl = redis.call('PTTL', key)
+  return ttl > 0 and now + (ttl - 2) * 1000 >= at
 end
 """
 
@@ -53,7 +72,7 @@ local function judge(bounds)  -- all or nothing: the first refusing index (0 = n
 end
 
 local function admission(bounds, refused, retry)  -- the reply, with each bound's remaining in order
-  local reply = {refused == 0 and 1 or 0, fmt(retry / 1000000), refused}
+  local reply = {refused == 0 and 1 or 0, retry == 0 and '0' or fmt(retry / 1000000), refused}
   for i, b in ipairs(bounds) do
     local left = b.limit - b.used
     if refused == 0 then left = left - b.amount end
@@ -116,7 +135,7 @@ local function window(hash, entries, limit, seconds, amount)  -- a bound; its se
     s = {hash = hash, entries = entries, longest = seconds, amount = amount}
     local stored = redis.call('HMGET', hash, 'total', 'span', 'seq')
     s.total, s.span = tonumber(stored[1]) or 0, tonumber(stored[2])  -- span nil: no such series
-    s.seq = tonumber(stored[3]) or 0
+    s.seq, s.stored_span, s.span_text = tonumber(stored[3]) or 0, s.span, stored[2]
     series[hash] = s
     series_order[#series_order + 1] = s
   elseif seconds > s.longest then
@@ -129,25 +148,35 @@ local function record_series()  -- count each series' amount once, now
   for _, s in ipairs(series_order) do
     if s.amount ~= 0 then
       s.span, s.seq, s.added = math.max(s.span or 0, s.longest), s.seq + 1, true
-      redis.call('ZADD', s.entries, fmt(now), fmt(s.amount) .. ':' .. string.format('%d', s.seq))
+      s.created = (s.live or 0) == 0  -- the entries set did not exist: it has no TTL yet
+      redis.call('ZADD', s.entries, now_text, fmt(s.amount) .. ':' .. string.format('%d', s.seq))
       s.total, s.live = s.total + s.amount, (s.live or 0) + 1
     end
   end
 end
 
-local function save_series()  -- a series lives as long as its newest unit counts in its longest window
+-- A series lives as long as its newest unit counts in its longest window. Every script keeps both keys'
+-- TTLs at least that long, and sets them together, the hash first, so the hash's TTL speaks for both:
+-- a script that neither adds a unit nor lengthens the span needs no expiry at all, one that does renews
+-- them (with slack) only when the hash's TTL falls short, or when either key is new (it has none yet).
+local function save_series()
   for _, s in ipairs(series_order) do
     if s.span ~= nil then
       if s.live == 0 then
         redis.call('DEL', s.hash, s.entries)
       else
-        local seq = string.format('%d', s.seq)
-        redis.call('HSET', s.hash, 'total', fmt(s.total), 'span', fmt(s.span), 'seq', seq)
-        local newest = now  -- a unit added by this script is the newest; else ask the set
-        if not s.added then newest = tonumber(redis.call('ZRANGE', s.entries, -1, -1, 'WITHSCORES')[2]) end
-        local ms = ms_until(newest + s.span)
-        redis.call('PEXPIRE', s.hash, ms)
-        redis.call('PEXPIRE', s.entries, ms)
+        local span = s.span_text
+        if s.span ~= s.stored_span or not span then span = fmt(s.span) end
+        redis.call('HSET', s.hash, 'total', fmt(s.total), 'span', span, 'seq', string.format('%d', s.seq))
+        local made = s.stored_span == nil or s.created  -- a key made by this script has no TTL yet
+        if made or s.added or s.span > s.stored_span then
+          local newest = now  -- a unit added by this script is the newest; else ask the set
+          if not s.added then newest = tonumber(redis.call('ZRANGE', s.entries, -1, -1, 'WITHSCORES')[2]) end
+          if made or not outlives(s.hash, newest + s.span) then
+            expire(s.hash, newest + s.span)
+            expire(s.entries, newest + s.span)
+          end
+        end
       end
     end
   end
@@ -195,18 +224,22 @@ local function level(hash, holds)  -- loaded once per script, lapsed holds dropp
   local L = levels[hash]
   if L ~= nil then return L end
   local v = redis.call('HMGET', hash, 'committed', 'until', 'held', 'kept')
-  L = {hash = hash, holds = holds, committed = tonumber(v[1]) or 0, ends = tonumber(v[2]) or 0}
+  L = {hash = hash, holds = holds, committed = tonumber(v[1]) or 0, ends = tonumber(v[2]) or 0, stored = v}
   L.held, L.exists, L.kept = tonumber(v[3]) or 0, v[2] ~= false, v[4] ~= false
-  local lapsed = redis.call('ZRANGEBYSCORE', holds, '-inf', fmt(now))
+  L.stored_committed, L.stored_ends = L.committed, L.ends
+  local lapsed = redis.call('ZRANGEBYSCORE', holds, '-inf', now_text)
   for _, member in ipairs(lapsed) do L.held = L.held - amount_of(member) end
-  if #lapsed > 0 then redis.call('ZREMRANGEBYSCORE', holds, '-inf', fmt(now)) end
+  if #lapsed > 0 then redis.call('ZREMRANGEBYSCORE', holds, '-inf', now_text) end
   L.count = redis.call('ZCARD', holds)
   if L.count == 0 then L.held = 0 end
   if not L.exists and L.count > 0 then  -- the hash was lost (evicted) but not its holds: sum them again
     L.held = 0
     for _, member in ipairs(redis.call('ZRANGE', holds, 0, -1)) do L.held = L.held + amount_of(member) end
   end
-  if L.ends <= now then L.committed = 0 end  -- the period ended: its spend has nothing to protect
+  if L.ends <= now then  -- the period ended: its spend has nothing to protect
+    L.committed = 0
+    if L.count == 0 then L.exists = false end  -- nor has the level, though its key may outlive it a while
+  end
   levels[hash] = L
   level_order[#level_order + 1] = L
   return L
@@ -219,22 +252,36 @@ local function unhold(L, member, amount)
   end
 end
 
+-- Every script keeps the holds set's TTL at least as long as its latest hold lasts, and the hash's at least
+-- as long as that, as its period end (`until`), and as the holds set's own TTL (it is set after the set's,
+-- never shorter). Only a new hold (`L.added`: the latest expiry this script added) or a later period end
+-- asks for more: a key is renewed (with slack) when its TTL falls short, and given one when it is new.
 local function save_levels()  -- nothing held, nothing spent, nothing known: the same as no level at all
   for _, L in ipairs(level_order) do
     if L.skip then  -- a restorable level found lost: left for RESTORE to create
     elseif L.count == 0 and L.committed == 0 and not (L.kept and L.ends > now) then
       redis.call('DEL', L.hash, L.holds)
     else
-      local fields = {'committed', fmt(L.committed), 'until', fmt(L.ends), 'held', fmt(L.held)}
-      if L.kept then fields[7], fields[8] = 'kept', '1' end
-      redis.call('HSET', L.hash, unpack(fields))
-      local keep = L.ends
-      if L.count > 0 then
-        local last = tonumber(redis.call('ZRANGE', L.holds, -1, -1, 'WITHSCORES')[2])
-        redis.call('PEXPIRE', L.holds, ms_until(last))
-        keep = math.max(keep, last)
+      local committed, ends = L.stored[1], L.stored[2]  -- unchanged values keep their stored text
+      if L.committed ~= L.stored_committed or not committed then committed = fmt(L.committed) end
+      if L.ends ~= L.stored_ends or not ends then ends = fmt(L.ends) end
+      if L.kept then
+        redis.call('HSET', L.hash, 'committed', committed, 'until', ends, 'held', fmt(L.held), 'kept', '1')
+      else
+        redis.call('HSET', L.hash, 'committed', committed, 'until', ends, 'held', fmt(L.held))
       end
-      redis.call('PEXPIRE', L.hash, ms_until(keep))
+      local keep, renew = math.max(L.ends, L.added or 0), L.stored[2] == false  -- no `until`: a new hash
+      if renew and L.count > 0 and not L.holds_made then  -- the hash was lost, not its holds: ask the set
+        keep = math.max(keep, tonumber(redis.call('ZRANGE', L.holds, -1, -1, 'WITHSCORES')[2]))
+        expire(L.holds, keep)
+      elseif L.added ~= nil and (L.holds_made or not outlives(L.holds, L.added)) then
+        expire(L.holds, L.added)
+        renew = true
+      end
+      -- the hash outlives its holds, so holds that last long enough vouch for it as far as they reach
+      if renew or (L.ends > math.max(L.stored_ends, L.added or 0) and not outlives(L.hash, keep)) then
+        expire(L.hash, keep)
+      end
     end
   end
 end
@@ -267,8 +314,8 @@ local function ceiling(hash, holds, limit, ttl, amount)  -- a bound: a ceiling t
 end
 
 local function take_hold(record, id, amount, ttl, ceilings)  -- hold on each ceiling, recorded for CLOSE_HOLD
-  local expires = now + ttl
-  local member = fmt(amount) .. ':' .. id
+  local expires, amount_text = now + ttl, fmt(amount)
+  local expires_text, member = fmt(expires), amount_text .. ':' .. id
   local by_hash, distinct = {}, {}  -- ceilings sharing a key share one level, held for the longest period
   for _, c in ipairs(ceilings) do
     local slot = by_hash[c.level.hash]
@@ -281,10 +328,12 @@ local function take_hold(record, id, amount, ttl, ceilings)  -- hold on each cei
     end
     slot.restorable = slot.restorable or c.restorable
   end
-  local fields, forget = {'amount', fmt(amount), 'expires', fmt(expires), 'state', 'open'}, expires
+  local fields, forget = {'amount', amount_text, 'expires', expires_text, 'state', 'open'}, expires
   for n, slot in ipairs(distinct) do
     local L = slot.level
-    redis.call('ZADD', L.holds, fmt(expires), member)
+    redis.call('ZADD', L.holds, expires_text, member)
+    if L.count == 0 then L.holds_made = true end  -- the set did not exist: it has no TTL yet
+    L.added = math.max(L.added or 0, expires)
     L.count, L.held, L.ends = L.count + 1, L.held + amount, math.max(L.ends, slot.period)
     forget = math.max(forget, slot.period)
     for _, value in ipairs({'hash' .. n, L.hash, 'holds' .. n, L.holds, 'period' .. n, fmt(slot.period)}) do
@@ -391,11 +440,12 @@ local function close_hold(record, id, actual_arg)
   for j = 1, #fields, 2 do hold[fields[j]] = fields[j + 1] end
   if hold.state == nil or hold.state == 'closed' then return 0, {} end
   local actual, expires = tonumber(actual_arg), tonumber(hold.expires)
-  local after = {}
+  local after, forget = {}, expires
   local member = hold.amount .. ':' .. id
   for i = 1, tonumber(hold.n) do
     local L = level(hold['hash' .. i], hold['holds' .. i])
     local period = tonumber(hold['period' .. i])
+    forget = math.max(forget, period)
     -- A period that has ended has nothing left to protect. A restorable level that was lost is left lost:
     -- it is rebuilt from the ledger, which has this spend, and recreating it would hide the rest.
     local lost = not L.exists and hold['restorable' .. i] ~= nil
@@ -415,7 +465,8 @@ local function close_hold(record, id, actual_arg)
     redis.call('DEL', record)  -- settled after it lapsed: no longer needed to refuse a second reserve
   else
     redis.call('HSET', record, 'state', 'closed')
-    redis.call('PEXPIRE', record, ms_until(expires))
+    -- kept until it would have lapsed; its TTL is that already unless a period outlasted the hold
+    if forget > expires then redis.call('PEXPIRE', record, ms_until(expires)) end
   end
   return 1, after
 end
