@@ -19,6 +19,7 @@ from uvicorn.supervisors import Multiprocess
 
 from ferryman import __version__
 from ferryman.api.app import WORKERS_ENV, GatewayApp, create_app
+from ferryman.api.tls import ReloadingContextFactory, certificate_problems
 from ferryman.cli_keys import add_admin_commands, run_admin_command
 from ferryman.core.pricing import price_for
 from ferryman.errors import ConfigError
@@ -68,13 +69,19 @@ def _check_config(path: str) -> int:
     except ConfigError as exc:
         _print_problems(path, exc.problems)
         return 1
-    problems = _unpriced(settings) + _redis_url_problems(settings)
+    problems = _unpriced(settings) + _redis_url_problems(settings) + _tls_problems(settings)
     if problems:
         _print_problems(path, problems)
         return 1
     deployments = sum(len(route.deployments) for route in settings.models)
     print(f"{path}: OK ({len(settings.models)} models, {deployments} deployments)")
     return 0
+
+
+def _tls_problems(settings: Settings) -> list[tuple[str, str]]:
+    """A certificate and key that do not load together, found before the server tries to serve them."""
+    tls = settings.server.tls
+    return certificate_problems(tls) if tls is not None else []
 
 
 def _redis_url_problems(settings: Settings) -> list[tuple[str, str]]:
@@ -130,6 +137,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(args.config or "<embedded example>", exc.problems)
         return 1
+    if tls_problems := _tls_problems(settings):
+        _print_problems(args.config or "<embedded example>", tls_problems)
+        return 1
     configure_logging(settings.logging.level, settings.logging.format)
     if settings.database_url:  # the embedded database migrates in each worker's start-up, under a lock
         try:  # migrate once here, before any worker starts; or refuse a schema behind head
@@ -173,7 +183,7 @@ def _prepare_multiprocess_metrics() -> None:
 
 def _uvicorn_config(app: GatewayApp | str, settings: Settings) -> uvicorn.Config:
     """The fast path: uvloop + httptools, no access log (we write our own, richer line)."""
-    server = settings.server
+    server, tls = settings.server, settings.server.tls
     return uvicorn.Config(
         app,
         factory=isinstance(app, str),
@@ -185,6 +195,12 @@ def _uvicorn_config(app: GatewayApp | str, settings: Settings) -> uvicorn.Config
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=int(server.drain_timeout_seconds) or None,
+        # X-Forwarded-* are read by the app, from `server.trusted_proxies` only (api/client_ip.py);
+        # uvicorn's own handling would believe any loopback peer first.
+        proxy_headers=False,
+        ssl_certfile=tls.cert_file if tls else None,
+        ssl_keyfile=tls.key_file if tls else None,
+        ssl_context_factory=ReloadingContextFactory(tls) if tls else None,
     )
 
 

@@ -10,8 +10,10 @@ problem is reported with its exact key path (`models[1].deployments[0].provider`
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from datetime import datetime
 from importlib import resources
@@ -21,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -37,6 +40,24 @@ from ferryman.secret_refs import resolve_references
 DependencyName = Literal["database", "redis"]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _is_a_file(value: str) -> str:
+    if not Path(value).is_file():
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
+def _is_a_ca_bundle(value: str) -> str:
+    try:
+        ssl.create_default_context(cafile=value)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"cannot load CA certificates from {value}: {exc}") from exc
+    return value
+
+
+ExistingFile = Annotated[str, AfterValidator(_is_a_file)]  # a path checked when the config is read
+CaBundle = Annotated[str, AfterValidator(_is_a_ca_bundle)]  # a PEM file of at least one CA certificate
 
 
 class _Strict(BaseModel):
@@ -99,6 +120,14 @@ class Deployment(_Strict):
     price: PriceOverride | None = None
     name: str | None = Field(
         default=None, description="Label in logs and metrics; defaults to provider/model."
+    )
+    ca_bundle: CaBundle | None = Field(
+        default=None,
+        description="PEM file of the CAs that sign this upstream's certificate, trusted instead of the "
+        "system's (`upstream_ca_bundle` when unset).",
+    )
+    verify_tls: bool = Field(
+        default=True, description="Verify the upstream's certificate; `false` only for local testing."
     )
 
     @field_validator("provider")
@@ -205,6 +234,37 @@ class BreakerSettings(_Strict):
     )
 
 
+class TlsSettings(_Strict):
+    """The certificate the gateway serves HTTPS with (docs/tls.md), read again when its files change."""
+
+    cert_file: ExistingFile = Field(description="PEM certificate chain, leaf first.")
+    key_file: ExistingFile | None = Field(
+        default=None, description="PEM private key; omit when in `cert_file`."
+    )
+    reload_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=60.0, description="How often the files are checked for a new certificate; 0: never."
+    )
+
+
+class HstsSettings(_Strict):
+    """The `Strict-Transport-Security` header sent on every answer given over HTTPS."""
+
+    enabled: bool = True
+    max_age_seconds: Annotated[int, Field(ge=0)] = 31_536_000
+    include_subdomains: bool = True
+    preload: bool = False
+
+    @property
+    def header(self) -> str | None:
+        """The header's value, or None when it is not sent."""
+        if not self.enabled:
+            return None
+        value = f"max-age={self.max_age_seconds}"
+        if self.include_subdomains:
+            value += "; includeSubDomains"
+        return value + "; preload" if self.preload else value
+
+
 class ServerSettings(_Strict):
     """How the HTTP server listens and behaves at its edges."""
 
@@ -214,6 +274,31 @@ class ServerSettings(_Strict):
     max_body_bytes: Annotated[int, Field(gt=0)] = 10 * 1024 * 1024
     shutdown_delay_seconds: Annotated[float, Field(ge=0)] = 5.0
     drain_timeout_seconds: Annotated[float, Field(ge=0)] = 30.0
+    tls: TlsSettings | None = None
+    require_https: bool = Field(
+        default=False,
+        description="Refuse requests that did not come over HTTPS (natively or via a trusted proxy).",
+    )
+    plain_http_paths: list[str] = Field(
+        default_factory=lambda: ["/health/live", "/health/ready"],
+        description="Paths still answered over plain HTTP under `require_https` (the kubelet's probes).",
+    )
+    hsts: HstsSettings = Field(default_factory=HstsSettings)
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDRs whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _are_networks(cls, values: list[str]) -> list[str]:
+        networks = []
+        for value in values:
+            try:
+                networks.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address or CIDR") from exc
+        return networks
 
 
 class LoggingSettings(_Strict):
@@ -403,6 +488,10 @@ class Settings(_Strict):
     keys: list[StaticKey] = Field(default_factory=list)
     auto_migrate: bool = True
     key_cache_ttl_seconds: Annotated[float, Field(ge=0)] = 30.0
+    upstream_ca_bundle: CaBundle | None = Field(
+        default=None,
+        description="PEM file of the CAs trusted for every upstream without its own `ca_bundle`.",
+    )
 
     @model_validator(mode="after")
     def _model_names_unique(self) -> Settings:

@@ -29,10 +29,12 @@ from ferryman.api.admin import admin_router, handle_validation_error
 from ferryman.api.anthropic_routes import anthropic_routes
 from ferryman.api.auth import Authenticator
 from ferryman.api.circuits import circuit_breaker, start_breaker_sync
+from ferryman.api.client_ip import ForwardedHeadersMiddleware, TrustedProxies
 from ferryman.api.dependencies import DependencyWatch
 from ferryman.api.errors import error_response, handle_ferryman_error, handle_unexpected_error
 from ferryman.api.gemini_routes import gemini_routes
 from ferryman.api.health import health_routes
+from ferryman.api.https import HttpsPolicyMiddleware
 from ferryman.api.middleware import RequestIdMiddleware
 from ferryman.api.openai_routes import openai_routes
 from ferryman.api.openapi import install_openapi
@@ -195,7 +197,18 @@ def create_app(
                 await shared.ledger.aclose()
             await keys.aclose()
 
-    middleware = [Middleware(RequestIdMiddleware)]
+    server = settings.server
+    middleware = [
+        Middleware(RequestIdMiddleware),
+        # The client's address and scheme, from a trusted proxy's headers; then HSTS / https_required.
+        Middleware(ForwardedHeadersMiddleware, trusted=TrustedProxies(server.trusted_proxies)),
+        Middleware(
+            HttpsPolicyMiddleware,
+            require_https=server.require_https,
+            hsts=server.hsts.header,
+            plain_http_paths=server.plain_http_paths,
+        ),
+    ]
     if tracer is not None:
         middleware.append(Middleware(TracingMiddleware, tracer=tracer))  # inner: sees the request id
     return GatewayApp(
@@ -492,6 +505,8 @@ def build_state(
     routes: dict[str, list[Target]] = {}
     for route in settings.models:
         for deployment in route.deployments:
+            if deployment.ca_bundle is None and settings.upstream_ca_bundle is not None:
+                deployment = deployment.model_copy(update={"ca_bundle": settings.upstream_ca_bundle})
             upstream = create_provider(deployment, propagate_trace=tracer is not None)
             upstreams.append(upstream)
             routes.setdefault(route.name, []).append(_target(upstream, deployment))

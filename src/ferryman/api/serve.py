@@ -54,7 +54,12 @@ async def serve(
     """Run one inference request end to end; anything refused on the way is finished here."""
     state: AppState = request.app.state.ferryman
     scope_state = request.scope["state"]
-    exchange = Exchange(request_id=scope_state["request_id"], spend_id=scope_state["spend_id"])
+    client = request.scope.get("client")
+    exchange = Exchange(
+        request_id=scope_state["request_id"],
+        spend_id=scope_state["spend_id"],
+        client_ip=client[0] if client else None,
+    )
     try:
         caller = await state.auth.authenticate(request)
         body = await read_json_object(request, state.settings.server.max_body_bytes)

@@ -30,6 +30,7 @@ class Exchange:
     spend_id: str = ""  # the ledger's key: unique per request, unlike a client's reused request id
     started: float = field(default_factory=time.perf_counter)
     caller: Caller = ANONYMOUS
+    client_ip: str | None = None  # the peer, or the client a trusted proxy named (api/client_ip.py)
     operation: Operation = "chat"
     request: CanonicalRequest | None = None
     model: str = ""

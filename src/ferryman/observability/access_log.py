@@ -28,6 +28,7 @@ class AccessLogObserver(NullObserver):
             "key_alias": caller.key_alias,
             "team_id": caller.team_id,
             "end_user": caller.end_user,
+            "client_ip": exchange.client_ip,
             "status": exchange.status,
             "error": exchange.error,
             "http_status": exchange.http_status,

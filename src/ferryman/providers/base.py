@@ -5,7 +5,8 @@ cache), so a request never pays for a new connection it could have reused. This 
 boundary where transport failures become Ferryman errors:
 
     asyncio.TimeoutError            → UpstreamTimeoutError      (504)
-    aiohttp connection / payload    → UpstreamConnectionError   (502)
+    aiohttp connection / payload    → UpstreamConnectionError   (502; a certificate that does not verify
+                                                                 as `upstream_certificate_invalid`)
     an error status from upstream   → UpstreamStatusError       (4xx kept, 5xx → 502; a context-window
                                                                  or content-policy refusal named in `reason`)
     a body that is not JSON         → UpstreamConnectionError   (502)
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import ssl
 from collections.abc import AsyncGenerator, Mapping
 from typing import ClassVar, Protocol
 
@@ -37,6 +40,7 @@ from ferryman.observability.tracing import inject_trace_headers
 from ferryman.providers._sse import SSEEvent, iter_sse_batches
 from ferryman.settings import Deployment
 
+log = logging.getLogger("ferryman.providers")
 _DRAIN_SECONDS = 0.1  # after `[DONE]`, how long the end of the body may take to come (see _drain_for_reuse)
 
 
@@ -69,13 +73,14 @@ class HttpProvider:
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
+        self._ssl = upstream_ssl(deployment)
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         """The pooled session, created on first use inside the running event loop."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60, ssl=self._ssl)
             self._session = aiohttp.ClientSession(
                 connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(), auto_decompress=True
             )
@@ -165,6 +170,13 @@ class HttpProvider:
     def connection_error(self, exc: aiohttp.ClientError) -> FerrymanError:
         """Describe a transport failure without leaking URLs that might carry a key."""
         kind = type(exc).__name__
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return UpstreamConnectionError(
+                f"could not verify the TLS certificate of {self.name} upstream ({kind}); a private CA "
+                "needs ca_bundle or upstream_ca_bundle",
+                provider=self.name,
+                code="upstream_certificate_invalid",
+            )
         return UpstreamConnectionError(f"could not reach {self.name} upstream ({kind})", provider=self.name)
 
     def status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
@@ -183,6 +195,18 @@ class HttpProvider:
             param=param,
             reason=_refusal(status, raw),
         )
+
+
+def upstream_ssl(deployment: Deployment) -> ssl.SSLContext | bool:
+    """How the deployment's connections verify the upstream: its CA bundle, the system's, or not at all."""
+    if not deployment.verify_tls:
+        log.warning(
+            "TLS verification is off for deployment %s: its upstream is not authenticated", deployment.label
+        )
+        return False
+    if deployment.ca_bundle is None:
+        return True  # aiohttp's default: the system's trust store, hostname checked
+    return ssl.create_default_context(cafile=deployment.ca_bundle)  # settings checked that it loads
 
 
 async def _drain_for_reuse(response: aiohttp.ClientResponse) -> None:

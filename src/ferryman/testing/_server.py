@@ -6,6 +6,7 @@ import abc
 import asyncio
 import itertools
 import json
+import ssl
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -75,8 +76,10 @@ class FakeServer(abc.ABC):
         port: int = 0,
         models: Sequence[str] | None = None,
         embedding_dimensions: int = 16,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.script = Script()
+        self.ssl_context = ssl_context  # serve HTTPS with it (a test CA's certificate) instead of HTTP
         self.api_key = api_key
         self.models = tuple(models) if models is not None else self.default_models
         self.embedding_dimensions = embedding_dimensions
@@ -132,8 +135,9 @@ class FakeServer(abc.ABC):
 
     @property
     def url(self) -> str:
-        """`http://HOST:PORT`, with no path."""
-        return f"http://{self._host}:{self.port}"
+        """`http://HOST:PORT` (`https://` with an `ssl_context`), with no path."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self._host}:{self.port}"
 
     # -- recording ---------------------------------------------------------------------------------
 
@@ -224,7 +228,7 @@ class FakeServer(abc.ABC):
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._host, self._wanted_port).start()
+            await web.TCPSite(runner, self._host, self._wanted_port, ssl_context=self.ssl_context).start()
             self._port = int(runner.addresses[0][1])
             self._loop = asyncio.get_running_loop()
             self._stopping = asyncio.Event()
@@ -232,6 +236,15 @@ class FakeServer(abc.ABC):
             await self._stopping.wait()
         finally:
             await runner.cleanup()
+            await self._abort_connections()
+
+    async def _abort_connections(self) -> None:
+        """Drop connections still open: a TLS one closed politely would wait for the client's
+        `close_notify`, outlive this loop, and leak its socket."""
+        for transport in list(self._connections):
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()  # also those closing: that is where a TLS close waits
+        await asyncio.sleep(0)  # the aborts close their sockets on the next turn of the loop
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._record_and_authenticate], client_max_size=64 * 1024 * 1024)
