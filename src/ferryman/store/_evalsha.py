@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 Arg = str | bytes
@@ -100,6 +101,11 @@ class Scripts:
                         replies[index] = reply
         except BaseException as exc:  # a socket error, a timeout, or shutdown mid-reply
             await connection.disconnect(nowait=True)
+            if isinstance(exc, RedisConnectionError | OSError):
+                # The server closed this connection (restarted, failed over): the idle ones went with
+                # it, and each would fail one more batch on its first use. They reconnect instead.
+                for idle in self._idle:
+                    await idle.disconnect(nowait=True)
             self._idle.append(connection)  # reconnects on its next use
             for _, _, future in calls:
                 if future.done():
