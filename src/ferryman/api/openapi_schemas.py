@@ -281,16 +281,7 @@ def _chat_request() -> Schema:
             },
             "seed": typed("integer"),
             "user": typed("string"),
-            "fallbacks": array(
-                typed("string"),
-                "Ferryman: fallback models, in order, instead of the configured ones; not sent upstream.",
-                maxItems=8,
-            ),
-            "timeout": typed(
-                "number",
-                "Ferryman: seconds for the whole request; may shorten the model's timeout.",
-                maximum=86400,
-            ),
+            **_gateway_options(),
         },
         "model",
         "messages",
@@ -306,16 +297,7 @@ def _openai_other_schemas() -> Schemas:
                 "encoding_format": typed("string", enum=["float", "base64"]),
                 "dimensions": typed("integer", minimum=1),
                 "user": typed("string"),
-                "fallbacks": array(
-                    typed("string"),
-                    "Ferryman: fallback models, in order, instead of the configured ones; not sent upstream.",
-                    maxItems=8,
-                ),
-                "timeout": typed(
-                    "number",
-                    "Ferryman: seconds for the whole request; may shorten the model's timeout.",
-                    maximum=86400,
-                ),
+                **_gateway_options(),
             },
             "model",
             "input",
@@ -654,5 +636,21 @@ def _operations_schemas() -> Schemas:
             },
             "status",
             "version",
+        ),
+    }
+
+
+def _gateway_options() -> Schemas:
+    """The fields Ferryman reads from an OpenAI body itself (chat and embeddings); never sent upstream."""
+    return {
+        "fallbacks": array(
+            typed("string"),
+            "Ferryman: fallback models, in order, instead of the configured ones; not sent upstream.",
+            maxItems=8,
+        ),
+        "timeout": typed(
+            "number",
+            "Ferryman: seconds for the whole request; may shorten the model's timeout.",
+            maximum=86400,
         ),
     }
