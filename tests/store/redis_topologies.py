@@ -81,9 +81,26 @@ def _answers(port: int, check: Callable[[Redis], bool]) -> bool:
         client.close()
 
 
-def _cluster_ok(client: Redis) -> bool:
-    info = client.cluster("INFO")  # redis-py parses it into a dict of strings
-    return bool(info.get("cluster_state") == "ok")
+def _cluster_formed(masters: int) -> Callable[[Redis], bool]:
+    def check(client: Redis) -> bool:
+        info = client.cluster("INFO")  # redis-py parses it into a dict of strings
+        return info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) == masters
+
+    return check
+
+
+def _form_cluster(ports: list[int], bus_ports: list[int]) -> None:
+    """Give each node its share of the 16384 slots and introduce them, as `redis-cli --cluster create`
+    would, but in a handful of commands instead of its polling loops (which took over 15 s under load)."""
+    share = 16384 // len(ports)
+    for index, port in enumerate(ports):
+        first, last = index * share, 16383 if index == len(ports) - 1 else (index + 1) * share - 1
+        with Redis(host="127.0.0.1", port=port, socket_timeout=5) as client:
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)  # distinct: no epoch collision
+    with Redis(host="127.0.0.1", port=ports[0], socket_timeout=5) as client:
+        for port, bus_port in zip(ports[1:], bus_ports[1:], strict=True):
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", port, bus_port)
 
 
 @contextmanager
@@ -95,22 +112,18 @@ def redis_cluster(masters: int = 3) -> Iterator[str]:
     """
     directory = Path(tempfile.mkdtemp(prefix="ferryman-redis-cluster-"))
     ports = [free_port() for _ in range(masters)]
+    bus_ports = [free_port() for _ in range(masters)]
     try:
         with ExitStack() as stack:
-            for port in ports:
-                arguments = ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
+            for port, bus_port in zip(ports, bus_ports, strict=True):
+                arguments = ["--cluster-enabled", "yes", "--cluster-port", str(bus_port)]
                 arguments += ["--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "5000"]
                 stack.enter_context(redis_process(port, *arguments, directory=directory))
-            nodes = [f"127.0.0.1:{port}" for port in ports]
-            subprocess.run(
-                ["redis-cli", "--cluster", "create", *nodes, "--cluster-yes"],
-                check=True,
-                capture_output=True,
-                timeout=START_TIMEOUT,
-            )
+            _form_cluster(ports, bus_ports)
+            formed = _cluster_formed(masters)
             for port in ports:
-                _wait_for(functools.partial(_answers, port, _cluster_ok), f"cluster_state:ok on {port}")
-            yield "redis+cluster://" + ",".join(nodes)
+                _wait_for(functools.partial(_answers, port, formed), f"a formed cluster on {port}", 60.0)
+            yield "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -391,3 +391,27 @@ async def test_cache_writes_and_reasoning_tokens_are_stored_read_back_and_rolled
                 )
             ).one()
             assert tuple(sums) == (500, 120)
+
+
+async def test_replicas_starting_together_create_a_new_month_once(postgres_database: str) -> None:
+    """Replicas that start at once all find the month's partition missing, then queue for the lock: each
+    one that waited must see the partition its predecessor made (a stale catalog made it fail to start)."""
+    await upgrade_schema(postgres_database)
+    engines = [open_engine(postgres_database) for _ in range(6)]
+    try:
+        for month in range(1, 7):
+            moment = datetime(2031, month * 2 - 1, 15, tzinfo=UTC)
+            replicas = [SqlLedger(engine, clock=lambda moment=moment: moment) for engine in engines]
+            await asyncio.gather(*(replica.prepare() for replica in replicas))
+        async with engines[0].connect() as conn:
+            made = set(
+                await conn.scalars(
+                    text(
+                        "SELECT relname::text FROM pg_class WHERE relkind = 'r' AND relname LIKE 'spend_ledger_y2031%'"
+                    )
+                )
+            )
+        assert made == {f"spend_ledger_y2031m{month:02d}" for month in range(1, 13)}
+    finally:
+        for engine in engines:
+            await engine.dispose()

@@ -74,7 +74,6 @@ a prefix plus a hash of the whole: still distinct, and short enough for every in
 
 _MICRO_CENTS = Decimal("1e-12")  # the ledger's scale, `tables.Cost`
 _LOOKUP_CHUNK = 1_000  # request ids per `IN (…)`: far below SQLite's and asyncpg's parameter limits
-_PARTITION_LOCK_ID = 0x6C6564676572  # "ledger" in ASCII; serialises replicas creating a partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,7 +467,11 @@ async def _create_partition(conn: AsyncConnection, month: date) -> None:
     name = partition_name(month)
     if await conn.scalar(text("SELECT to_regclass(:name)"), {"name": name}) is not None:
         return
-    await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PARTITION_LOCK_ID})
+    # A lock on the parent table, not an advisory lock: only a relation lock makes PostgreSQL read the
+    # catalog changes committed while we waited, so the look-up below sees the partition another replica
+    # just made (after an advisory lock it still found none, and CREATE TABLE failed the start-up).
+    # SHARE UPDATE EXCLUSIVE is what ATTACH PARTITION takes anyway; inserts never wait for it.
+    await conn.execute(text("LOCK TABLE spend_ledger IN SHARE UPDATE EXCLUSIVE MODE"))
     if await conn.scalar(text("SELECT to_regclass(:name)"), {"name": name}) is not None:
         return  # another replica made it while we waited for the lock
     low, high = (datetime.combine(day, time(), UTC) for day in (month, next_month(month)))
