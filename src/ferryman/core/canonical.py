@@ -13,6 +13,11 @@ Conventions that every codec keeps:
   (OpenAI's convention, and the only lossless one for streamed fragments), schemas as parsed JSON.
 - A tool result is a `Message(role="tool")` carrying `tool_call_id`; its content is the parts.
 - Images are `ImagePart`s holding either a `data:` URL or an http(s) URL, exactly as received.
+- Reasoning the model shows (Anthropic thinking blocks, Gemini thought parts) is `Message.thinking` on
+  assistant turns, and `ThinkingDelta`s in a stream. Its signatures are opaque and go back to the
+  provider that made them byte for byte; a format with no place for them drops them, never rewrites them.
+- `cache_control` (Anthropic's prompt-cache breakpoints) rides on the parts and tools it was set on, as
+  received; only the Anthropic codec renders it, every other format ignores it.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"
 
 @dataclass(frozen=True, slots=True)
 class TextPart:
-    """Plain text inside a message."""
+    """Plain text inside a message; `cache_control` as an Anthropic client set it on this block."""
 
     text: str
+    cache_control: JSONObject | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,7 @@ class ImagePart:
 
     url: str
     detail: str | None = None
+    cache_control: JSONObject | None = None
 
     @property
     def is_data_url(self) -> bool:
@@ -59,6 +66,20 @@ class ImagePart:
 
 
 Part: TypeAlias = TextPart | ImagePart
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkingPart:
+    """One block of the model's visible reasoning, kept so the next turn can send it back intact.
+
+    `signature` is Anthropic's seal over the thinking (Gemini's `thoughtSignature` likewise); a
+    redacted block has no text, only the provider's encrypted `redacted_data`. Both are opaque: passed
+    back unchanged to the provider family that made them, dropped for any other.
+    """
+
+    text: str = ""
+    signature: str | None = None
+    redacted_data: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +105,8 @@ class Message:
     tool_call_id: str | None = None
     name: str | None = None
     is_error: bool = False
+    thinking: tuple[ThinkingPart, ...] = ()  # assistant turns only; it came before the text
+    cache_control: JSONObject | None = None  # on the block a part cannot carry (a tool result)
 
     @property
     def text(self) -> str:
@@ -98,6 +121,7 @@ class Tool:
     name: str
     description: str | None = None
     parameters: JSONObject | None = None
+    cache_control: JSONObject | None = None
 
 
 ToolChoiceMode = Literal["auto", "none", "required"]
@@ -121,6 +145,53 @@ class ResponseFormat:
     strict: bool | None = None
 
 
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
+
+# How an effort level and a token budget stand for each other, for formats that speak the other one:
+# Anthropic's thinking and Gemini 2.5's thinkingBudget take tokens, OpenAI's reasoning_effort a level.
+# Anthropic's smallest budget is 1024 tokens.
+EFFORT_BUDGETS: dict[ReasoningEffort, int] = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """How much the model should think: a level, a token budget, or both as the client sent them.
+
+    `effort="none"` (or `budget_tokens=0`) asks for no thinking. `include_thoughts` is whether the
+    client wants the reasoning itself back (Anthropic always returns it when thinking is on; Gemini
+    only with `includeThoughts`; OpenAI's chat completions never).
+    """
+
+    effort: ReasoningEffort | None = None
+    budget_tokens: int | None = None
+    include_thoughts: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """False when the client asked for no thinking at all."""
+        return self.effort != "none" and self.budget_tokens != 0
+
+    def budget(self) -> int:
+        """The budget in tokens: the client's, or its level's (medium when it named neither)."""
+        if self.budget_tokens is not None:
+            return self.budget_tokens
+        if self.effort is None or self.effort == "medium":
+            return EFFORT_BUDGETS["medium"]
+        return 0 if self.effort == "none" else EFFORT_BUDGETS[self.effort]
+
+    def level(self) -> ReasoningEffort:
+        """The level: the client's, or the smallest whose budget covers the client's budget."""
+        if self.effort is not None:
+            return self.effort
+        budget = self.budget()
+        if budget == 0:
+            return "none"
+        for effort, tokens in EFFORT_BUDGETS.items():
+            if budget <= tokens:
+                return effort
+        return "high"
+
+
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     """A chat completion request, independent of the format it arrived in."""
@@ -138,6 +209,10 @@ class ChatRequest:
     stream: bool = False
     user: str | None = None
     seed: int | None = None
+    reasoning: Reasoning | None = None
+    # Anthropic beta features the client asked for (`anthropic-beta`), before the model's allow / deny
+    # list: sent only to Anthropic upstreams, dropped for every other provider.
+    betas: tuple[str, ...] = ()
     # Gateway options, never sent upstream (see core/fallbacks.py and core/timeouts.py): the models to
     # fall back to (None: the configured ones) and the client's own timeout in seconds.
     fallbacks: tuple[str, ...] | None = None
@@ -182,7 +257,7 @@ class ChatResponse:
 
 # --- Streaming -----------------------------------------------------------------------------------
 # A provider stream is parsed into this sequence:
-#   StreamStart, then any mix of TextDelta / ToolCallStart / ToolCallDelta, then
+#   StreamStart, then any mix of ThinkingDelta / TextDelta / ToolCallStart / ToolCallDelta, then
 #   Finish (exactly once), and UsageReport (at most once; before or after Finish).
 # Tool calls are numbered by `index` in the order they started, from 0.
 
@@ -221,6 +296,17 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ThinkingDelta:
+    """A fragment of thinking block `index` (numbered from 0, apart from tool calls): text, its
+    signature (which arrives last, whole), or a redacted block's data (whole, in one event)."""
+
+    index: int
+    text: str = ""
+    signature: str | None = None
+    redacted_data: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """The model stopped, for this reason."""
 
@@ -234,7 +320,9 @@ class UsageReport:
     usage: Usage
 
 
-StreamEvent: TypeAlias = StreamStart | TextDelta | ToolCallStart | ToolCallDelta | Finish | UsageReport
+StreamEvent: TypeAlias = (
+    StreamStart | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | Finish | UsageReport
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from ferryman.core.canonical import (
     StreamEvent,
     StreamStart,
     TextDelta,
+    ThinkingDelta,
     ToolCallDelta,
     ToolCallStart,
     Usage,
@@ -240,6 +241,8 @@ class StreamRenderer:
         if isinstance(event, Finish):
             self._reason = event.reason
             return self._close_block() + self._end_when_complete()
+        if isinstance(event, ThinkingDelta):
+            return b""  # TODO(#12): thinking blocks
         self._usage = event.usage
         return self._end_when_complete()
 

@@ -11,6 +11,7 @@ from ferryman.core.canonical import (
     StreamEvent,
     StreamStart,
     TextDelta,
+    ThinkingDelta,
     ToolCallDelta,
     ToolCallStart,
     Usage,
@@ -186,6 +187,8 @@ class StreamRenderer:
         if isinstance(event, Finish):
             self._finished = True
             return self._chunk({}, render_finish_reason(event.reason)) + self._flush_usage()
+        if isinstance(event, ThinkingDelta):
+            return b""  # chat completions have no place for the model's reasoning
         self._pending_usage = event.usage
         return self._flush_usage() if self._finished else b""
 
