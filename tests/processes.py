@@ -49,7 +49,7 @@ def gateway_process(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_live(url, process)
+        wait_until_live(url, process, timeout=20.0 * workers)  # each worker imports and loads on its own
         yield process, url
     finally:
         stop_process_group(process)

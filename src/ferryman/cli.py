@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from uvicorn.supervisors import Multiprocess
 
 from ferryman import __version__
 from ferryman.api.app import WORKERS_ENV, GatewayApp, create_app
+from ferryman.api.header_cap import cap_request_heads
 from ferryman.api.tls import ReloadingContextFactory, certificate_problems
 from ferryman.cli_keys import add_admin_commands, run_admin_command
 from ferryman.core.pricing import price_for
@@ -157,13 +159,24 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ[WORKERS_ENV] = str(settings.server.workers)  # `--workers` too: budgets need to know
         _prepare_multiprocess_metrics()
         config = _uvicorn_config("ferryman.api.app:app_from_env", settings)
-        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor = Multiprocess(config, sockets=[config.bind_socket(), *_admin_socket(settings)])
         supervisor.run()
         return 0
     app = create_app(settings)
-    server = DrainingServer(_uvicorn_config(app, settings), app, settings.server.shutdown_delay_seconds)
-    server.run()
+    config = _uvicorn_config(app, settings)
+    server = DrainingServer(config, app, settings.server.shutdown_delay_seconds)
+    admin_socket = _admin_socket(settings)
+    server.run(sockets=[config.bind_socket(), *admin_socket] if admin_socket else None)
     return 0 if server.started else 1  # a failed start-up (lifespan error, port taken) is a failure
+
+
+def _admin_socket(settings: Settings) -> list[socket.socket]:
+    """The admin API's own listening socket, when `server.admin_port` asks for one."""
+    server = settings.server
+    if server.admin_port is None:
+        return []
+    admin = uvicorn.Config("unused", host=server.admin_host or server.host, port=server.admin_port)
+    return [admin.bind_socket()]
 
 
 def _prepare_multiprocess_metrics() -> None:
@@ -182,9 +195,10 @@ def _prepare_multiprocess_metrics() -> None:
 
 
 def _uvicorn_config(app: GatewayApp | str, settings: Settings) -> uvicorn.Config:
-    """The fast path: uvloop + httptools, no access log (we write our own, richer line)."""
+    """The fast path: uvloop + httptools (with a cap on request heads), no access log (we write our
+    own, richer line)."""
     server, tls = settings.server, settings.server.tls
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         factory=isinstance(app, str),
         host=server.host,
@@ -202,6 +216,7 @@ def _uvicorn_config(app: GatewayApp | str, settings: Settings) -> uvicorn.Config
         ssl_keyfile=tls.key_file if tls else None,
         ssl_context_factory=ReloadingContextFactory(tls) if tls else None,
     )
+    return cap_request_heads(config, server.max_header_bytes)
 
 
 class DrainingServer(uvicorn.Server):

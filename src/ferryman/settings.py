@@ -96,6 +96,20 @@ class RateLimit(_Strict):
     max_parallel: Annotated[int, Field(ge=1, le=10**9)] | None = None
 
 
+class AnthropicBetas(_Strict):
+    """Which `anthropic-beta` features a client may turn on at an Anthropic upstream (other providers
+    never see the header). With `allow`, only those are forwarded; any in `deny` never are."""
+
+    allow: list[str] | None = Field(default=None, description="Forward only these; unset: all.")
+    deny: list[str] = Field(default_factory=list, description="Never forward these.")
+
+    def permit(self, betas: tuple[str, ...]) -> tuple[str, ...]:
+        """The betas of `betas` this list lets through, in the client's order."""
+        return tuple(
+            beta for beta in betas if beta not in self.deny and (self.allow is None or beta in self.allow)
+        )
+
+
 class Deployment(_Strict):
     """One upstream that serves a model: a provider, its model id, where and how to reach it."""
 
@@ -129,6 +143,10 @@ class Deployment(_Strict):
     verify_tls: bool = Field(
         default=True, description="Verify the upstream's certificate; `false` only for local testing."
     )
+    anthropic_betas: AnthropicBetas = Field(
+        default_factory=AnthropicBetas,
+        description="This deployment's `anthropic-beta` allow / deny list; the model's when unset.",
+    )
 
     @field_validator("provider")
     @classmethod
@@ -159,6 +177,26 @@ class Deployment(_Strict):
     def base_url(self) -> str:
         """The upstream base URL: the configured one, or the provider's public default."""
         return self.api_base or provider_class(self.provider).default_api_base
+
+
+class InputCaps(_Strict):
+    """How much one request may carry, refused with a 400 naming the field before any limit, budget or
+    upstream sees it. `input_caps:` sets the gateway's; a model's `input_caps` overrides the fields it
+    sets. The defaults sit above what any provider accepts, so they only stop abuse (a million-message
+    body inside the size cap); `max_tokens` has none unless set, since models' ceilings differ.
+    """
+
+    max_messages: Annotated[int, Field(ge=1)] | None = 5_000
+    max_tools: Annotated[int, Field(ge=0)] | None = 512
+    max_images: Annotated[int, Field(ge=0)] | None = 500
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_embedding_inputs: Annotated[int, Field(ge=1)] | None = 2_048
+
+    def over(self, override: InputCaps | None) -> InputCaps:
+        """These caps with the fields `override` set explicitly put over them."""
+        if override is None:
+            return self
+        return self.model_copy(update={name: getattr(override, name) for name in override.model_fields_set})
 
 
 class CacheOverride(_Strict):
@@ -192,10 +230,32 @@ class ModelRoute(_Strict):
     cache: CacheOverride | None = Field(
         default=None, description="This model's own response-cache settings (docs/caching.md)."
     )
+    input_caps: InputCaps | None = Field(
+        default=None, description="This model's own caps on one request; unset fields follow `input_caps:`."
+    )
     strategy: Literal["weighted", "least_busy", "lowest_latency", "most_headroom", "priority"] = Field(
         default="weighted",
         description="In what order a request tries the deployments (docs/routing.md).",
     )
+    anthropic_betas: AnthropicBetas | None = Field(
+        default=None,
+        description="Which `anthropic-beta` features clients may use on this model's Anthropic "
+        "deployments (default: all); a deployment's own list wins.",
+    )
+
+    @model_validator(mode="after")
+    def _betas_reach_deployments(self) -> ModelRoute:
+        # The provider sees only its deployment, so the model's list is handed down to each one
+        # without its own (the list is replaced in place: the route itself is frozen).
+        betas = self.anthropic_betas
+        if betas is not None:
+            self.deployments[:] = [
+                d
+                if "anthropic_betas" in d.model_fields_set
+                else d.model_copy(update={"anthropic_betas": betas})
+                for d in self.deployments
+            ]
+        return self
 
 
 class RetrySettings(_Strict):
@@ -246,6 +306,36 @@ class TlsSettings(_Strict):
     )
 
 
+class CorsSettings(_Strict):
+    """Which browser origins may call the gateway (`server.cors`). Off unless origins are listed: a key
+    in a web page is a leaked key, so cross-origin calls are a choice an operator makes, per origin."""
+
+    allow_origins: list[str] = Field(
+        default_factory=list, description="Exact origins (`https://app.example.com`), or `*` for any."
+    )
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "PATCH", "DELETE"])
+    allow_headers: list[str] = Field(
+        default_factory=lambda: [
+            "authorization",
+            "content-type",
+            "x-api-key",
+            "api-key",
+            "x-goog-api-key",
+            "anthropic-version",
+            "anthropic-beta",
+            "x-request-id",
+        ]
+    )
+    allow_credentials: bool = False
+    max_age_seconds: Annotated[int, Field(ge=0)] = 600
+
+    @model_validator(mode="after")
+    def _no_credentials_for_any_origin(self) -> CorsSettings:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("allow_credentials needs explicit origins, not '*'")
+        return self
+
+
 class HstsSettings(_Strict):
     """The `Strict-Transport-Security` header sent on every answer given over HTTPS."""
 
@@ -270,8 +360,19 @@ class ServerSettings(_Strict):
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    admin_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None,
+        description="Serve the admin API on this port only (and nothing else but the probes there).",
+    )
+    admin_host: str | None = Field(
+        default=None, description="The interface of `admin_port` (a private one); `host` when unset."
+    )
     workers: Annotated[int, Field(ge=1)] = 1
     max_body_bytes: Annotated[int, Field(gt=0)] = 10 * 1024 * 1024
+    max_header_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=64 * 1024,
+        description="The request line and headers together; past it, 431 and the connection closed.",
+    )
     shutdown_delay_seconds: Annotated[float, Field(ge=0)] = 5.0
     drain_timeout_seconds: Annotated[float, Field(ge=0)] = 30.0
     tls: TlsSettings | None = None
@@ -284,6 +385,10 @@ class ServerSettings(_Strict):
         description="Paths still answered over plain HTTP under `require_https` (the kubelet's probes).",
     )
     hsts: HstsSettings = Field(default_factory=HstsSettings)
+    cors: CorsSettings = Field(
+        default_factory=CorsSettings,
+        description="Cross-origin browser access; off unless origins are listed.",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="Addresses or CIDRs whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed.",
@@ -455,6 +560,14 @@ class SecretsSettings(_Strict):
     )
 
 
+class ResponsesSettings(_Strict):
+    """The Responses API's stored answers (`/v1/responses`), which `previous_response_id` continues."""
+
+    ttl_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=2_592_000.0, description="How long a stored response can be retrieved or continued (30 days)."
+    )
+
+
 class MetricsSettings(_Strict):
     """`/metrics` exposure: open by default (scrapers rarely hold secrets), or behind a bearer token."""
 
@@ -479,11 +592,13 @@ class Settings(_Strict):
     health: HealthSettings = Field(default_factory=HealthSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    input_caps: InputCaps = Field(default_factory=InputCaps)
     budgets: BudgetsSettings = Field(default_factory=BudgetsSettings)
     models: list[ModelRoute] = Field(default_factory=list)
     retries: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     keys: list[StaticKey] = Field(default_factory=list)
     auto_migrate: bool = True

@@ -26,11 +26,14 @@ from ferryman.core.canonical import (
     FinishReason,
     ImagePart,
     Message,
+    Reasoning,
     ResponseFormat,
     StreamEvent,
     StreamStart,
     TextDelta,
     TextPart,
+    ThinkingDelta,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -148,12 +151,13 @@ REFERENCE_REQUEST_CANONICAL = ChatRequest(
             parts=(
                 ImagePart("data:image/jpeg;base64,/9j/4AAQSkZJRg=="),
                 ImagePart("https://upload.wikimedia.org/wikipedia/commons/a/a7/ant.jpg"),
-                TextPart("What's the weather in these two cities?"),
+                TextPart("What's the weather in these two cities?", {"type": "ephemeral"}),
             ),
         ),
         Message(
             role="assistant",
             parts=(TextPart("I'll check both cities."),),
+            thinking=(ThinkingPart("Two cities: two calls.", "EqQBCgIYAhIM1gbcDa9GJwZA"),),
             tool_calls=(
                 ToolCall("toolu_01A09q90qw90lq917835lq9", "get_weather", '{"location":"San Francisco, CA"}'),
                 ToolCall(
@@ -194,7 +198,7 @@ def test_reference_request_parses_to_canonical_with_system_tools_images_and_para
     assert wire.parse_chat_request(REFERENCE_REQUEST) == REFERENCE_REQUEST_CANONICAL
 
 
-def test_system_blocks_and_system_turns_parse_to_system_messages_in_place():
+def test_system_blocks_and_system_turns_parse_to_system_messages_in_place_with_cache_control():
     body: dict[str, Any] = {
         "model": "claude-haiku-4-5",
         "max_tokens": 10,
@@ -209,7 +213,7 @@ def test_system_blocks_and_system_turns_parse_to_system_messages_in_place():
     }
     assert wire.parse_chat_request(body).messages == (
         Message(role="system", parts=(TextPart("You are terse."),)),
-        Message(role="system", parts=(TextPart("Long shared context."),)),
+        Message(role="system", parts=(TextPart("Long shared context.", {"type": "ephemeral"}),)),
         Message(role="user", parts=(TextPart("Hi"),)),
         Message(role="system", parts=(TextPart("Now answer in French."),)),
     )
@@ -460,13 +464,14 @@ REFERENCE_RESPONSE: dict[str, Any] = {
 }
 
 
-def test_reference_response_parses_with_parallel_tool_calls_and_cache_usage():
+def test_reference_response_parses_with_thinking_parallel_tool_calls_and_cache_usage():
     assert wire.parse_chat_response(REFERENCE_RESPONSE) == ChatResponse(
         id="msg_01Aq9w938a90dw8q",
         model="claude-sonnet-4-5-20250929",
         message=Message(
             role="assistant",
             parts=(TextPart("I'll look up both cities."),),
+            thinking=(ThinkingPart("Two cities: two calls.", "EqQBCgIYAhIM1gbcDa9GJwZA"),),
             tool_calls=(
                 ToolCall(
                     "toolu_01A09q90qw90lq917835lq9",
@@ -732,7 +737,7 @@ def test_reference_stream_parses_to_exact_canonical_events():
     assert _feed_all(REFERENCE_STREAM) == REFERENCE_STREAM_CANONICAL
 
 
-def test_stream_skips_thinking_and_server_tools_and_gives_parameterless_calls_empty_object_arguments():
+def test_stream_keeps_thinking_skips_server_tools_and_gives_parameterless_calls_empty_object_arguments():
     events = [
         REFERENCE_STREAM[0],
         (
@@ -778,6 +783,8 @@ def test_stream_skips_thinking_and_server_tools_and_gives_parameterless_calls_em
         ("message_stop", {"type": "message_stop"}),
     ]
     assert _feed_all(events)[1:] == [
+        ThinkingDelta(0, "Let me search."),
+        ThinkingDelta(0, signature="EqQBCgIYAhIM"),
         ToolCallStart(0, "toolu_9", "now"),
         ToolCallDelta(0, "{}"),
         Finish("tool_calls"),
@@ -1480,9 +1487,294 @@ def test_non_object_body_is_an_invalid_request():
 
 
 def test_minimal_valid_request_ignores_unknown_fields():
-    req = wire.parse_chat_request(
-        _with(thinking={"type": "enabled", "budget_tokens": 1024}, service_tier="auto")
-    )
+    req = wire.parse_chat_request(_with(service_tier="auto", container="c1"))
     assert req == ChatRequest(
         model="claude-sonnet-4-5", messages=(Message(role="user", parts=(TextPart("Hello"),)),), max_tokens=64
     )
+
+
+# --- Thinking and prompt caching -----------------------------------------------------------------
+
+EPHEMERAL = {"type": "ephemeral"}
+# A real signature's shape: base64 with padding and slashes, which must survive untouched.
+SIGNATURE = "EqQBCgIYAhIM1gbcDa9GJwZA/+x==\n"
+REDACTED = "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP"
+
+
+@pytest.mark.parametrize(
+    ("thinking", "reasoning"),
+    [
+        ({"type": "enabled", "budget_tokens": 2048}, Reasoning(budget_tokens=2048, include_thoughts=True)),
+        ({"type": "disabled"}, Reasoning(budget_tokens=0)),
+    ],
+)
+def test_thinking_config_parses_to_reasoning(thinking, reasoning):
+    req = wire.parse_chat_request(_with(thinking=thinking, max_tokens=4096))
+    assert req.reasoning == reasoning
+    assert req.reasoning.enabled is (thinking["type"] == "enabled")
+
+
+@pytest.mark.parametrize(
+    ("thinking", "param"),
+    [
+        ({"type": "sometimes"}, "thinking.type"),
+        ({"type": "enabled"}, "thinking.budget_tokens"),
+        ({"type": "enabled", "budget_tokens": "lots"}, "thinking.budget_tokens"),
+        ("on", "thinking"),
+        ({"type": "enabled", "budget_tokens": 2048}, None),
+    ],
+)
+def test_bad_thinking_config_is_a_400_naming_the_field(thinking, param):
+    if param is None:  # the control: a well-formed config parses
+        assert wire.parse_chat_request(_with(thinking=thinking)).reasoning is not None
+        return
+    with pytest.raises(InvalidRequestError) as caught:
+        wire.parse_chat_request(_with(thinking=thinking))
+    assert caught.value.param == param
+
+
+def _history_with_thinking() -> dict[str, Any]:
+    return _with(
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "Call the tool.\n", "signature": SIGNATURE},
+                    {"type": "redacted_thinking", "data": REDACTED},
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sun"}],
+            },
+        ],
+        thinking={"type": "enabled", "budget_tokens": 2048},
+        max_tokens=8000,
+    )
+
+
+def test_history_thinking_and_redacted_thinking_parse_into_message_thinking_byte_for_byte():
+    assistant = wire.parse_chat_request(_history_with_thinking()).messages[1]
+    assert assistant.thinking == (
+        ThinkingPart("Call the tool.\n", SIGNATURE),
+        ThinkingPart(redacted_data=REDACTED),
+    )
+    assert assistant.text == "Checking."
+
+
+def test_history_thinking_is_built_back_intact_before_text_and_tool_use():
+    body = _history_with_thinking()
+    built = wire.build_chat_request(wire.parse_chat_request(body))
+    assert built["messages"][1] == body["messages"][1]
+    assert built["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert built["max_tokens"] == 8000
+
+
+def test_unsigned_thinking_from_another_provider_is_not_sent_to_anthropic():
+    message = Message(role="assistant", parts=(TextPart("Hi"),), thinking=(ThinkingPart("a Gemini thought"),))
+    built = wire.build_chat_request(ChatRequest(model="m", messages=(message,)))
+    assert built["messages"] == [{"role": "assistant", "content": "Hi"}]
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "max_tokens", "expected_max", "expected_budget"),
+    [
+        (Reasoning(effort="high"), None, 24576 + 4096, 24576),  # a level becomes its budget
+        (Reasoning(budget_tokens=100), 4000, 4000, 1024),  # raised to Anthropic's floor
+        (Reasoning(budget_tokens=10_000), 4000, 4000, 3999),  # lowered below max_tokens
+        (Reasoning(), None, 8192 + 4096, 8192),  # neither named: medium
+    ],
+)
+def test_reasoning_builds_a_thinking_config_anthropic_accepts(
+    reasoning, max_tokens, expected_max, expected_budget
+):
+    req = ChatRequest(model="m", messages=(), max_tokens=max_tokens, reasoning=reasoning, temperature=0.3)
+    built = wire.build_chat_request(req)
+    assert built["thinking"] == {"type": "enabled", "budget_tokens": expected_budget}
+    assert built["max_tokens"] == expected_max
+    assert "temperature" not in built  # Anthropic refuses it beside thinking
+
+
+def test_reasoning_off_builds_disabled_thinking_and_keeps_temperature():
+    req = ChatRequest(model="m", messages=(), reasoning=Reasoning(effort="none"), temperature=0.3)
+    built = wire.build_chat_request(req)
+    assert built["thinking"] == {"type": "disabled"}
+    assert built["temperature"] == 0.3
+
+
+def test_thinking_with_max_tokens_too_small_for_any_budget_is_refused_naming_max_tokens():
+    req = ChatRequest(model="m", messages=(), max_tokens=1000, reasoning=Reasoning(effort="low"))
+    with pytest.raises(InvalidRequestError) as caught:
+        wire.build_chat_request(req)
+    assert caught.value.param == "max_tokens"
+
+
+def _cached_body() -> dict[str, Any]:
+    return _with(
+        system=[
+            {"type": "text", "text": "You are Claude Code."},
+            {"type": "text", "text": "Project notes.", "cache_control": EPHEMERAL},
+        ],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image",
+                        "source": {"type": "url", "url": "https://example.com/a.png"},
+                        "cache_control": EPHEMERAL,
+                    },
+                    {"type": "text", "text": "Read it.", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "Reading."},
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "read",
+                        "input": {"path": "a"},
+                        "cache_control": EPHEMERAL,
+                    },
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": "x",
+                        "cache_control": EPHEMERAL,
+                    }
+                ],
+            },
+        ],
+        tools=[
+            {"name": "read", "input_schema": {"type": "object"}},
+            {"name": "write", "input_schema": {"type": "object"}, "cache_control": EPHEMERAL},
+        ],
+    )
+
+
+def test_cache_control_parses_onto_parts_tools_and_tool_messages():
+    req = wire.parse_chat_request(_cached_body())
+    system, user, assistant, tool = req.messages[1], req.messages[2], req.messages[3], req.messages[4]
+    assert system.parts == (TextPart("Project notes.", EPHEMERAL),)
+    assert req.messages[0].parts[0].cache_control is None
+    assert [p.cache_control for p in user.parts] == [EPHEMERAL, {"type": "ephemeral", "ttl": "1h"}]
+    assert assistant.cache_control == EPHEMERAL
+    assert tool.cache_control == EPHEMERAL
+    assert [t.cache_control for t in req.tools] == [None, EPHEMERAL]
+
+
+def test_cache_control_is_built_back_unchanged():
+    body = _cached_body()
+    built = wire.build_chat_request(wire.parse_chat_request(body))
+    assert built["system"] == body["system"]
+    assert built["messages"] == body["messages"]
+    assert built["tools"] == body["tools"]
+
+
+def test_system_without_cache_control_is_still_built_as_a_string():
+    built = wire.build_chat_request(
+        wire.parse_chat_request(_with(system=[{"type": "text", "text": "Terse."}]))
+    )
+    assert built["system"] == "Terse."
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (_with(system=[{"type": "text", "text": "s", "cache_control": "yes"}]), "system[0].cache_control"),
+        (
+            _with(messages=_user({"type": "text", "text": "t", "cache_control": 1})),
+            "messages[0].content[0].cache_control",
+        ),
+        (_with(tools=[{"name": "t", "input_schema": {}, "cache_control": []}]), "tools[0].cache_control"),
+    ],
+)
+def test_bad_cache_control_is_a_400_naming_the_field(body, param):
+    with pytest.raises(InvalidRequestError) as caught:
+        wire.parse_chat_request(body)
+    assert caught.value.param == param
+
+
+def test_response_with_thinking_renders_thinking_blocks_first_for_the_sdk():
+    response = ChatResponse(
+        id="msg_1",
+        model="claude",
+        message=Message(
+            role="assistant",
+            parts=(TextPart("Sunny."),),
+            thinking=(ThinkingPart("Look outside.", SIGNATURE), ThinkingPart(redacted_data=REDACTED)),
+        ),
+        finish_reason="stop",
+        usage=Usage(input_tokens=120, output_tokens=9, cached_tokens=100, cache_write_tokens=15),
+    )
+    rendered = wire.render_chat_response(response)
+    assert rendered["content"] == [
+        {"type": "thinking", "thinking": "Look outside.", "signature": SIGNATURE},
+        {"type": "redacted_thinking", "data": REDACTED},
+        {"type": "text", "text": "Sunny."},
+    ]
+    assert rendered["usage"] == {
+        "input_tokens": 5,
+        "cache_creation_input_tokens": 15,
+        "cache_read_input_tokens": 100,
+        "output_tokens": 9,
+    }
+    SDKMessage.model_validate(rendered)
+    assert wire.parse_chat_response(rendered) == response
+
+
+def test_stream_parses_redacted_thinking_and_refuses_a_thinking_delta_outside_thinking():
+    events = [
+        REFERENCE_STREAM[0],
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "redacted_thinking", "data": REDACTED},
+            },
+        ),
+        _block_stop(0),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    assert _feed_all(events)[1] == ThinkingDelta(0, redacted_data=REDACTED)
+    parser = wire.StreamParser()
+    parser.feed("message_start", REFERENCE_STREAM[0][1])
+    with pytest.raises(UpstreamConnectionError):
+        parser.feed(*_block_delta(3, {"type": "thinking_delta", "thinking": "x"}))
+
+
+def test_thinking_stream_renders_blocks_the_sdk_accumulates_with_signature_intact():
+    events: list[StreamEvent] = [
+        StreamStart("msg_1", "claude-sonnet"),
+        ThinkingDelta(0, "Let me "),
+        ThinkingDelta(0, "think."),
+        ThinkingDelta(0, signature=SIGNATURE),
+        ThinkingDelta(1, redacted_data=REDACTED),
+        TextDelta("Done."),
+        ToolCallStart(0, "toolu_1", "get_weather"),
+        ToolCallDelta(0, '{"city":"Oslo"}'),
+        Finish("tool_calls"),
+        UsageReport(Usage(input_tokens=50, output_tokens=20, cached_tokens=40, cache_write_tokens=5)),
+    ]
+    frames = _decode_frames(_render_all(events))
+    message = _sdk_accumulate(frames)
+    assert [block.type for block in message.content] == ["thinking", "redacted_thinking", "text", "tool_use"]
+    assert message.content[0].thinking == "Let me think."
+    assert message.content[0].signature == SIGNATURE
+    assert message.content[1].data == REDACTED
+    assert message.usage.cache_read_input_tokens == 40
+    assert message.usage.cache_creation_input_tokens == 5
+    assert message.usage.input_tokens == 5
+    # and the gateway's own parser reads its rendering back to the same events
+    assert _feed_all(frames) == events

@@ -1,4 +1,5 @@
-"""Anthropic-format ingress: `POST /v1/messages`, streamed or not, any `anthropic-version`."""
+"""Anthropic-format ingress: `POST /v1/messages`, streamed or not, any `anthropic-version`, and
+`POST /v1/messages/count_tokens`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from ferryman.api.count_tokens import anthropic_count_tokens
 from ferryman.api.serve import ChatFormat, serve
 from ferryman.errors import FerrymanError
 from ferryman.wire import anthropic as wire
@@ -32,4 +34,7 @@ async def messages(request: Request) -> Response:
 
 def anthropic_routes() -> list[BaseRoute]:
     """The Anthropic paths."""
-    return [Route("/v1/messages", messages, methods=["POST"])]
+    return [
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", anthropic_count_tokens, methods=["POST"]),
+    ]

@@ -20,12 +20,14 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ferryman import __version__
 from ferryman.api.admin import admin_router, handle_validation_error
+from ferryman.api.admin_port import AdminPortMiddleware
 from ferryman.api.anthropic_routes import anthropic_routes
 from ferryman.api.auth import Authenticator
 from ferryman.api.circuits import circuit_breaker, start_breaker_sync
@@ -38,6 +40,7 @@ from ferryman.api.https import HttpsPolicyMiddleware
 from ferryman.api.middleware import RequestIdMiddleware
 from ferryman.api.openai_routes import openai_routes
 from ferryman.api.openapi import install_openapi
+from ferryman.api.responses_routes import responses_routes
 from ferryman.api.state import AppState
 from ferryman.api.usage import usage_routes
 from ferryman.core._shield import Background
@@ -48,12 +51,14 @@ from ferryman.core.deployment_health import DeploymentHealth
 from ferryman.core.estimate import InputEstimates
 from ferryman.core.failover import Failover
 from ferryman.core.fallbacks import ModelFallbacks
+from ferryman.core.input_caps import Caps, InputCaps
 from ferryman.core.ledger import FallbackLedger, SpendLedger
 from ferryman.core.limits import DeploymentQuotas, Quota, RateLimits
 from ferryman.core.observer import Observer, combine
 from ferryman.core.pipeline import Pipeline, Stage
 from ferryman.core.pricing import Price, price_for
 from ferryman.core.response_cache import CachePolicy, ResponseCache
+from ferryman.core.response_store import ResponseStorage, ResponseStore
 from ferryman.core.retries import RetryBudget, RetryPolicy, RetryRules
 from ferryman.core.routing import Router, Target
 from ferryman.core.shared_state import Cache, Ledger, Reservations, SharedState, WindowCounters
@@ -75,6 +80,7 @@ from ferryman.observability.tracing import (
 from ferryman.providers import create_provider
 from ferryman.secret_refs import SecretRefresher
 from ferryman.settings import BudgetSettings, Deployment, RateLimit, Settings, load_settings
+from ferryman.settings import InputCaps as InputCapsSettings
 from ferryman.store._redis_connect import Connected, parse_redis_url
 from ferryman.store._redis_connect import connect as connect_redis
 from ferryman.store.backends import open_shared_state
@@ -209,12 +215,28 @@ def create_app(
             plain_http_paths=server.plain_http_paths,
         ),
     ]
+    if server.admin_port is not None:  # before CORS: a browser cannot even preflight the hidden side
+        middleware.append(Middleware(AdminPortMiddleware, admin_port=server.admin_port))
+    if server.cors.allow_origins:  # answers preflights itself, before any key check
+        cors = server.cors
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=cors.allow_origins,
+                allow_methods=cors.allow_methods,
+                allow_headers=cors.allow_headers,
+                allow_credentials=cors.allow_credentials,
+                expose_headers=["x-request-id", "x-ferryman-cost-usd", "x-ferryman-model"],
+                max_age=cors.max_age_seconds,
+            )
+        )
     if tracer is not None:
         middleware.append(Middleware(TracingMiddleware, tracer=tracer))  # inner: sees the request id
     return GatewayApp(
         admin,
         routes=[
             *openai_routes(),
+            *responses_routes(),
             *anthropic_routes(),
             *gemini_routes(),
             *usage_routes(),
@@ -334,6 +356,10 @@ def budget_record(sql_ledger: SqlLedger, ledger: Ledger) -> SpendRecord:
     return LedgerSpend(sql_ledger, before_read=flush)
 
 
+def _caps(caps: InputCapsSettings) -> Caps:
+    return Caps(**caps.model_dump())
+
+
 def pipeline_stages(
     settings: Settings, router: Router, services: StageServices, ledger: Ledger | None = None
 ) -> list[Stage]:
@@ -347,6 +373,14 @@ def pipeline_stages(
     alerts = services.alerts
     stages: list[Stage] = [
         ModelAccess(router),  # 403 for a model the key may not use, 404 for one nobody serves
+        InputCaps(  # 400 for more messages, tools, images or max_tokens than the model allows
+            _caps(settings.input_caps),
+            {
+                route.name: _caps(settings.input_caps.over(route.input_caps))
+                for route in settings.models
+                if route.input_caps is not None
+            },
+        ),
         RateLimits(  # 429 past RPM / TPM / concurrency of key, team, end user, model, gateway
             limiter.counters,
             limiter.slots,
@@ -519,7 +553,9 @@ def build_state(
         shared.reservations,
         response_store=response_store(settings, shared),
     )
-    stages = [*pipeline_stages(settings, router, services, shared.ledger), *extra_stages]
+    # First, so it also stores answers a later stage gave (a response-cache hit):
+    storage = ResponseStorage(ResponseStore(shared.cache, settings.responses.ttl_seconds))
+    stages = [storage, *pipeline_stages(settings, router, services, shared.ledger), *extra_stages]
     attempts = AttemptLoop(
         router,
         observer,

@@ -1,4 +1,5 @@
-"""Gemini-format ingress: generateContent and streamGenerateContent (server-sent events)."""
+"""Gemini-format ingress: generateContent, streamGenerateContent (server-sent events), countTokens,
+embedContent and batchEmbedContents."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ferryman.api.serve import ChatFormat, serve
+from ferryman.api.count_tokens import gemini_count_route
+from ferryman.api.serve import ChatFormat, EmbeddingFormat, serve
 from ferryman.errors import FerrymanError
 from ferryman.wire import gemini as wire
+from ferryman.wire import gemini_embeddings
 
 # HTTP status → the google.rpc status name Google's APIs put beside it.
 _GOOGLE_STATUS = {
@@ -71,6 +74,27 @@ async def stream_generate_content(request: Request) -> Response:
     return await serve(request, parse, GEMINI_FORMAT)
 
 
+EMBED_CONTENT = EmbeddingFormat(
+    render_response=gemini_embeddings.render_embed_content, render_error=_error_body
+)
+BATCH_EMBED_CONTENTS = EmbeddingFormat(
+    render_response=gemini_embeddings.render_batch_embed_contents, render_error=_error_body
+)
+count_tokens = gemini_count_route(_error_body)
+
+
+async def embed_content(request: Request) -> Response:
+    """POST /v1beta/models/{model}:embedContent, charged and recorded like /v1/embeddings."""
+    parse = partial(gemini_embeddings.parse_embed_content, model=request.path_params["model"])
+    return await serve(request, parse, EMBED_CONTENT)
+
+
+async def batch_embed_contents(request: Request) -> Response:
+    """POST /v1beta/models/{model}:batchEmbedContents (what google-genai's embed_content calls)."""
+    parse = partial(gemini_embeddings.parse_batch_embed_contents, model=request.path_params["model"])
+    return await serve(request, parse, BATCH_EMBED_CONTENTS)
+
+
 def gemini_routes() -> list[BaseRoute]:
     """The Gemini paths, under both API versions the SDK may use."""
     routes: list[BaseRoute] = []
@@ -82,5 +106,8 @@ def gemini_routes() -> list[BaseRoute]:
                 stream_generate_content,
                 methods=["POST"],
             ),
+            Route(f"/{version}/models/{{model}}:countTokens", count_tokens, methods=["POST"]),
+            Route(f"/{version}/models/{{model}}:embedContent", embed_content, methods=["POST"]),
+            Route(f"/{version}/models/{{model}}:batchEmbedContents", batch_embed_contents, methods=["POST"]),
         ]
     return routes

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from ferryman.api.openapi_schemas import component_schemas, ref, typed
+from ferryman.api.openapi_schemas import array, component_schemas, obj, ref, typed
 from ferryman.observability.metrics import CONTENT_TYPE
 
 OpenAPIDocument = dict[str, Any]
@@ -114,7 +114,14 @@ def hot_path_items() -> OpenAPIDocument:
         "/v1beta/models/{model}:generateContent": {"post": generate},
         "/v1beta/models/{model}:streamGenerateContent": {"post": stream},
         **_operations_paths(),
+        **_counting_and_embedding_paths(),
     }
+    responses = _responses_paths()
+    items.update(responses)
+    for path, item in responses.items():  # the same without the `/v1` prefix
+        items[path.removeprefix("/v1")] = {
+            method: _alias(operation, path) for method, operation in item.items()
+        }
     for path, method, operation, original in (
         ("/chat/completions", "post", chat, "/v1/chat/completions"),
         ("/embeddings", "post", embed, "/v1/embeddings"),
@@ -211,6 +218,54 @@ def _list_models() -> OpenAPIDocument:
     )
 
 
+def _responses_paths() -> OpenAPIDocument:
+    """The Responses API: create, then retrieve, list the input of, or delete a stored response."""
+    response = {"application/json": {"schema": typed("object", "An OpenAI `response` object.")}}
+    create = _operation(
+        "createResponse",
+        "openai",
+        "Create a response",
+        "OpenAI Responses, answered by whichever provider serves `model`. Stored per key (unless "
+        "`store: false`) for `responses.ttl_seconds`, so `previous_response_id` continues it. With "
+        "`stream: true` the answer is the Responses event stream, each event with a `sequence_number`.",
+        success={**response, **_stream("`event: <type>` / `data: <event JSON>` pairs.")},
+    )
+    create["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": typed("object", "An OpenAI Responses request.")}},
+    }
+
+    def on_stored(operation_id: str, summary: str, description: str, schema: str) -> OpenAPIDocument:
+        content = {"application/json": {"schema": typed("object", schema)}}
+        return _operation(
+            operation_id,
+            "openai",
+            summary,
+            description,
+            success=content,
+            parameters=["ResponseId"],
+            errors=(401, 404, 503),
+        )
+
+    return {
+        "/v1/responses": {"post": create},
+        "/v1/responses/{response_id}": {
+            "get": on_stored("getResponse", "Retrieve a response", "A stored response.", "A `response`."),
+            "delete": on_stored(
+                "deleteResponse", "Delete a response", "Forget a stored response.", "`{id, deleted}`."
+            ),
+        },
+        "/v1/responses/{response_id}/input_items": {
+            "get": on_stored(
+                "listInputItems",
+                "List a response's input items",
+                "The conversation a stored response answered (newest first; `order=asc` for oldest).",
+                "A list of input items.",
+            )
+        },
+    }
+
+
 def _usage() -> OpenAPIDocument:
     return _operation(
         "getUsage",
@@ -262,6 +317,75 @@ def _stream_generate_content() -> OpenAPIDocument:
         parameters=("GeminiModel", "GeminiAlt"),
         success=_stream("`data: <GenerateContentResponse JSON>` events."),
     )
+
+
+def _counting_and_embedding_paths() -> OpenAPIDocument:
+    """Token counting (never charged) and Gemini embeddings, each Gemini path under `/v1` as well."""
+    text_content = obj({"parts": array(obj({"text": typed("string")}, "text"))}, "parts")
+    embed_fields = {
+        "content": text_content,
+        "taskType": typed("string"),
+        "outputDimensionality": typed("integer"),
+    }
+    count = _operation(
+        "countMessageTokens",
+        "anthropic",
+        "Count a message's input tokens",
+        "Anthropic count_tokens (`?beta=true` accepted): the body of a message without `max_tokens`. "
+        "Counted by the upstream where it can (Anthropic, Gemini), else by the gateway's tokenizers; "
+        "`x-ferryman-token-count` says which. Not charged and not recorded in the ledger.",
+        parameters=("AnthropicVersion",),
+        success={"application/json": {"schema": obj({"input_tokens": typed("integer")}, "input_tokens")}},
+    )
+    count["requestBody"] = {"required": True, "content": {"application/json": {"schema": typed("object")}}}
+    gemini: OpenAPIDocument = {
+        ":countTokens": _operation(
+            "countTokens",
+            "gemini",
+            "Count tokens",
+            "Gemini countTokens (`contents` or a whole `generateContentRequest`), counted as "
+            "`/v1/messages/count_tokens` is. Not charged.",
+            parameters=("GeminiModel",),
+            success={"application/json": {"schema": obj({"totalTokens": typed("integer")}, "totalTokens")}},
+        ),
+        ":embedContent": _operation(
+            "embedContent",
+            "gemini",
+            "Embed one content",
+            "Gemini embedContent: the text parts of `content`, joined, embedded by whichever provider "
+            "serves `model` (charged like `/v1/embeddings`).",
+            parameters=("GeminiModel",),
+            success={
+                "application/json": {"schema": obj({"embedding": obj({"values": array(typed("number"))})})}
+            },
+        ),
+        ":batchEmbedContents": _operation(
+            "batchEmbedContents",
+            "gemini",
+            "Embed several contents",
+            "Gemini batchEmbedContents: one vector per entry of `requests`, in order.",
+            parameters=("GeminiModel",),
+            success={
+                "application/json": {
+                    "schema": obj({"embeddings": array(obj({"values": array(typed("number"))}))})
+                }
+            },
+        ),
+    }
+    gemini[":countTokens"]["requestBody"] = count["requestBody"]
+    for method in (":embedContent", ":batchEmbedContents"):
+        single = obj(embed_fields, "content")
+        schema = single if method == ":embedContent" else obj({"requests": array(single)}, "requests")
+        gemini[method]["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+    items: OpenAPIDocument = {"/v1/messages/count_tokens": {"post": count}}
+    for method, operation in gemini.items():
+        original = f"/v1beta/models/{{model}}{method}"
+        items[original] = {"post": operation}
+        items[f"/v1/models/{{model}}{method}"] = {"post": _alias(operation, original)}
+    return items
 
 
 def _operations_paths() -> OpenAPIDocument:
@@ -426,6 +550,13 @@ def _parameters() -> OpenAPIDocument:
             "in": "path",
             "required": True,
             "description": "A model name from the config (`GET /v1/models`).",
+            "schema": typed("string"),
+        },
+        "ResponseId": {
+            "name": "response_id",
+            "in": "path",
+            "required": True,
+            "description": "A `resp_…` id this key created.",
             "schema": typed("string"),
         },
         "GeminiAlt": {

@@ -4,6 +4,10 @@
 empty value: none), `x-ferryman-timeout: 2.5` the request's timeout in seconds. A header wins over the
 same option in an OpenAI body (`fallbacks`, `timeout`); a value that cannot be read is a 400 naming
 the header. What they mean is in `core/fallbacks.py` and `core/timeouts.py`.
+
+`anthropic-beta: a, b` (Anthropic's own header, which its SDK sends) becomes a chat request's `betas`,
+whatever the ingress format: only Anthropic upstreams are sent them, filtered by the model's
+`anthropic_betas` list (`providers/anthropic.py`).
 """
 
 from __future__ import annotations
@@ -12,17 +16,22 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
+from ferryman.core.canonical import ChatRequest
 from ferryman.core.exchange import CanonicalRequest
 from ferryman.errors import InvalidRequestError
 from ferryman.wire._fields import MAX_FALLBACKS, MAX_TIMEOUT_SECONDS
 
 FALLBACKS_HEADER = "x-ferryman-fallbacks"
 TIMEOUT_HEADER = "x-ferryman-timeout"
+BETA_HEADER = "anthropic-beta"
 
 
 def with_request_options(request: CanonicalRequest, headers: Mapping[str, str]) -> CanonicalRequest:
     """`request` with the options its headers set (unchanged, and not copied, when they set none)."""
     fallbacks, timeout = headers.get(FALLBACKS_HEADER), headers.get(TIMEOUT_HEADER)
+    betas = headers.get(BETA_HEADER)
+    if betas is not None and isinstance(request, ChatRequest):
+        request = dataclasses.replace(request, betas=parse_betas(betas))
     if fallbacks is None and timeout is None:
         return request
     if fallbacks is not None:
@@ -30,6 +39,11 @@ def with_request_options(request: CanonicalRequest, headers: Mapping[str, str]) 
     if timeout is not None:
         request = dataclasses.replace(request, timeout=parse_timeout(timeout))
     return request
+
+
+def parse_betas(value: str) -> tuple[str, ...]:
+    """Comma-separated beta names, as Anthropic reads the header; blanks and repeats are dropped."""
+    return tuple(dict.fromkeys(name for name in (part.strip() for part in value.split(",")) if name))
 
 
 def parse_fallbacks(value: str) -> tuple[str, ...]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import replace
 from typing import ClassVar
 
 from ferryman.core.canonical import ChatRequest, ChatResponse
 from ferryman.core.upstream import StreamBatch
+from ferryman.errors import UpstreamConnectionError
 from ferryman.providers.base import HttpProvider
 from ferryman.settings import Deployment
 from ferryman.wire import anthropic as wire
@@ -35,13 +36,48 @@ class AnthropicProvider(HttpProvider):
         key = self.deployment.api_key
         return {**self._static_headers, "x-api-key": key.get_secret_value()} if key else self._static_headers
 
+    def _headers_for(self, request: ChatRequest) -> Mapping[str, str]:
+        """The headers, with the client's betas that this deployment's `anthropic_betas` permits.
+
+        Filtered here, the one place a request meets its deployment: the betas are an Anthropic
+        matter, so every other provider simply never sends them."""
+        betas = self.deployment.anthropic_betas.permit(request.betas)
+        if not betas:
+            return self._headers
+        return {**self._headers, "anthropic-beta": ",".join(betas)}
+
     async def chat(self, request: ChatRequest) -> ChatResponse:
         """One non-streamed message."""
         body = wire.build_chat_request(replace(request, model=self.deployment.model, stream=False))
-        return wire.parse_chat_response(await self.post_json(self._url, body, self._headers))
+        return wire.parse_chat_response(await self.post_json(self._url, body, self._headers_for(request)))
 
     async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamBatch, None]:
         """A streamed message; Anthropic always reports usage in its stream events."""
         body = wire.build_chat_request(replace(request, model=self.deployment.model, stream=True))
-        async for batch in self.stream_events(self._url, body, self._headers, wire.StreamParser()):
+        headers = self._headers_for(request)
+        async for batch in self.stream_events(self._url, body, headers, wire.StreamParser()):
             yield batch
+
+    async def count_tokens(self, request: ChatRequest, headers: Mapping[str, str]) -> int | None:
+        """`/v1/messages/count_tokens`, free at Anthropic; `anthropic-beta` from `headers` is passed on.
+
+        The body is the Messages request minus what count_tokens refuses (max_tokens, stream,
+        sampling settings): only the fields that make up the prompt are sent."""
+        body = wire.build_chat_request(replace(request, model=self.deployment.model, stream=False))
+        counted = {key: value for key, value in body.items() if key in _COUNTED_FIELDS}
+        extra = {"anthropic-beta": headers["anthropic-beta"]} if "anthropic-beta" in headers else {}
+        data = await self.post_json(f"{self._url}/count_tokens", counted, {**self._headers, **extra})
+        tokens = data.get("input_tokens")
+        if not isinstance(tokens, int) or isinstance(tokens, bool):
+            raise UpstreamConnectionError(
+                "anthropic sent a count_tokens reply without input_tokens",
+                provider=self.name,
+                code="upstream_malformed",
+            )
+        return tokens
+
+
+# What Anthropic's count_tokens accepts of a Messages body (it refuses max_tokens and sampling fields).
+_COUNTED_FIELDS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
+)

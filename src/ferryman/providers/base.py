@@ -24,7 +24,13 @@ from typing import ClassVar, Protocol
 import aiohttp
 import orjson
 
-from ferryman.core.canonical import EmbeddingRequest, EmbeddingResponse, JSONObject, StreamEvent
+from ferryman.core.canonical import (
+    ChatRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    JSONObject,
+    StreamEvent,
+)
 from ferryman.core.retries import parse_retry_after
 from ferryman.core.upstream import StreamBatch
 from ferryman.errors import (
@@ -95,6 +101,14 @@ class HttpProvider:
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Providers without an embeddings API refuse clearly."""
         raise InvalidRequestError(f"provider {self.name} does not offer embeddings", param="model")
+
+    async def count_tokens(self, request: ChatRequest, headers: Mapping[str, str]) -> int | None:
+        """The upstream's own count of `request`'s input tokens; None for providers with no counting
+        API (OpenAI's), whose count the gateway makes itself with `ferryman.tokenizers`.
+
+        `headers` are client headers worth passing on (`anthropic-beta`). Counting is free at the
+        providers that offer it, so callers neither charge nor record it."""
+        return None
 
     async def post_json(self, url: str, body: JSONObject, headers: Mapping[str, str]) -> JSONObject:
         """POST `body` and return the JSON answer, mapping every failure to a Ferryman error."""

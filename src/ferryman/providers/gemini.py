@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import replace
 from typing import ClassVar
 from urllib.parse import quote
@@ -15,6 +15,7 @@ from ferryman.core.canonical import (
     Usage,
 )
 from ferryman.core.upstream import StreamBatch
+from ferryman.errors import UpstreamConnectionError
 from ferryman.providers.base import HttpProvider
 from ferryman.settings import Deployment
 from ferryman.wire import gemini as wire
@@ -63,3 +64,19 @@ class GeminiProvider(HttpProvider):
             estimate = sum(max(len(text) // 4, 1) for text in request.inputs)
             response = replace(response, usage=Usage(input_tokens=estimate))
         return response
+
+    async def count_tokens(self, request: ChatRequest, headers: Mapping[str, str]) -> int | None:
+        """`:countTokens` (free at Google), given the whole generateContent request so that the
+        system instruction and tools are counted as well as the contents."""
+        nested = {"model": f"models/{self.deployment.model}", **wire.build_chat_request(request)}
+        data = await self.post_json(
+            f"{self._model_url}:countTokens", {"generateContentRequest": nested}, self._headers
+        )
+        tokens = data.get("totalTokens", 0)  # proto JSON omits a zero
+        if not isinstance(tokens, int) or isinstance(tokens, bool):
+            raise UpstreamConnectionError(
+                "gemini sent a countTokens reply without totalTokens",
+                provider=self.name,
+                code="upstream_malformed",
+            )
+        return tokens

@@ -118,6 +118,7 @@ from ferryman.testing._script import (
     NotJson,
     Reply,
     Script,
+    ThinkingSpec,
     ToolCallSpec,
     Usage,
 )
@@ -148,6 +149,7 @@ __all__ = [
     "ScriptedUpstream",
     "Step",
     "Stream",
+    "ThinkingSpec",
     "ToolCallSpec",
     "Usage",
 ]

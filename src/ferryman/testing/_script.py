@@ -15,6 +15,7 @@ __all__ = [
     "NotJson",
     "Reply",
     "Script",
+    "ThinkingSpec",
     "ToolCallSpec",
     "Usage",
 ]
@@ -48,6 +49,16 @@ class ToolCallSpec:
     name: str
     arguments: Mapping[str, object] = field(default_factory=dict)
     id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkingSpec:
+    """One block of visible reasoning the model shows before its answer, with the seal it is sent
+    back with (`signature`); with `redacted_data`, a redacted block (no text, only that data)."""
+
+    text: str = ""
+    signature: str = "sig-fake"
+    redacted_data: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +118,7 @@ class Reply:
     delay: float = 0.0
     chunk_delay: float = 0.0
     fault: Fault | None = None
+    thinking: tuple[ThinkingSpec, ...] = ()  # rendered by the fakes whose provider shows reasoning
 
     @classmethod
     def echo(cls, *, chunks: int = 1, delay: float = 0.0, chunk_delay: float = 0.0) -> Reply:
@@ -123,9 +135,11 @@ class Reply:
         usage: Usage | None = None,
         delay: float = 0.0,
         chunk_delay: float = 0.0,
+        thinking: tuple[ThinkingSpec, ...] = (),
     ) -> Reply:
-        """Answer `text`, streamed as `chunks` deltas, ending with `finish` (default `"stop"`)."""
-        return cls(text, (), chunks, finish, usage, delay, chunk_delay)
+        """Answer `text`, streamed as `chunks` deltas, ending with `finish` (default `"stop"`);
+        `thinking` comes first (its text streamed in `chunks` deltas too)."""
+        return cls(text, (), chunks, finish, usage, delay, chunk_delay, thinking=thinking)
 
     @classmethod
     def tool_calls(
@@ -137,15 +151,16 @@ class Reply:
         usage: Usage | None = None,
         delay: float = 0.0,
         chunk_delay: float = 0.0,
+        thinking: tuple[ThinkingSpec, ...] = (),
     ) -> Reply:
-        """Call one or several tools in parallel, optionally after some `text`.
+        """Call one or several tools in parallel, optionally after some `thinking` and `text`.
 
         When streamed, each call's JSON arguments arrive in `chunks` fragments where the provider
         fragments them (OpenAI, Anthropic); Gemini sends each call whole.
         """
         if not calls:
             raise ValueError("Reply.tool_calls needs at least one ToolCallSpec")
-        return cls(text, tuple(calls), chunks, finish, usage, delay, chunk_delay)
+        return cls(text, tuple(calls), chunks, finish, usage, delay, chunk_delay, thinking=thinking)
 
     @classmethod
     def error(

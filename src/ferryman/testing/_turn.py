@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ferryman.testing._script import Reply, ToolCallSpec, Usage
+from ferryman.testing._script import Reply, ThinkingSpec, ToolCallSpec, Usage
 
 NEUTRAL_FINISHES = ("stop", "length", "tool_calls", "content_filter")
 """Finish reasons a script may name once for every provider; other strings go out verbatim."""
@@ -47,6 +47,7 @@ class Turn:
     tool_calls: tuple[PlannedToolCall, ...]
     finish: str
     usage: Usage
+    thinking: tuple[ThinkingSpec, ...] = ()
 
 
 def plan_turn(reply: Reply, prompt: Prompt) -> Turn:
@@ -56,7 +57,7 @@ def plan_turn(reply: Reply, prompt: Prompt) -> Turn:
     calls = tuple(_plan_call(spec, reply.chunks) for spec in reply.calls)
     finish = reply.finish or ("tool_calls" if calls else "stop")
     usage = reply.usage or Usage(prompt.word_count, _output_words(text, calls))
-    return Turn(text, split_evenly(text, reply.chunks), calls, finish, usage)
+    return Turn(text, split_evenly(text, reply.chunks), calls, finish, usage, reply.thinking)
 
 
 def _plan_call(spec: ToolCallSpec, chunks: int) -> PlannedToolCall:

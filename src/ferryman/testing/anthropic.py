@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from ferryman.testing._delivery import Answer, Dialect, Event, Framing, error_response, json_text
-from ferryman.testing._script import HttpError, Usage
+from ferryman.testing._script import HttpError, ThinkingSpec, Usage
 from ferryman.testing._server import FakeServer
-from ferryman.testing._turn import Prompt, Turn, last_user_text, prompt_words
+from ferryman.testing._turn import PlannedToolCall, Prompt, Turn, last_user_text, prompt_words, split_evenly
 
 __all__ = ["FakeAnthropic"]
 
@@ -61,7 +61,12 @@ class FakeAnthropic(FakeServer):
     `POST /v1/messages/count_tokens` and `GET /v1/models`. Requires a key in `x-api-key` (or, as recent
     SDKs send it, `Authorization: Bearer`) and an `anthropic-version` header; any key is accepted unless
     `api_key` was given. Rejects what the real API rejects in translated requests: a missing
-    `max_tokens`, a `system` role inside `messages`, a `tool_result` with no matching `tool_use`.
+    `max_tokens`, a `system` role inside `messages`, a `tool_result` with no matching `tool_use`,
+    a `thinking` budget under 1024 tokens or not below `max_tokens`.
+
+    A reply's `thinking` comes first in the content, as Claude's does: `thinking` blocks (streamed as
+    `thinking_delta`s then one `signature_delta`) and `redacted_thinking` ones (whole in their start).
+    Every request's headers are recorded (`anthropic-beta` among them).
     """
 
     provider = "anthropic"
@@ -157,6 +162,9 @@ def _messages_problem(body: dict[str, Any], *, needs_max_tokens: bool = True) ->
             return _invalid(f"{name}: Field required")
     if needs_max_tokens and (not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1):
         return _invalid("max_tokens: Input should be an integer greater than or equal to 1")
+    problem = _thinking_problem(body.get("thinking"), body.get("max_tokens") if needs_max_tokens else None)
+    if problem is not None:
+        return problem
     messages = body["messages"]
     if not isinstance(messages, list):
         return _invalid("messages: Input should be a valid list")
@@ -170,6 +178,23 @@ def _messages_problem(body: dict[str, Any], *, needs_max_tokens: bool = True) ->
         problem = _unanswered_tool_result(messages, index)
         if problem is not None:
             return problem
+    return None
+
+
+def _thinking_problem(thinking: object, max_tokens: object) -> HttpError | None:
+    """Anthropic's rules for `thinking`: a type, and an enabled budget of 1024+ below `max_tokens`."""
+    if thinking is None:
+        return None
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind == "disabled":
+        return None
+    if kind != "enabled" or not isinstance(thinking, dict):
+        return _invalid("thinking.type: Input should be 'enabled' or 'disabled'")
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return _invalid("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+    if isinstance(max_tokens, int) and max_tokens <= budget:
+        return _invalid("`max_tokens` must be greater than `thinking.budget_tokens`.")
     return None
 
 
@@ -210,7 +235,7 @@ def _usage(usage: Usage, *, output_tokens: int | None = None) -> dict[str, Any]:
 
 
 def _content_blocks(turn: Turn, call_ids: list[str]) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
+    blocks: list[dict[str, Any]] = [_thinking_block(spec) for spec in turn.thinking]
     if turn.text or not turn.tool_calls:
         blocks.append({"type": "text", "text": turn.text})
     for call_id, call in zip(call_ids, turn.tool_calls, strict=True):
@@ -220,19 +245,36 @@ def _content_blocks(turn: Turn, call_ids: list[str]) -> list[dict[str, Any]]:
     return blocks
 
 
+def _thinking_block(spec: ThinkingSpec) -> dict[str, Any]:
+    if spec.redacted_data is not None:
+        return {"type": "redacted_thinking", "data": spec.redacted_data}
+    return {"type": "thinking", "thinking": spec.text, "signature": spec.signature}
+
+
+def _block_stream(
+    block: dict[str, Any], turn: Turn, calls: Iterator[PlannedToolCall]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A block's opening as `content_block_start` carries it, and the deltas that fill it."""
+    if block["type"] == "text":
+        return {"type": "text", "text": ""}, [{"type": "text_delta", "text": p} for p in turn.text_pieces]
+    if block["type"] == "thinking":
+        pieces = split_evenly(block["thinking"], max(len(turn.text_pieces), 1))
+        deltas = [{"type": "thinking_delta", "thinking": piece} for piece in pieces]
+        deltas.append({"type": "signature_delta", "signature": block["signature"]})
+        return {"type": "thinking", "thinking": "", "signature": ""}, deltas
+    if block["type"] == "redacted_thinking":
+        return block, []
+    pieces = ("", *next(calls).pieces)
+    return {**block, "input": {}}, [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
+
+
 def _stream_events(message: dict[str, Any], blocks: list[dict[str, Any]], turn: Turn) -> tuple[Event, ...]:
     """message_start, then per block start / deltas / stop (a ping after the first start), then the end."""
     start_usage = _usage(turn.usage, output_tokens=min(1, turn.usage.output_tokens))
     events = [_event("message_start", message={**message, "usage": start_usage})]
     calls = iter(turn.tool_calls)
     for index, block in enumerate(blocks):
-        if block["type"] == "text":
-            opening: dict[str, Any] = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": piece} for piece in turn.text_pieces]
-        else:
-            opening = {**block, "input": {}}
-            pieces = ("", *next(calls).pieces)
-            deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
+        opening, deltas = _block_stream(block, turn, calls)
         events.append(_event("content_block_start", index=index, content_block=opening))
         if index == 0:
             events.append(_event("ping"))

@@ -22,6 +22,7 @@ from ferryman.testing._turn import (
     last_user_text,
     prompt_words,
 )
+from ferryman.testing.openai_responses import read_responses_request, render_responses_answer
 
 __all__ = ["FakeOpenAI"]
 
@@ -83,7 +84,8 @@ class FakeOpenAI(FakeServer):
     """A fake OpenAI API: give `base_url` (`http://127.0.0.1:PORT/v1`) to the SDK or to Ferryman.
 
     Serves `POST /v1/chat/completions` (streamed when `stream` is true, with a final usage chunk when
-    `stream_options.include_usage` is set), `POST /v1/embeddings` (float or base64), `GET /v1/models`,
+    `stream_options.include_usage` is set), `POST /v1/responses` (the Responses API, whole or as its
+    events), `POST /v1/embeddings` (float or base64), `GET /v1/models`,
     and Azure's `POST /openai/deployments/{deployment}/chat/completions|embeddings?api-version=...`
     (give `url` to `AzureOpenAI(azure_endpoint=...)`). Requires `Authorization: Bearer <key>` (Azure:
     `api-key` or Bearer); any key is accepted unless `api_key` was given.
@@ -106,6 +108,10 @@ class FakeOpenAI(FakeServer):
             web.post("/v1/chat/completions", self._chat),
             web.post("/v1/embeddings", self._embeddings),
             web.get("/v1/models", self._list_models),
+            web.post(
+                "/v1/responses",
+                partial(self._model_call, read=read_responses_request, render=render_responses_answer),
+            ),
             web.post("/openai/deployments/{deployment}/chat/completions", self._chat),
             web.post("/openai/deployments/{deployment}/embeddings", self._embeddings),
         ]

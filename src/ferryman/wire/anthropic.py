@@ -7,8 +7,18 @@ Where the Messages API cannot carry a canonical feature, this module degrades as
 
 - There is one `system` field: every canonical system message, leading or not, is folded into it in
   order, joined with blank lines. A system given as a list of text blocks parses to one system message
-  per block (`cache_control` and other block options are dropped); `role: "system"` turns inside
-  `messages` (which newer API versions accept) parse to system messages where they stand.
+  per block (its `cache_control` kept, other block options dropped), and is built back as blocks when
+  any carries `cache_control` (a plain string otherwise); `role: "system"` turns inside `messages`
+  (which newer API versions accept) parse to system messages where they stand.
+- `cache_control` rides on the canonical part or tool it was set on; a tool result's or tool use's
+  goes on its `Message.cache_control` and is built back on the last block of that message (a cache
+  breakpoint covers everything before it, so a tool use's mark moves at most past its siblings).
+- `thinking` becomes `ChatRequest.reasoning` and is built from it: the budget is raised to Anthropic's
+  floor of 1024 tokens, and lowered below `max_tokens` (which Anthropic requires; a `max_tokens` of
+  1024 or less cannot hold any thinking and is refused). `temperature` and `top_p` are dropped with
+  thinking on, which Anthropic refuses them beside. Thinking and redacted thinking blocks are kept
+  byte for byte in `Message.thinking` and built back before that turn's text; a thinking block with
+  no signature (another provider's reasoning) is dropped, since Anthropic refuses it.
 - Tool results live inside user turns and turns must alternate, so on build consecutive tool and user
   messages merge into one user turn (tool results first) and consecutive assistant messages merge.
   On parse the other way round: each `tool_result` block becomes its own `Message(role="tool")`, whose
@@ -21,7 +31,7 @@ Where the Messages API cannot carry a canonical feature, this module degrades as
   `temperature` and `top_p` are set, only `temperature` is sent: current Claude models refuse the pair.
 - Empty text parts are dropped on build (the upstream rejects empty text blocks); images in assistant
   messages are dropped (assistant turns cannot hold images); `detail` on images is dropped.
-- Blocks with no canonical form are skipped where they are model output (thinking, server tool use and
+- Blocks with no canonical form are skipped where they are model output (server tool use and
   results) and refused where they are client input (documents, unknown block types). Server tools
   (those without `input_schema`) are skipped: only the client can run tools here.
 - Anthropic replies carry no creation time (`created` is 0) and a canonical finish reason of "error"
@@ -29,6 +39,8 @@ Where the Messages API cannot carry a canonical feature, this module degrades as
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from ferryman.core.canonical import (
     ChatRequest,
@@ -38,13 +50,15 @@ from ferryman.core.canonical import (
     JSONValue,
     Message,
     Part,
+    Reasoning,
     ResponseFormat,
     TextPart,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolChoice,
 )
-from ferryman.errors import UpstreamConnectionError
+from ferryman.errors import InvalidRequestError, UpstreamConnectionError
 from ferryman.wire._anthropic_reply import (
     PROVIDER,
     dump_json,
@@ -84,11 +98,11 @@ __all__ = [
 
 DEFAULT_MAX_TOKENS = 4096
 """Anthropic requires `max_tokens`; this is sent when the canonical request has none."""
+MIN_THINKING_BUDGET = 1024
+"""Anthropic's smallest `thinking.budget_tokens`."""
 
 _SKIPPED_OUTPUT_BLOCKS = frozenset(
     {
-        "thinking",
-        "redacted_thinking",
         "server_tool_use",
         "web_search_tool_result",
         "web_fetch_tool_result",
@@ -139,7 +153,26 @@ def _parse_request(body: JSONObject) -> ChatRequest:
         parallel_tool_calls=parallel_tool_calls,
         stream=get_opt_bool(body, "stream") or False,
         user=get_opt_str(metadata, "user_id", "metadata") if metadata else None,
+        reasoning=_parse_thinking(get_opt_object(body, "thinking")),
     )
+
+
+def _parse_thinking(thinking: JSONObject | None) -> Reasoning | None:
+    """`{type: enabled, budget_tokens}` or `{type: disabled}`; Anthropic always shows enabled thinking."""
+    if thinking is None:
+        return None
+    match get_str(thinking, "type", "thinking"):
+        case "enabled":
+            budget = get_int(thinking, "budget_tokens", "thinking", minimum=1)
+            return Reasoning(budget_tokens=budget, include_thoughts=True)
+        case "disabled":
+            return Reasoning(budget_tokens=0)
+        case other:
+            raise Malformed("thinking.type", f"must be 'enabled' or 'disabled', not {other!r}")
+
+
+def _cache_control(block: JSONObject, path: str) -> JSONObject | None:
+    return get_opt_object(block, "cache_control", path)
 
 
 def _parse_system(system: JSONValue) -> list[Message]:
@@ -160,7 +193,7 @@ def _parse_text_blocks(items: list[JSONValue], path: str) -> list[TextPart]:
         block = as_object(item, block_path)
         if block.get("type") != "text":
             raise Malformed(f"{block_path}.type", "must be text: system content takes only text blocks")
-        parts.append(TextPart(get_str(block, "text", block_path)))
+        parts.append(TextPart(get_str(block, "text", block_path), _cache_control(block, block_path)))
     return parts
 
 
@@ -219,9 +252,10 @@ def _parse_user_turn(
 def _parse_part(block: JSONObject, path: str) -> Part:
     kind = get_str(block, "type", path)
     if kind == "text":
-        return TextPart(get_str(block, "text", path))
+        return TextPart(get_str(block, "text", path), _cache_control(block, path))
     if kind == "image":
-        return _parse_image(get_object(block, "source", path), f"{path}.source")
+        image = _parse_image(get_object(block, "source", path), f"{path}.source")
+        return replace(image, cache_control=_cache_control(block, path))
     raise Malformed(f"{path}.type", f"names an unsupported content block type {kind!r}")
 
 
@@ -254,6 +288,7 @@ def _parse_tool_result(block: JSONObject, path: str, tool_names: dict[str, str])
         tool_call_id=call_id,
         name=tool_names.get(call_id),
         is_error=get_opt_bool(block, "is_error", path) or False,
+        cache_control=_cache_control(block, path),
     )
 
 
@@ -263,20 +298,37 @@ def _parse_assistant_content(content: str | list[JSONValue], path: str) -> Messa
         return Message(role="assistant", parts=(TextPart(content),))
     parts: list[Part] = []
     calls: list[ToolCall] = []
+    thinking: list[ThinkingPart] = []
+    cache_control: JSONObject | None = None
     for j, item in enumerate(content):
         block_path = f"{path}[{j}]"
         block = as_object(item, block_path)
         kind = get_str(block, "type", block_path)
         if kind == "text":
-            parts.append(TextPart(get_str(block, "text", block_path)))
+            parts.append(TextPart(get_str(block, "text", block_path), _cache_control(block, block_path)))
         elif kind == "tool_use":
             arguments = dump_json(get_object(block, "input", block_path))
             calls.append(
                 ToolCall(get_str(block, "id", block_path), get_str(block, "name", block_path), arguments)
             )
+            cache_control = _cache_control(block, block_path) or cache_control
+        elif kind == "thinking":
+            text, signature = (
+                get_str(block, "thinking", block_path),
+                get_opt_str(block, "signature", block_path),
+            )
+            thinking.append(ThinkingPart(text=text, signature=signature))
+        elif kind == "redacted_thinking":
+            thinking.append(ThinkingPart(redacted_data=get_str(block, "data", block_path)))
         elif kind not in _SKIPPED_OUTPUT_BLOCKS:
             raise Malformed(f"{block_path}.type", f"names an unsupported content block type {kind!r}")
-    return Message(role="assistant", parts=tuple(parts), tool_calls=tuple(calls))
+    return Message(
+        role="assistant",
+        parts=tuple(parts),
+        tool_calls=tuple(calls),
+        thinking=tuple(thinking),
+        cache_control=cache_control,
+    )
 
 
 def _parse_tools(items: list[JSONValue] | None) -> tuple[Tool, ...]:
@@ -293,6 +345,7 @@ def _parse_tools(items: list[JSONValue] | None) -> tuple[Tool, ...]:
                 name=get_str(spec, "name", path),
                 description=get_opt_str(spec, "description", path),
                 parameters=get_object(spec, "input_schema", path),
+                cache_control=_cache_control(spec, path),
             )
         )
     return tuple(tools)
@@ -341,10 +394,14 @@ def build_chat_request(req: ChatRequest) -> JSONObject:
     system = _build_system(req.messages, req.response_format)
     if system:
         body["system"] = system
-    if req.temperature is not None:
-        body["temperature"] = min(max(req.temperature, 0.0), 1.0)
-    elif req.top_p is not None:
-        body["top_p"] = req.top_p
+    thinking_on = req.reasoning is not None and req.reasoning.enabled
+    if req.reasoning is not None:
+        body.update(_build_thinking(req.reasoning, req.max_tokens))
+    if not thinking_on:  # Anthropic refuses temperature and top_p beside thinking
+        if req.temperature is not None:
+            body["temperature"] = min(max(req.temperature, 0.0), 1.0)
+        elif req.top_p is not None:
+            body["top_p"] = req.top_p
     if req.stop:
         body["stop_sequences"] = list(req.stop)
     if req.tools:  # Anthropic refuses a tool_choice without tools
@@ -359,10 +416,44 @@ def build_chat_request(req: ChatRequest) -> JSONObject:
     return body
 
 
-def _build_system(messages: tuple[Message, ...], response_format: ResponseFormat | None) -> str:
-    texts = [message.text for message in messages if message.role == "system"]
-    texts.append(_json_mode_instruction(response_format))
-    return "\n\n".join(text for text in texts if text)
+def _build_thinking(reasoning: Reasoning, max_tokens: int | None) -> JSONObject:
+    """`thinking` (and the `max_tokens` it needs): Anthropic wants a budget of at least 1024 tokens
+    and below `max_tokens`; a budget the client's `max_tokens` cannot hold is lowered to fit."""
+    if not reasoning.enabled:
+        return {"thinking": {"type": "disabled"}}
+    budget = max(reasoning.budget(), MIN_THINKING_BUDGET)
+    if max_tokens is None:
+        max_tokens = budget + DEFAULT_MAX_TOKENS
+    elif max_tokens <= MIN_THINKING_BUDGET:
+        raise InvalidRequestError(
+            f"max_tokens must be above {MIN_THINKING_BUDGET} when thinking is enabled for an Anthropic "
+            f"model: its smallest thinking budget is {MIN_THINKING_BUDGET} tokens and counts within "
+            "max_tokens.",
+            param="max_tokens",
+        )
+    budget = min(budget, max_tokens - 1)
+    return {"max_tokens": max_tokens, "thinking": {"type": "enabled", "budget_tokens": budget}}
+
+
+def _build_system(messages: tuple[Message, ...], response_format: ResponseFormat | None) -> JSONValue:
+    """A string, or text blocks when a system part carries `cache_control` (a string has no place for it)."""
+    parts = [p for m in messages if m.role == "system" for p in m.parts if isinstance(p, TextPart) and p.text]
+    instruction = _json_mode_instruction(response_format)
+    if not any(p.cache_control for p in parts):
+        texts = [message.text for message in messages if message.role == "system"]
+        texts.append(instruction)
+        return "\n\n".join(text for text in texts if text)
+    blocks: list[JSONValue] = [_build_text(p) for p in parts]
+    if instruction:
+        blocks.append({"type": "text", "text": instruction})
+    return blocks
+
+
+def _build_text(part: TextPart) -> JSONObject:
+    block: JSONObject = {"type": "text", "text": part.text}
+    if part.cache_control is not None:
+        block["cache_control"] = part.cache_control
+    return block
 
 
 def _json_mode_instruction(response_format: ResponseFormat | None) -> str:
@@ -401,7 +492,7 @@ def _build_turn(role: str, blocks: list[JSONObject]) -> JSONObject:
 
 def _collapse(blocks: list[JSONObject]) -> JSONValue:
     """A lone text block is sent as a plain string, the form clients and the reference use most."""
-    if len(blocks) == 1 and blocks[0]["type"] == "text":
+    if len(blocks) == 1 and blocks[0]["type"] == "text" and "cache_control" not in blocks[0]:
         return blocks[0]["text"]
     return [*blocks]
 
@@ -411,10 +502,22 @@ def _build_blocks(message: Message) -> list[JSONObject]:
         return [_build_tool_result(message)]
     if message.role == "user":
         return _build_parts(message.parts)
-    blocks: list[JSONObject] = [
-        {"type": "text", "text": p.text} for p in message.parts if isinstance(p, TextPart) and p.text
-    ]
+    blocks = _build_thinking_blocks(message.thinking)
+    blocks.extend(_build_text(p) for p in message.parts if isinstance(p, TextPart) and p.text)
     blocks.extend(_build_tool_use(call) for call in message.tool_calls)
+    if message.cache_control is not None and blocks:
+        blocks[-1]["cache_control"] = message.cache_control
+    return blocks
+
+
+def _build_thinking_blocks(thinking: tuple[ThinkingPart, ...]) -> list[JSONObject]:
+    """Thinking as the model sent it; unsigned thinking (not Anthropic's) is refused there, so dropped."""
+    blocks: list[JSONObject] = []
+    for part in thinking:
+        if part.redacted_data is not None:
+            blocks.append({"type": "redacted_thinking", "data": part.redacted_data})
+        elif part.signature:
+            blocks.append({"type": "thinking", "thinking": part.text, "signature": part.signature})
     return blocks
 
 
@@ -424,15 +527,22 @@ def _build_parts(parts: tuple[Part, ...]) -> list[JSONObject]:
         if isinstance(part, ImagePart):
             blocks.append(_build_image(part))
         elif part.text:
-            blocks.append({"type": "text", "text": part.text})
+            blocks.append(_build_text(part))
     return blocks
 
 
 def _build_image(image: ImagePart) -> JSONObject:
     if image.is_data_url:
         media_type, data = image.split_data_url()
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
-    return {"type": "image", "source": {"type": "url", "url": image.url}}
+        block: JSONObject = {
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }
+    else:
+        block = {"type": "image", "source": {"type": "url", "url": image.url}}
+    if image.cache_control is not None:
+        block["cache_control"] = image.cache_control
+    return block
 
 
 def _build_tool_result(message: Message) -> JSONObject:
@@ -442,6 +552,8 @@ def _build_tool_result(message: Message) -> JSONObject:
         block["content"] = _collapse(content)
     if message.is_error:
         block["is_error"] = True
+    if message.cache_control is not None:
+        block["cache_control"] = message.cache_control
     return block
 
 
@@ -456,6 +568,8 @@ def _build_tool(tool: Tool) -> JSONObject:
     spec["input_schema"] = (
         tool.parameters if tool.parameters is not None else {"type": "object", "properties": {}}
     )
+    if tool.cache_control is not None:
+        spec["cache_control"] = tool.cache_control
     return spec
 
 
@@ -494,11 +608,18 @@ def parse_chat_response(body: JSONObject) -> ChatResponse:
         raise UpstreamConnectionError(f"malformed Anthropic reply: {exc.message}", provider=PROVIDER) from exc
 
 
+def _render_thinking(part: ThinkingPart) -> JSONObject:
+    """A thinking block for a client; unsigned thinking (another provider's) gets an empty signature,
+    the SDK's type needing one, and is dropped should the client send it back to Anthropic."""
+    if part.redacted_data is not None:
+        return {"type": "redacted_thinking", "data": part.redacted_data}
+    return {"type": "thinking", "thinking": part.text, "signature": part.signature or ""}
+
+
 def render_chat_response(resp: ChatResponse) -> JSONObject:
     """The Message body an Anthropic client expects; image parts are dropped (replies hold no images)."""
-    content: list[JSONValue] = [
-        {"type": "text", "text": p.text} for p in resp.message.parts if isinstance(p, TextPart)
-    ]
+    content: list[JSONValue] = [_render_thinking(part) for part in resp.message.thinking]
+    content.extend({"type": "text", "text": p.text} for p in resp.message.parts if isinstance(p, TextPart))
     content.extend(_build_tool_use(call) for call in resp.message.tool_calls)
     return {
         "id": resp.id,

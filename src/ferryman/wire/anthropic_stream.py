@@ -35,11 +35,20 @@ from ferryman.wire._fields import Malformed, get_int, get_object, get_opt_object
 class StreamParser:
     """Turns one upstream stream's named SSE events into canonical stream events.
 
-    Anthropic numbers content blocks (text and tool use alike) while canonical tool calls count from 0,
-    and splits usage between `message_start` (input) and `message_delta` (output): both need state.
+    Anthropic numbers content blocks (text, thinking and tool use alike) while canonical tool calls and
+    thinking blocks each count from 0, and splits usage between `message_start` (input) and
+    `message_delta` (output): both need state.
     """
 
-    __slots__ = ("_finished", "_started", "_tool_blocks", "_usage", "_usage_sent", "_with_args")
+    __slots__ = (
+        "_finished",
+        "_started",
+        "_thinking_blocks",
+        "_tool_blocks",
+        "_usage",
+        "_usage_sent",
+        "_with_args",
+    )
 
     def __init__(self) -> None:
         self._started = False
@@ -48,6 +57,7 @@ class StreamParser:
         self._usage_sent = False
         self._tool_blocks: dict[int, int] = {}  # Anthropic block index -> canonical tool-call index
         self._with_args: set[int] = set()  # tool blocks that have streamed some arguments
+        self._thinking_blocks: dict[int, int] = {}  # Anthropic block index -> canonical thinking index
 
     def feed(self, event: str | None, data: JSONObject) -> list[StreamEvent]:
         """Translate one SSE event; raises UpstreamStatusError on an `error` event."""
@@ -109,8 +119,10 @@ class StreamParser:
         if kind == "text":
             text = get_opt_str(block, "text", "content_block")
             return [TextDelta(text)] if text else []
+        if kind in ("thinking", "redacted_thinking"):
+            return self._on_thinking_start(index, kind, block)
         if kind != "tool_use":
-            return []  # thinking and server tool blocks have no canonical form
+            return []  # server tool blocks have no canonical form
         tool_index = len(self._tool_blocks)
         start = ToolCallStart(
             tool_index, get_str(block, "id", "content_block"), get_str(block, "name", "content_block")
@@ -122,13 +134,34 @@ class StreamParser:
             return [start, ToolCallDelta(tool_index, dump_json(initial))]
         return [start]
 
+    def _on_thinking_start(self, index: int, kind: str, block: JSONObject) -> list[StreamEvent]:
+        thinking_index = self._thinking_blocks[index] = len(self._thinking_blocks)
+        if kind == "redacted_thinking":  # arrives whole: it has no deltas
+            return [ThinkingDelta(thinking_index, redacted_data=get_str(block, "data", "content_block"))]
+        text = get_opt_str(block, "thinking", "content_block")
+        signature = get_opt_str(block, "signature", "content_block")
+        if not text and not signature:  # the usual empty opening
+            return []
+        return [ThinkingDelta(thinking_index, text or "", signature or None)]
+
+    def _on_thinking_delta(self, index: int, kind: str, delta: JSONObject) -> list[StreamEvent]:
+        thinking_index = self._thinking_blocks.get(index)
+        if thinking_index is None:
+            raise Malformed("delta.type", f"is {kind} outside a thinking block")
+        if kind == "signature_delta":
+            return [ThinkingDelta(thinking_index, signature=get_str(delta, "signature", "delta"))]
+        text = get_str(delta, "thinking", "delta")
+        return [ThinkingDelta(thinking_index, text)] if text else []
+
     def _on_block_delta(self, index: int, delta: JSONObject) -> list[StreamEvent]:
         kind = get_str(delta, "type", "delta")
         if kind == "text_delta":
             text = get_str(delta, "text", "delta")
             return [TextDelta(text)] if text else []
+        if kind in ("thinking_delta", "signature_delta"):
+            return self._on_thinking_delta(index, kind, delta)
         if kind != "input_json_delta":
-            return []  # thinking, signature and citation deltas have no canonical form
+            return []  # citation deltas have no canonical form
         fragment = get_str(delta, "partial_json", "delta")
         tool_index = self._tool_blocks.get(index)
         if tool_index is None or not fragment:  # a server tool's input, or the usual empty first fragment
@@ -196,11 +229,11 @@ def _frame(name: bytes, payload: JSONObject) -> bytes:
 class StreamRenderer:
     """Renders canonical stream events as the Messages API SSE sequence the `anthropic` SDK accumulates.
 
-    Anthropic streams content blocks one at a time; a new text or tool call closes the open block. If a
-    source interleaves the argument fragments of parallel calls, a late fragment is sent to its (already
-    stopped) block's index, where the SDK still accumulates it. `message_delta` must carry both the stop
-    reason and the usage, so whichever of Finish and UsageReport comes first waits for the other, or
-    for close().
+    Anthropic streams content blocks one at a time; a new text, thinking block or tool call closes the
+    open block. If a source interleaves the argument fragments of parallel calls (or thinking blocks), a
+    late fragment is sent to its (already stopped) block's index, where the SDK still accumulates it.
+    `message_delta` must carry both the stop reason and the usage, so whichever of Finish and
+    UsageReport comes first waits for the other, or for close().
     """
 
     __slots__ = (
@@ -211,6 +244,7 @@ class StreamRenderer:
         "_reason",
         "_started",
         "_text_open",
+        "_thinking_blocks",
         "_tool_blocks",
         "_usage",
     )
@@ -223,6 +257,7 @@ class StreamRenderer:
         self._open_block: int | None = None
         self._text_open = False
         self._tool_blocks: dict[int, int] = {}  # canonical tool-call index -> Anthropic block index
+        self._thinking_blocks: dict[int, int] = {}  # canonical thinking index -> Anthropic block index
         self._reason: FinishReason | None = None
         self._usage: Usage | None = None
 
@@ -242,7 +277,7 @@ class StreamRenderer:
             self._reason = event.reason
             return self._close_block() + self._end_when_complete()
         if isinstance(event, ThinkingDelta):
-            return b""  # TODO(#12): thinking blocks
+            return self._render_thinking(event)
         self._usage = event.usage
         return self._end_when_complete()
 
@@ -279,6 +314,29 @@ class StreamRenderer:
         return frames + _frame(
             b"content_block_delta", {"type": "content_block_delta", "index": self._open_block, "delta": delta}
         )
+
+    def _render_thinking(self, event: ThinkingDelta) -> bytes:
+        """A thinking block opens at its first fragment; a redacted one comes whole, in its opening."""
+        frames = b""
+        block = self._thinking_blocks.get(event.index)
+        if block is None:
+            frames = self._render_start(None)
+            block = self._thinking_blocks[event.index] = self._next_block
+            opening: JSONObject = (
+                {"type": "redacted_thinking", "data": event.redacted_data}
+                if event.redacted_data is not None
+                else {"type": "thinking", "thinking": "", "signature": ""}
+            )
+            frames += self._open(False, opening)
+        deltas: list[JSONObject] = []
+        if event.text:
+            deltas.append({"type": "thinking_delta", "thinking": event.text})
+        if event.signature:
+            deltas.append({"type": "signature_delta", "signature": event.signature})
+        for delta in deltas:
+            payload: JSONObject = {"type": "content_block_delta", "index": block, "delta": delta}
+            frames += _frame(b"content_block_delta", payload)
+        return frames
 
     def _render_tool_start(self, event: ToolCallStart) -> bytes:
         frames = self._render_start(None)
