@@ -289,6 +289,7 @@ def test_stage_costs_are_measured_for_every_stage_of_the_app() -> None:
     assert [cost.name for cost in costs] == [
         "pipeline and attempt loop, no stages",
         "model_access",
+        "input_caps",
         "rate_limits",
         "budgets",
         "ledger",

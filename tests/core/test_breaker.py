@@ -277,6 +277,22 @@ async def test_a_circuit_closed_on_one_replica_closes_on_the_others() -> None:
     assert other.view("a").state == "closed"
 
 
+async def test_a_reset_during_a_sync_is_not_undone_by_the_read_it_overtook() -> None:
+    (one, other), (sync_one, sync_other), store, _ = fleet(2)
+    for _ in range(3):
+        one.record_failure("a")
+    await sync_one.sync_once()
+    await sync_other.sync_once()
+    stale = await store.open_circuits()  # `other`'s sync has read the fleet's circuits...
+    other.reset("a")  # ...when an operator resets the circuit on `other`, before the read is applied
+    other.apply_shared(stale)
+    assert other.view("a").state == "closed"
+    await sync_other.sync_once()  # the close reaches the store, and from there the fleet
+    assert store.until == {}
+    await sync_one.sync_once()
+    assert one.view("a").state == "closed"
+
+
 async def test_a_failing_store_leaves_each_replica_on_its_own_state() -> None:
     (one, other), (sync_one, sync_other), store, _ = fleet(2)
     store.down = True

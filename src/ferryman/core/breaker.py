@@ -200,6 +200,8 @@ class CircuitBreaker:
         this replica knew to be shared that is gone early was closed by another replica's probe."""
         now = self._clock()
         for deployment, seconds in open_for.items():
+            if deployment in self._unpublished_closes:
+                continue  # closed here after the store was read: the close is newer, and is on its way
             circuit = self._circuit(deployment)
             until = now + seconds
             if circuit.state != "open":
