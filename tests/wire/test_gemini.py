@@ -27,7 +27,6 @@ from ferryman.core.canonical import (
     StreamStart,
     TextDelta,
     TextPart,
-    ThinkingDelta,
     ThinkingPart,
     Tool,
     ToolCall,

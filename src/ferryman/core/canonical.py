@@ -150,20 +150,21 @@ class ResponseFormat:
     strict: bool | None = None
 
 
-ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 # The one table of how an effort level and a token budget stand for each other, for formats that speak
 # the other one: Anthropic's thinking and Gemini 2.5's thinkingBudget take tokens, OpenAI's
 # reasoning_effort and Gemini 3's thinkingLevel a level. Level -> budget reads the row; budget -> level
-# takes the smallest level whose budget covers it, up to "high": "xhigh" is taken only by name, since
-# only the newest OpenAI models accept it. Anthropic's smallest budget is 1024 tokens (its codec raises
-# smaller ones); docs/api.md shows the table.
+# takes the smallest level whose budget covers it, up to "high": "xhigh" and "max" are taken only by
+# name, since only the newest OpenAI models accept them. Anthropic's smallest budget is 1024 tokens
+# (its codec raises smaller ones); docs/api.md shows the table.
 EFFORT_BUDGETS: dict[ReasoningEffort, int] = {
     "minimal": 1024,
     "low": 2048,
     "medium": 8192,
     "high": 24576,
     "xhigh": 32768,
+    "max": 65536,
 }
 _LEVELS_BY_BUDGET: tuple[ReasoningEffort, ...] = ("minimal", "low", "medium")
 

@@ -244,7 +244,7 @@ def _chat_problem(body: dict[str, Any], *, needs_model: bool) -> HttpError | Non
     return _reasoning_problem(body) or _orphan_tool_message(messages)
 
 
-_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
 def _reasoning_problem(body: dict[str, Any]) -> HttpError | None:
@@ -255,7 +255,7 @@ def _reasoning_problem(body: dict[str, Any]) -> HttpError | None:
     if effort not in _EFFORTS:
         return _invalid(
             f"Invalid value: '{effort}'. Supported values are: 'none', 'minimal', 'low', 'medium', 'high', "
-            "and 'xhigh'.",
+            "'xhigh', and 'max'.",
             param="reasoning_effort",
             code="invalid_value",
         )

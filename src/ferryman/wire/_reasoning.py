@@ -16,15 +16,15 @@ from typing import Final
 from ferryman.core.canonical import Reasoning, ReasoningEffort
 from ferryman.wire._fields import Malformed
 
-EFFORTS: Final[tuple[ReasoningEffort, ...]] = ("none", "minimal", "low", "medium", "high", "xhigh")
+EFFORTS: Final[tuple[ReasoningEffort, ...]] = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
-_EFFORT_NAMES: Final = "none, minimal, low, medium, high or xhigh"
+_EFFORT_NAMES: Final = "none, minimal, low, medium, high, xhigh or max"
 
 # OpenAI's reasoning models: the o-series, gpt-5 and later, and the open-weight gpt-oss. Others (gpt-4o,
 # gpt-4.1) refuse `reasoning_effort` with a 400, so it is only sent to these.
 _OPENAI_REASONING_MODEL = re.compile(r"(?:^|[/_.:-])(?:o[1-9]|gpt-(?:[5-9]|\d\d)|gpt-oss)(?:$|[/_.:-])")
 
-# Gemini 3's levels; it cannot switch thinking off ("none" asks for the least) nor go past HIGH.
+# Gemini 3's levels; it cannot switch thinking off ("none" asks for the least) nor go past XHIGH.
 _GEMINI_LEVELS: Final[Mapping[ReasoningEffort, str]] = MappingProxyType(
     {
         "none": "MINIMAL",
@@ -32,11 +32,12 @@ _GEMINI_LEVELS: Final[Mapping[ReasoningEffort, str]] = MappingProxyType(
         "low": "LOW",
         "medium": "MEDIUM",
         "high": "HIGH",
-        "xhigh": "HIGH",
+        "xhigh": "XHIGH",
+        "max": "XHIGH",
     }
 )
 _FROM_GEMINI_LEVEL: Final[Mapping[str, ReasoningEffort]] = MappingProxyType(
-    {"MINIMAL": "minimal", "LOW": "low", "MEDIUM": "medium", "HIGH": "high"}
+    {"MINIMAL": "minimal", "LOW": "low", "MEDIUM": "medium", "HIGH": "high", "XHIGH": "xhigh"}
 )
 
 
@@ -74,11 +75,11 @@ def parse_gemini_level(value: object, param: str) -> ReasoningEffort | None:
             return None
         if name in _FROM_GEMINI_LEVEL:
             return _FROM_GEMINI_LEVEL[name]
-    raise Malformed(param, "must be MINIMAL, LOW, MEDIUM or HIGH")
+    raise Malformed(param, "must be MINIMAL, LOW, MEDIUM, HIGH or XHIGH")
 
 
 def gemini_level(reasoning: Reasoning) -> str:
-    """The `thinkingLevel` for Gemini 3 and later: the canonical level in Gemini's four."""
+    """The `thinkingLevel` for Gemini 3 and later: the canonical level in Gemini's five."""
     return _GEMINI_LEVELS[reasoning.level()]
 
 
