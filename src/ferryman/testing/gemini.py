@@ -146,7 +146,8 @@ class FakeGemini(FakeServer):
             if not isinstance(content, dict) or content.get("role", "user") not in ("user", "model"):
                 return _invalid("Please use a valid role: user, model.")
         thinking = _thinking_config(body)
-        if "thinkingBudget" in thinking and "thinkingLevel" in thinking:
+        budget = {"thinkingBudget", "thinking_budget"} & thinking.keys()
+        if budget and {"thinkingLevel", "thinking_level"} & thinking.keys():
             return _invalid("You can only set either thinking budget or thinking level.")
         return Prompt(
             model=model,
