@@ -258,7 +258,7 @@ def test_store_false_is_not_kept(client: openai.OpenAI, fakes: dict[str, FakeSer
         ({"model": "gpt-route", "input": 7}, "input"),
         ({"model": "gpt-route", "input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
         ({"model": "gpt-route", "input": "hi", "temperature": "hot"}, "temperature"),
-        ({"model": "gpt-route", "input": "hi", "reasoning": {"effort": "max"}}, "reasoning.effort"),
+        ({"model": "gpt-route", "input": "hi", "reasoning": {"effort": "extreme"}}, "reasoning.effort"),
         ({"model": "gpt-route", "input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
     ],
 )

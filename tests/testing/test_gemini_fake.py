@@ -8,7 +8,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from ferryman.testing import FakeGemini, Reply, ToolCallSpec, Usage
+from ferryman.testing import FakeGemini, Reply, ThinkingSpec, ToolCallSpec, Usage
 
 MODEL = "gemini-2.5-flash"
 PROMPT = "What is the weather in Paris?"
@@ -229,3 +229,57 @@ def test_count_tokens_and_model_list(gemini_fake, gemini_client):
     assert counted.total_tokens == 3
     assert names == ["models/gemini-2.5-flash", "models/gemini-2.5-pro", "models/gemini-embedding-001"]
     assert gemini_fake.script.pending == 0
+
+
+THOUGHTFUL = Reply.text("Sunny.", thinking=(ThinkingSpec("Check the forecast.", "c2lnbmVk"),))
+
+
+@pytest.mark.parametrize("include", [True, False])
+def test_thoughts_are_shown_only_on_include_thoughts_and_the_answer_is_always_sealed(
+    gemini_fake, gemini_client, include
+):
+    gemini_fake.script.reply(THOUGHTFUL)
+    thinking = types.ThinkingConfig(include_thoughts=include, thinking_budget=1024)
+    config = types.GenerateContentConfig(thinking_config=thinking)
+
+    response = gemini_client.models.generate_content(model=MODEL, contents=PROMPT, config=config)
+
+    assert response.candidates and response.candidates[0].content
+    parts = response.candidates[0].content.parts or []
+    assert [(p.text, bool(p.thought)) for p in parts] == [("Check the forecast.", True)] * include + [
+        ("Sunny.", False)
+    ]
+    assert parts[-1].thought_signature == b"signed"
+    # recorded as sent: google-genai spells the thinkingConfig's fields in snake_case
+    assert gemini_fake.last_request.body["generationConfig"]["thinkingConfig"] == {
+        "include_thoughts": include,
+        "thinking_budget": 1024,
+    }
+
+
+def test_streamed_thoughts_come_first_and_the_signature_last_on_its_own_part(gemini_fake, gemini_client):
+    gemini_fake.script.reply(THOUGHTFUL)
+    config = types.GenerateContentConfig(thinking_config=types.ThinkingConfig(include_thoughts=True))
+
+    chunks = list(gemini_client.models.generate_content_stream(model=MODEL, contents=PROMPT, config=config))
+
+    parts = [
+        p
+        for c in chunks
+        if c.candidates and c.candidates[0].content
+        for p in c.candidates[0].content.parts or []
+    ]
+    assert [(p.text, bool(p.thought), p.thought_signature) for p in parts] == [
+        ("Check the forecast.", True, None),
+        ("Sunny.", False, None),
+        ("", False, b"signed"),
+    ]
+
+
+def test_a_thinking_budget_and_level_together_are_refused(gemini_fake, gemini_client):
+    thinking = types.ThinkingConfig(thinking_budget=1024, thinking_level=types.ThinkingLevel.LOW)
+    with pytest.raises(errors.ClientError) as refused:
+        gemini_client.models.generate_content(
+            model=MODEL, contents=PROMPT, config=types.GenerateContentConfig(thinking_config=thinking)
+        )
+    assert refused.value.code == 400

@@ -21,11 +21,13 @@ from ferryman.core.canonical import (
     FinishReason,
     ImagePart,
     Message,
+    Reasoning,
     ResponseFormat,
     StreamEvent,
     StreamStart,
     TextDelta,
     TextPart,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -127,7 +129,11 @@ def test_api_reference_request_parses_to_exact_canonical_request():
                 tool_call_id="call_1",
                 name="get_current_weather",
             ),
-            Message(role="assistant", parts=(TextPart("Paris is 18°C; Boston has rain at 9°C."),)),
+            Message(
+                role="assistant",
+                parts=(TextPart("Paris is 18°C; Boston has rain at 9°C."),),
+                thinking=(ThinkingPart("Hmm, let me think."),),
+            ),
             Message(role="user", parts=(TextPart("Book the warmer one."),)),
         ),
         max_tokens=1024,
@@ -155,6 +161,7 @@ def test_api_reference_request_parses_to_exact_canonical_request():
         ),
         stream=True,
         seed=7,
+        reasoning=Reasoning(budget_tokens=0),
     )
 
 
@@ -644,8 +651,9 @@ def test_text_response_with_thoughts_and_cached_tokens_parses_exactly():
             role="assistant",
             parts=(
                 TextPart("The sky is blue because air molecules scatter "),
-                TextPart("short wavelengths more than long ones."),
+                TextPart("short wavelengths more than long ones.", signature="Cv4BAdHtim8="),
             ),
+            thinking=(ThinkingPart("**Considering the sky**\n\nRayleigh scattering..."),),
         ),
         finish_reason="stop",
         usage=Usage(input_tokens=2048, output_tokens=57, cached_tokens=1536, reasoning_tokens=40),
@@ -909,6 +917,7 @@ def test_text_stream_parses_to_exact_events_with_usage_from_the_last_chunk():
         StreamStart(id="Yo1raNXyDsCqkdUPhoXi-QQ", model="gemini-2.5-flash"),
         TextDelta("The sky"),
         TextDelta(" is blue because of Rayleigh scattering."),
+        TextDelta("", signature="Cv4BAdHtim8="),  # Gemini seals the answer in its last chunk
         Finish("stop"),
         UsageReport(Usage(input_tokens=9, output_tokens=35, cached_tokens=4, reasoning_tokens=25)),
     ]

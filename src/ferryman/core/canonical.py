@@ -34,10 +34,15 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"
 
 @dataclass(frozen=True, slots=True)
 class TextPart:
-    """Plain text inside a message; `cache_control` as an Anthropic client set it on this block."""
+    """Plain text inside a message; `cache_control` as an Anthropic client set it on this block.
+
+    `signature` is a Gemini `thoughtSignature` that came on this text part (Gemini 3 seals its
+    reasoning on the answer's last part): opaque, rendered only by the Gemini codec, on this part.
+    """
 
     text: str
     cache_control: JSONObject | None = None
+    signature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +150,23 @@ class ResponseFormat:
     strict: bool | None = None
 
 
-ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
-# How an effort level and a token budget stand for each other, for formats that speak the other one:
-# Anthropic's thinking and Gemini 2.5's thinkingBudget take tokens, OpenAI's reasoning_effort a level.
-# Anthropic's smallest budget is 1024 tokens.
-EFFORT_BUDGETS: dict[ReasoningEffort, int] = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+# The one table of how an effort level and a token budget stand for each other, for formats that speak
+# the other one: Anthropic's thinking and Gemini 2.5's thinkingBudget take tokens, OpenAI's
+# reasoning_effort and Gemini 3's thinkingLevel a level. Level -> budget reads the row; budget -> level
+# takes the smallest level whose budget covers it, up to "high": "xhigh" and "max" are taken only by
+# name, since only the newest OpenAI models accept them. Anthropic's smallest budget is 1024 tokens
+# (its codec raises smaller ones); docs/api.md shows the table.
+EFFORT_BUDGETS: dict[ReasoningEffort, int] = {
+    "minimal": 1024,
+    "low": 2048,
+    "medium": 8192,
+    "high": 24576,
+    "xhigh": 32768,
+    "max": 65536,
+}
+_LEVELS_BY_BUDGET: tuple[ReasoningEffort, ...] = ("minimal", "low", "medium")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +202,8 @@ class Reasoning:
         budget = self.budget()
         if budget == 0:
             return "none"
-        for effort, tokens in EFFORT_BUDGETS.items():
-            if budget <= tokens:
+        for effort in _LEVELS_BY_BUDGET:
+            if budget <= EFFORT_BUDGETS[effort]:
                 return effort
         return "high"
 
@@ -273,9 +289,11 @@ class StreamStart:
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
-    """A fragment of assistant text."""
+    """A fragment of assistant text; `signature` as on `TextPart` (a Gemini stream may send it on an
+    empty text part of its own)."""
 
     text: str
+    signature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

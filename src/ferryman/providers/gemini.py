@@ -41,16 +41,21 @@ class GeminiProvider(HttpProvider):
             return self._static_headers
         return {**self._static_headers, "x-goog-api-key": key.get_secret_value()}
 
+    def _upstream(self, request: ChatRequest) -> ChatRequest:
+        """The request as this deployment's model: the body depends on it (Gemini 3 takes thinking
+        levels and needs signatures, 2.5 takes budgets), though the model travels in the URL."""
+        return replace(request, model=self.deployment.model)
+
     async def chat(self, request: ChatRequest) -> ChatResponse:
         """One generateContent call."""
-        body = wire.build_chat_request(request)
+        body = wire.build_chat_request(self._upstream(request))
         data = await self.post_json(f"{self._model_url}:generateContent", body, self._headers)
         return wire.parse_chat_response(data)
 
     async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamBatch, None]:
         """streamGenerateContent as server-sent events; every chunk carries cumulative usage."""
         url = f"{self._model_url}:streamGenerateContent?alt=sse"
-        body = wire.build_chat_request(request)
+        body = wire.build_chat_request(self._upstream(request))
         async for batch in self.stream_events(url, body, self._headers, wire.StreamParser()):
             yield batch
 
@@ -68,7 +73,8 @@ class GeminiProvider(HttpProvider):
     async def count_tokens(self, request: ChatRequest, headers: Mapping[str, str]) -> int | None:
         """`:countTokens` (free at Google), given the whole generateContent request so that the
         system instruction and tools are counted as well as the contents."""
-        nested = {"model": f"models/{self.deployment.model}", **wire.build_chat_request(request)}
+        body = wire.build_chat_request(self._upstream(request))
+        nested = {"model": f"models/{self.deployment.model}", **body}
         data = await self.post_json(
             f"{self._model_url}:countTokens", {"generateContentRequest": nested}, self._headers
         )

@@ -75,6 +75,13 @@ class FakeGemini(FakeServer):
     else a streamed JSON array, as Google does), `:embedContent`, `:batchEmbedContents`, `:countTokens`
     and `GET /v1beta/models`, all under `/v1` too (google-genai's default version). Requires a key in
     `x-goog-api-key` or `?key=`; any key is accepted unless `api_key` was given.
+
+    A reply's `thinking` is the model's: shown as `thought: true` parts before the answer only when
+    `generationConfig.thinkingConfig.includeThoughts` is set, as Gemini shows thought summaries, and
+    always sealed with the first block's signature as Gemini 3 seals a turn (on its first function
+    call, else on its last text part; in a stream, an empty text part of its own at the end). Thinking
+    tokens are reported in `thoughtsTokenCount`. A `thinkingConfig` with both `thinkingBudget` and
+    `thinkingLevel` is refused, as Gemini refuses it.
     """
 
     provider = "gemini"
@@ -138,6 +145,10 @@ class FakeGemini(FakeServer):
         for content in contents:
             if not isinstance(content, dict) or content.get("role", "user") not in ("user", "model"):
                 return _invalid("Please use a valid role: user, model.")
+        thinking = _thinking_config(body)
+        budget = {"thinkingBudget", "thinking_budget"} & thinking.keys()
+        if budget and {"thinkingLevel", "thinking_level"} & thinking.keys():
+            return _invalid("You can only set either thinking budget or thinking level.")
         return Prompt(
             model=model,
             stream=stream,
@@ -149,11 +160,13 @@ class FakeGemini(FakeServer):
     def _render_generate(self, turn: Turn, prompt: Prompt) -> Answer:
         head = {"modelVersion": prompt.model, "responseId": self._new_id("fake-response-")}
         finish = _FINISH.get(turn.finish, turn.finish)
+        thoughts = _thought_parts(turn, prompt)
         if not prompt.stream:
-            parts = ([{"text": turn.text}] if turn.text or not turn.tool_calls else []) + _call_parts(turn)
+            answer = [{"text": turn.text}] if turn.text or not turn.tool_calls else []
+            parts = thoughts + _sealed(answer, _call_parts(turn), turn)
             candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": 0}
             return Answer(body={"candidates": [candidate], "usageMetadata": _usage(turn.usage), **head})
-        return Answer(events=_stream_chunks(turn, head, finish))
+        return Answer(events=_stream_chunks(turn, head, finish, thoughts))
 
     # -- embeddings and listings -------------------------------------------------------------------
 
@@ -203,6 +216,32 @@ class FakeGemini(FakeServer):
         return web.json_response({"models": models})
 
 
+def _thinking_config(body: dict[str, Any]) -> dict[str, Any]:
+    config = body.get("generationConfig") or body.get("generation_config")
+    if not isinstance(config, dict):
+        return {}
+    thinking = config.get("thinkingConfig") or config.get("thinking_config")
+    return thinking if isinstance(thinking, dict) else {}
+
+
+def _thought_parts(turn: Turn, prompt: Prompt) -> list[dict[str, Any]]:
+    """Thought summaries, shown only to a request that asked for them."""
+    thinking = _thinking_config(prompt.body)
+    if not (thinking.get("includeThoughts") or thinking.get("include_thoughts")):
+        return []
+    return [{"text": spec.text, "thought": True} for spec in turn.thinking if spec.redacted_data is None]
+
+
+def _sealed(
+    text_parts: list[dict[str, Any]], call_parts: list[dict[str, Any]], turn: Turn
+) -> list[dict[str, Any]]:
+    """Text then calls, the turn's signature on the first call or else on the last text part."""
+    signed = call_parts[:1] or text_parts[-1:]
+    if turn.thinking and signed:
+        signed[0]["thoughtSignature"] = turn.thinking[0].signature
+    return text_parts + call_parts
+
+
 def _call_parts(turn: Turn) -> list[dict[str, Any]]:
     parts = []
     for call in turn.tool_calls:
@@ -228,10 +267,15 @@ def _usage(usage: Usage) -> dict[str, Any]:
     return metadata
 
 
-def _stream_chunks(turn: Turn, head: dict[str, Any], finish: str) -> tuple[Event, ...]:
-    """One GenerateContentResponse per text piece, then one per whole function call; the last one
-    carries the finish reason and the full usage, earlier ones only the prompt's count."""
-    parts: list[dict[str, Any]] = [{"text": piece} for piece in turn.text_pieces] + _call_parts(turn)
+def _stream_chunks(
+    turn: Turn, head: dict[str, Any], finish: str, thoughts: list[dict[str, Any]]
+) -> tuple[Event, ...]:
+    """One GenerateContentResponse per thought, per text piece, then one per whole function call; the
+    last one carries the finish reason and the full usage, earlier ones only the prompt's count. Without
+    calls, the signature comes last on an empty text part of its own, as Gemini streams it."""
+    calls = _call_parts(turn)
+    seal = [{"text": ""}] if turn.thinking and not calls else []
+    parts = thoughts + _sealed([{"text": piece} for piece in turn.text_pieces] + seal, calls, turn)
     parts = parts or [{"text": ""}]
     running = {
         "promptTokenCount": turn.usage.input_tokens,

@@ -84,7 +84,9 @@ class FakeOpenAI(FakeServer):
     """A fake OpenAI API: give `base_url` (`http://127.0.0.1:PORT/v1`) to the SDK or to Ferryman.
 
     Serves `POST /v1/chat/completions` (streamed when `stream` is true, with a final usage chunk when
-    `stream_options.include_usage` is set), `POST /v1/responses` (the Responses API, whole or as its
+    `stream_options.include_usage` is set; `reasoning_effort` refused for models that do not reason, as
+    OpenAI refuses it, and a reply's `thinking` never shown, only its `reasoning_tokens` counted),
+    `POST /v1/responses` (the Responses API, whole or as its
     events), `POST /v1/embeddings` (float or base64), `GET /v1/models`,
     and Azure's `POST /openai/deployments/{deployment}/chat/completions|embeddings?api-version=...`
     (give `url` to `AzureOpenAI(azure_endpoint=...)`). Requires `Authorization: Bearer <key>` (Azure:
@@ -239,7 +241,32 @@ def _chat_problem(body: dict[str, Any], *, needs_model: bool) -> HttpError | Non
         return _invalid(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
         )
-    return _orphan_tool_message(messages)
+    return _reasoning_problem(body) or _orphan_tool_message(messages)
+
+
+_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
+
+def _reasoning_problem(body: dict[str, Any]) -> HttpError | None:
+    """OpenAI refuses an unknown `reasoning_effort`, and any at all for a model that does not reason."""
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return None
+    if effort not in _EFFORTS:
+        return _invalid(
+            f"Invalid value: '{effort}'. Supported values are: 'none', 'minimal', 'low', 'medium', 'high', "
+            "'xhigh', and 'max'.",
+            param="reasoning_effort",
+            code="invalid_value",
+        )
+    model = body.get("model")  # Azure names a deployment instead, which says nothing of the model
+    if isinstance(model, str) and not model.startswith(("o1", "o3", "o4", "gpt-5", "gpt-oss")):
+        return _invalid(
+            "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+            param="reasoning_effort",
+            code="unsupported_parameter",
+        )
+    return None
 
 
 def _orphan_tool_message(messages: list[Any]) -> HttpError | None:

@@ -19,10 +19,20 @@ from ferryman.core.canonical import (
     Message,
     Part,
     TextPart,
+    ThinkingPart,
     ToolCall,
     Usage,
 )
-from ferryman.wire._fields import Malformed, as_list, as_object, as_opt_str, as_str, get_opt_int, load_object
+from ferryman.wire._fields import (
+    Malformed,
+    as_list,
+    as_object,
+    as_opt_str,
+    as_str,
+    get_opt_int,
+    load_object,
+    wrong,
+)
 
 PROVIDER: Final = "gemini"
 
@@ -155,25 +165,41 @@ class CallIds:
 
 # --- Parts (shared by requests, responses and streams) ---------------------------------------------
 
-ParsedPart = TextPart | ImagePart | ToolCall | Message
+ParsedPart = TextPart | ImagePart | ToolCall | Message | ThinkingPart
+
+_SIGNATURE_KEYS: Final = ("thoughtSignature", "thought_signature")
 
 
 def parse_part(part: JSONValue, parts_param: str, index: int, calls: CallIds) -> ParsedPart | None:
-    """Part `index` of a parts array; None for parts with no canonical form (thoughts, empty text).
+    """Part `index` of a parts array; None for parts with no canonical form (empty unsigned text).
 
-    Text, by far the most common part, is checked before any field path is formatted.
+    A `thought: true` part is a ThinkingPart; a `thoughtSignature` stays on the part it came with
+    (a thought, a text or a function call). Plain text, by far the most common part, is checked
+    before any field path is formatted.
     """
     if isinstance(part, dict):
         text = part.get("text")
-        if isinstance(text, str) and part.get("thought") is not True:
+        if isinstance(text, str) and "thought" not in part and not any(k in part for k in _SIGNATURE_KEYS):
             return TextPart(text) if text else None
     param = f"{parts_param}[{index}]"
     part = as_object(part, param)
-    if part.get("thought") is True:
-        return None
-    if "text" in part and part["text"] is not None:
-        raise Malformed(f"{param}.text", "must be a string")
+    text = part.get("text")
+    if text is not None:
+        return _parse_text_part(part, as_str(text, f"{param}.text"), param)
     return _parse_non_text_part(part, param, calls)
+
+
+def _parse_text_part(part: JSONObject, text: str, param: str) -> TextPart | ThinkingPart | None:
+    signature, key = pick(part, *_SIGNATURE_KEYS)
+    signature = as_opt_str(signature, f"{param}.{key}") or None
+    thought = part.get("thought")
+    if thought is not None and not isinstance(thought, bool):
+        raise wrong(thought, f"{param}.thought", "a boolean")
+    if not text and signature is None:
+        return None
+    if thought:
+        return ThinkingPart(text=text, signature=signature)
+    return TextPart(text, signature=signature)
 
 
 def _parse_non_text_part(part: JSONObject, param: str, calls: CallIds) -> ParsedPart | None:
@@ -254,9 +280,12 @@ def _guess_media_type(url: str) -> str:
 
 
 def build_part(part: Part) -> JSONObject:
-    """A text or media part as Gemini spells it: data URLs inline, other URLs as `fileData`."""
+    """A text or media part as Gemini spells it: data URLs inline, other URLs as `fileData`; a text
+    part's thought signature goes back on it."""
     if isinstance(part, TextPart):
-        return {"text": part.text}
+        if part.signature is None:
+            return {"text": part.text}
+        return {"text": part.text, "thoughtSignature": part.signature}
     if part.is_data_url:
         media_type, data = part.split_data_url()
         return {"inlineData": {"mimeType": media_type, "data": data}}
@@ -285,9 +314,23 @@ def build_function_call(call: ToolCall) -> JSONObject:
     return part
 
 
+def build_thought(thought: ThinkingPart) -> JSONObject | None:
+    """A thinking block as a `thought: true` part with its signature; None for a redacted block
+    (Anthropic's encrypted reasoning, which Gemini cannot read) or an empty one."""
+    if thought.redacted_data is not None or not (thought.text or thought.signature):
+        return None
+    part: JSONObject = {"text": thought.text, "thought": True}
+    if thought.signature:
+        part["thoughtSignature"] = thought.signature
+    return part
+
+
 def model_parts(message: Message, *, sign: bool) -> list[JSONValue]:
-    """An assistant message as Gemini parts; `sign` adds the placeholder signature when none is known."""
-    parts: list[JSONValue] = [build_part(p) for p in message.parts if not is_empty_text(p)]
+    """An assistant message as Gemini parts: thoughts, then text and media, then function calls;
+    `sign` adds the placeholder signature to the calls when none is known."""
+    thoughts = (build_thought(t) for t in message.thinking)
+    parts: list[JSONValue] = [t for t in thoughts if t is not None]
+    parts.extend(build_part(p) for p in message.parts if not is_empty_text(p))
     calls = [build_function_call(call) for call in message.tool_calls]
     if sign and calls and not any("thoughtSignature" in call for call in calls):
         calls[0]["thoughtSignature"] = PLACEHOLDER_SIGNATURE
@@ -296,8 +339,9 @@ def model_parts(message: Message, *, sign: bool) -> list[JSONValue]:
 
 
 def is_empty_text(part: Part) -> bool:
-    """Gemini refuses empty text parts, so builders skip them."""
-    return isinstance(part, TextPart) and not part.text
+    """Gemini refuses empty text parts, so builders skip them (unless one carries a signature, as
+    Gemini's own last stream chunk does)."""
+    return isinstance(part, TextPart) and not part.text and part.signature is None
 
 
 # --- Reply pieces (whole replies and streams) ------------------------------------------------------

@@ -24,16 +24,24 @@ Rules that keep round trips lossless:
   `any_of`) become JSON Schema on parsing; building always sends `parametersJsonSchema` /
   `responseJsonSchema`, which take JSON Schema as other formats' clients wrote it.
 
+Reasoning: `generationConfig.thinkingConfig` is `ChatRequest.reasoning` — `thinkingBudget` a budget
+(0 off, -1 the model decides), `thinkingLevel` a level, `includeThoughts` whether the thoughts come
+back; both a budget and a level is refused, as Gemini refuses it. It is built as `thinkingLevel` for
+Gemini 3 and later and as `thinkingBudget` for older models, through the one effort <-> budget table
+(docs/api.md). `thought: true` parts are `Message.thinking` (`ThinkingDelta`s in a stream), their
+`thoughtSignature` kept; a signature on a text part stays on that `TextPart`, on a function call in
+its tool-call id. Redacted thinking (Anthropic's) has no Gemini form and is dropped.
+
 What Gemini cannot say, and how it degrades: system messages after the first turn become user text;
 images in a tool result travel as extra parts beside the `functionResponse`; `ImagePart.detail`,
-`parallel_tool_calls`, `user` and a JSON schema's `name` / `strict` are dropped; thought parts are skipped;
-other tool kinds (search, code execution), `safetySettings`, `cachedContent`, `topK` and penalties are
-ignored. Non-image media (audio, PDF) ride in `ImagePart` data URLs, the only canonical media type.
+`parallel_tool_calls`, `user` and a JSON schema's `name` / `strict` are dropped; other tool kinds
+(search, code execution), `safetySettings`, `cachedContent`, `topK` and penalties are ignored.
+Non-image media (audio, PDF) ride in `ImagePart` data URLs, the only canonical media type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
@@ -49,8 +57,10 @@ from ferryman.core.canonical import (
     JSONValue,
     Message,
     Part,
+    Reasoning,
     ResponseFormat,
     TextPart,
+    ThinkingPart,
     Tool,
     ToolCall,
     ToolChoice,
@@ -66,6 +76,7 @@ from ferryman.wire._fields import (
     as_opt_str,
     as_str,
     get_list,
+    get_opt_bool,
     get_opt_int,
     get_opt_list,
     get_opt_number,
@@ -94,6 +105,7 @@ from ferryman.wire._gemini_parts import (
     wrap_tool_result,
 )
 from ferryman.wire._gemini_schema import to_json_schema
+from ferryman.wire._reasoning import gemini_budget, gemini_level, parse_gemini_level
 from ferryman.wire.gemini_stream import StreamParser, StreamRenderer
 
 __all__ = [
@@ -129,6 +141,7 @@ class _GenerationConfig:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     response_format: ResponseFormat | None = None
+    reasoning: Reasoning | None = None
 
 
 def parse_chat_request(body: JSONObject, *, model: str, stream: bool) -> ChatRequest:
@@ -155,6 +168,7 @@ def _parse_request(body: JSONObject, model: str, stream: bool) -> ChatRequest:
         response_format=config.response_format,
         stream=stream,
         seed=config.seed,
+        reasoning=config.reasoning,
     )
 
 
@@ -195,17 +209,20 @@ def _parse_content(content: JSONValue, param: str, calls: CallIds) -> list[Messa
     raise Malformed(f"{param}.role", "must be 'user' or 'model'")
 
 
-def _model_message(items: list[ParsedPart | None], param: str) -> Message:
+def _model_message(items: Sequence[ParsedPart | None], param: str) -> Message:
     parts: list[Part] = []
     tool_calls: list[ToolCall] = []
+    thinking: list[ThinkingPart] = []
     for item in items:
         if isinstance(item, ToolCall):
             tool_calls.append(item)
+        elif isinstance(item, ThinkingPart):
+            thinking.append(item)
         elif isinstance(item, Message):
             raise Malformed(f"{param}.parts", "of a model turn must not contain a functionResponse")
         elif item is not None:
             parts.append(item)
-    return Message(role="assistant", parts=tuple(parts), tool_calls=tuple(tool_calls))
+    return Message("assistant", tuple(parts), tuple(tool_calls), thinking=tuple(thinking))
 
 
 def _user_messages(items: list[ParsedPart | None], param: str) -> list[Message]:
@@ -220,7 +237,7 @@ def _user_messages(items: list[ParsedPart | None], param: str) -> list[Message]:
                 messages.append(Message(role="user", parts=tuple(run)))
                 run = []
             messages.append(item)
-        elif item is not None:
+        elif item is not None and not isinstance(item, ThinkingPart):  # only the model thinks
             run.append(item)
     if run:
         messages.append(Message(role="user", parts=tuple(run)))
@@ -244,6 +261,27 @@ def _parse_generation_config(body: JSONObject) -> _GenerationConfig:
         stop=_parse_stop_sequences(config, key),
         seed=get_opt_int(config, "seed", key, minimum=-(2**31), whole_floats=True),
         response_format=_parse_response_format(config, key),
+        reasoning=_parse_thinking_config(config, key),
+    )
+
+
+def _parse_thinking_config(config: JSONObject, param: str) -> Reasoning | None:
+    thinking, key = pick(config, "thinkingConfig", "thinking_config")
+    if thinking is None:
+        return None
+    path = f"{param}.{key}"
+    thinking = as_object(thinking, path)
+    _, budget_key = pick(thinking, "thinkingBudget", "thinking_budget")
+    budget = get_opt_int(thinking, budget_key, path, minimum=-1, whole_floats=True)
+    level, level_key = pick(thinking, "thinkingLevel", "thinking_level")
+    effort = parse_gemini_level(level, f"{path}.{level_key}")
+    if effort is not None and budget is not None:
+        raise Malformed(f"{path}.{level_key}", f"cannot be set together with {budget_key}")
+    _, include_key = pick(thinking, "includeThoughts", "include_thoughts")
+    return Reasoning(
+        effort=effort,
+        budget_tokens=None if budget == -1 else budget,  # -1: the model decides, as with neither
+        include_thoughts=get_opt_bool(thinking, include_key, path) or False,
     )
 
 
@@ -425,7 +463,23 @@ def _build_generation_config(req: ChatRequest) -> JSONObject:
         config["responseMimeType"] = "text/plain" if response_format.type == "text" else "application/json"
         if response_format.type == "json_schema" and response_format.schema is not None:
             config["responseJsonSchema"] = response_format.schema
+    if req.reasoning is not None:
+        config["thinkingConfig"] = _build_thinking_config(req.reasoning, req.model)
     return config
+
+
+def _build_thinking_config(reasoning: Reasoning, model: str) -> JSONObject:
+    """`thinkingLevel` for Gemini 3+ (the generations that also require signatures), whose budgets are
+    deprecated; `thinkingBudget` for 2.5, which has no levels. A level or budget the client never named
+    is left to the model (Gemini 3's default, Gemini 2.5's -1)."""
+    thinking: JSONObject = {}
+    if not requires_signatures(model):
+        thinking["thinkingBudget"] = gemini_budget(reasoning)
+    elif reasoning.effort is not None or reasoning.budget_tokens is not None:
+        thinking["thinkingLevel"] = gemini_level(reasoning)
+    if reasoning.include_thoughts and reasoning.enabled:
+        thinking["includeThoughts"] = True
+    return thinking
 
 
 # --- Responses -------------------------------------------------------------------------------------
@@ -460,18 +514,12 @@ def _parse_response(body: JSONObject) -> ChatResponse:
 
 def _parse_candidate(candidate: JSONValue, param: str) -> tuple[Message, FinishReason]:
     candidate = as_object(candidate, param)
-    parts: list[Part] = []
-    tool_calls: list[ToolCall] = []
-    for item in candidate_parts(candidate, param, CallIds()):
-        if isinstance(item, ToolCall):
-            tool_calls.append(item)
-        elif isinstance(item, Message):
-            raise Malformed(f"{param}.content.parts", "must not contain a functionResponse")
-        else:
-            parts.append(item)
+    items = list(candidate_parts(candidate, param, CallIds()))
+    if any(isinstance(item, Message) for item in items):
+        raise Malformed(f"{param}.content.parts", "must not contain a functionResponse")
+    message = _model_message(items, param)
     raw_finish = as_opt_str(candidate.get("finishReason"), f"{param}.finishReason")
-    finish = parse_finish_reason(raw_finish, bool(tool_calls))
-    return Message(role="assistant", parts=tuple(parts), tool_calls=tuple(tool_calls)), finish
+    return message, parse_finish_reason(raw_finish, bool(message.tool_calls))
 
 
 def render_chat_response(resp: ChatResponse) -> JSONObject:

@@ -14,6 +14,8 @@ from ferryman.core.canonical import (
     StreamStart,
     TextDelta,
     TextPart,
+    ThinkingDelta,
+    ThinkingPart,
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
@@ -27,6 +29,7 @@ from ferryman.wire._gemini_parts import (
     PROVIDER,
     CallIds,
     build_function_call,
+    build_thought,
     candidate_parts,
     is_blocked,
     new_response_id,
@@ -39,14 +42,27 @@ from ferryman.wire._gemini_parts import (
 class StreamParser:
     """Turns Gemini's SSE chunks (each a whole GenerateContentResponse) into canonical stream events.
 
-    Function calls arrive whole, so each becomes a ToolCallStart plus one ToolCallDelta. Usage repeats,
-    cumulatively, in every chunk: the last one seen is reported once, when the finish reason arrives.
+    Function calls arrive whole, so each becomes a ToolCallStart plus one ToolCallDelta. Thought parts
+    are ThinkingDeltas: consecutive ones are one thinking block, and a thought after other output starts
+    the next. Usage repeats, cumulatively, in every chunk: the last one seen is reported once, when the
+    finish reason arrives.
     """
 
-    __slots__ = ("_calls", "_finished", "_started", "_tool_count", "_usage", "_usage_sent")
+    __slots__ = (
+        "_calls",
+        "_finished",
+        "_in_thought",
+        "_started",
+        "_thought_count",
+        "_tool_count",
+        "_usage",
+        "_usage_sent",
+    )
 
     def __init__(self) -> None:
         self._calls = CallIds()
+        self._thought_count = 0
+        self._in_thought = False
         self._started = False
         self._finished = False
         self._tool_count = 0
@@ -97,8 +113,15 @@ class StreamParser:
 
     def _feed_candidate(self, candidate: JSONObject, events: list[StreamEvent]) -> None:
         for item in candidate_parts(candidate, "candidates[0]", self._calls):
+            if isinstance(item, ThinkingPart):
+                if not self._in_thought:
+                    self._in_thought = True
+                    self._thought_count += 1
+                events.append(ThinkingDelta(self._thought_count - 1, item.text, item.signature))
+                continue
+            self._in_thought = False
             if isinstance(item, TextPart):
-                events.append(TextDelta(item.text))
+                events.append(TextDelta(item.text, item.signature))
             elif isinstance(item, ToolCall):
                 events.append(ToolCallStart(index=self._tool_count, id=item.id, name=item.name))
                 events.append(ToolCallDelta(index=self._tool_count, arguments=item.arguments))
@@ -138,9 +161,11 @@ class _PendingCall:
 class StreamRenderer:
     """Canonical stream events as Gemini SSE chunks for a client of `streamGenerateContent?alt=sse`.
 
-    Text goes out as it comes. Tool calls are held until the stream finishes, because a Gemini
-    `functionCall` carries its arguments as one object; they go out in the last chunk, together with
-    the finish reason and usage (held back until both are known, or until `close`).
+    Text and thoughts go out as they come (thoughts as `thought: true` parts, signatures on the part
+    they came with; redacted thinking has no Gemini form and is dropped). Tool calls are held until the
+    stream finishes, because a Gemini `functionCall` carries its arguments as one object; they go out
+    in the last chunk, together with the finish reason and usage (held back until both are known, or
+    until `close`).
     """
 
     __slots__ = ("_calls", "_done", "_finish", "_model", "_response_id", "_usage")
@@ -158,7 +183,12 @@ class StreamRenderer:
         if self._done:
             return b""
         if isinstance(event, TextDelta):
+            if event.signature is not None:
+                return self._frame([{"text": event.text, "thoughtSignature": event.signature}])
             return self._frame([{"text": event.text}]) if event.text else b""
+        if isinstance(event, ThinkingDelta):
+            thought = build_thought(ThinkingPart(event.text, event.signature, event.redacted_data))
+            return b"" if thought is None else self._frame([thought])
         if isinstance(event, StreamStart):
             self._response_id = event.id
         elif isinstance(event, ToolCallStart):

@@ -10,6 +10,12 @@ Where Chat Completions cannot carry a canonical feature, this module degrades as
   On parse, a tool message's `name` is recovered from the assistant tool call it answers (Gemini needs it).
 - A canonical finish reason of "error" has no OpenAI equivalent and is rendered as "stop".
 - Assistant replies are one string: several text parts are joined, images are dropped.
+- `reasoning_effort` is `ChatRequest.reasoning` (a level, see docs/api.md for its budgets). It is built
+  only for OpenAI reasoning models (o-series, gpt-5 and later, gpt-oss; other models refuse it), and
+  left out when another format switched thinking off with a budget of 0. Chat Completions has no
+  place for the model's reasoning itself: thinking from another provider is dropped from replies and
+  streams (never mixed into `content`), and only its token count is reported, in
+  `usage.completion_tokens_details.reasoning_tokens`.
 - Request fields without a canonical home (`n`, penalties, logprobs, a tool's `strict` …) are ignored;
   `n` > 1 is refused, because we always answer with one choice.
 """
@@ -28,6 +34,7 @@ from ferryman.core.canonical import (
     JSONValue,
     Message,
     Part,
+    Reasoning,
     ResponseFormat,
     TextPart,
     Tool,
@@ -63,6 +70,7 @@ from ferryman.wire._openai_reply import (
     render_usage,
     upstream_error,
 )
+from ferryman.wire._reasoning import openai_effort, parse_effort
 from ferryman.wire.openai_embeddings import (
     EmbeddingEncoding,
     build_embedding_request,
@@ -134,9 +142,15 @@ def _parse_chat_request(body: JSONObject) -> ChatRequest:
         stream=get_opt_bool(body, "stream") or False,
         user=get_opt_str(body, "user"),
         seed=get_opt_int(body, "seed"),
+        reasoning=_parse_reasoning_effort(body),
         fallbacks=fallbacks,
         timeout=timeout,
     )
+
+
+def _parse_reasoning_effort(body: JSONObject) -> Reasoning | None:
+    effort = parse_effort(body.get("reasoning_effort"), "reasoning_effort")
+    return None if effort is None else Reasoning(effort=effort)
 
 
 def _parse_messages(raw_messages: list[JSONValue]) -> tuple[Message, ...]:
@@ -342,6 +356,9 @@ def build_chat_request(
         body["user"] = req.user
     if req.seed is not None:
         body["seed"] = req.seed
+    effort = openai_effort(req.reasoning, req.model)
+    if effort is not None:
+        body["reasoning_effort"] = effort
     return body
 
 

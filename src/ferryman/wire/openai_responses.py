@@ -26,7 +26,6 @@ from ferryman.core.canonical import (
     Message,
     Part,
     Reasoning,
-    ReasoningEffort,
     ResponseFormat,
     TextPart,
     ThinkingPart,
@@ -50,9 +49,9 @@ from ferryman.wire._fields import (
     get_str,
     wrong,
 )
+from ferryman.wire._reasoning import parse_effort
 
 _REDACTED = "redacted:"
-_EFFORTS: tuple[ReasoningEffort, ...] = ("none", "minimal", "low", "medium", "high")
 _ECHOED = ("instructions", "max_output_tokens", "metadata", "parallel_tool_calls", "previous_response_id")
 
 
@@ -279,13 +278,7 @@ def _parse_reasoning(body: JSONObject) -> Reasoning | None:
     reasoning = get_opt_object(body, "reasoning")
     if reasoning is None:
         return None
-    effort = get_opt_str(reasoning, "effort", "reasoning")
-    if effort is None:
-        return Reasoning()
-    for level in _EFFORTS:
-        if effort == level:
-            return Reasoning(effort=level)
-    raise Malformed("reasoning.effort", "must be none, minimal, low, medium or high")
+    return Reasoning(effort=parse_effort(reasoning.get("effort"), "reasoning.effort"))
 
 
 # --- Rendering ---------------------------------------------------------------------------------------
