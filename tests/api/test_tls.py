@@ -31,7 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ferryman.errors import ConfigError
 from ferryman.settings import settings_from_mapping
 from ferryman.testing import FakeOpenAI
-from tests.processes import free_port, gateway_process, stop_process_group
+from tests.processes import free_port, gateway_process, stop_process_group, stopping_at_once
 
 FAKE = {"name": "fake-model", "deployments": [{"provider": "fake", "model": "fake-model"}]}
 HSTS = "max-age=31536000; includeSubDomains"
@@ -128,7 +128,7 @@ def replace_file(path: Path, content: bytes) -> None:
 @contextmanager
 def https_gateway(config: dict[str, Any], tmp_path: Path, ca: CertificateAuthority) -> Iterator[str]:
     """`ferryman serve` for `config` (which sets `server.tls`); yields its https:// base URL."""
-    config = {"data_dir": str(tmp_path / "data"), **config}
+    config = stopping_at_once({"data_dir": str(tmp_path / "data"), **config})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
