@@ -91,3 +91,19 @@ def test_autoscaling_and_budget_can_be_switched_off() -> None:
     kinds = Rendered(helm_template("autoscaling.enabled=false", "podDisruptionBudget.enabled=false")).kinds()
     assert "HorizontalPodAutoscaler" not in kinds
     assert "PodDisruptionBudget" not in kinds
+
+
+def test_an_admin_port_gets_a_private_service_and_its_own_ingress_rule(tmp_path: Path) -> None:
+    rendered = Rendered(helm_template("config.server.admin_port=9001"))
+    validate_strictly(rendered.docs, tmp_path)
+    ports = container(rendered.one("Deployment"))["ports"]
+    assert {"name": "admin", "containerPort": 9001, "protocol": "TCP"} in ports
+    admin = rendered.one("Service", "ferryman-admin")
+    assert admin["spec"]["type"] == "ClusterIP"  # never a LoadBalancer, whatever the public Service is
+    assert admin["spec"]["ports"] == [{"name": "admin", "port": 8001, "targetPort": "admin", "protocol": "TCP"}]
+    rules = rendered.one("NetworkPolicy")["spec"]["ingress"]
+    assert {"ports": [{"port": 9001, "protocol": "TCP"}], "from": [{"podSelector": {}}]} in rules
+    config = yaml.safe_load(rendered.one("ConfigMap", "ferryman-config")["data"]["config.yaml"])
+    assert config["server"]["admin_port"] == 9001
+    default = Rendered(helm_template())
+    assert [doc["metadata"]["name"] for doc in default.docs if doc["kind"] == "Service"] == ["ferryman"]
