@@ -82,7 +82,8 @@ def test_key_lifecycle_is_recorded_with_actor_action_target_and_outcome(admin: h
     created = admin.post(
         "/admin/keys",
         json={"alias": "lifecycle", "metadata": {"x": BODY_MARKER}},
-        headers={"x-request-id": ids[0]},
+        # acting for an end user changes nothing about who the actor is
+        headers={"x-request-id": ids[0], "x-ferryman-end-user": "someone"},
     )
     assert created.status_code == 201
     key_id = created.json()["id"]

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from ferryman.api.state import AppState
-from ferryman.core.caller import MASTER, Caller
+from ferryman.core.caller import Caller
 from ferryman.errors import FerrymanError, InvalidRequestError
 from ferryman.store.audit import (
     MAX_AUDIT_PAGE,
@@ -82,7 +82,8 @@ def _entry(request: Request, caller: Caller | None) -> AuditEntry:
     return AuditEntry(
         at=datetime.now(UTC),
         action=f"{request.method} {template}",
-        actor_id=None if caller is None else (caller.key_id or ("master" if caller is MASTER else None)),
+        # Only the master key (and the open gateway's anonymous caller) has no key id: named by alias.
+        actor_id=None if caller is None else (caller.key_id or caller.key_alias),
         actor_alias=None if caller is None else caller.key_alias,
         role=None if caller is None or caller.role is None else caller.role.value,
         target=bounded_target({k: v for k, v in request.path_params.items() if k in names}),
