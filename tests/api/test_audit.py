@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from ferryman.store.audit import AuditLog, AuditUnavailableError
 from ferryman.store.database import open_engine
 from tests.conftest import RunningGateway, serve_gateway
 
@@ -300,3 +302,48 @@ def test_a_change_whose_record_cannot_be_written_is_refused_and_not_made(
     assert reads.status_code == 200  # reads do not need the audit log
     assert alias not in reads.text  # the change was not made
     assert any("change refused" in r.getMessage() for r in caplog.records)  # and the miss is logged
+
+
+def test_an_outcome_that_cannot_be_written_leaves_the_record_without_status_and_logs_it(
+    admin: httpx.Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def fail(self: AuditLog, seq: int, status: int) -> None:
+        raise AuditUnavailableError("The audit log is unavailable (write).")
+
+    monkeypatch.setattr(AuditLog, "finish", fail)
+    request_id, alias = rid(), f"made-anyway-{uuid.uuid4().hex[:8]}"
+    with caplog.at_level(logging.ERROR, logger="ferryman.audit"):
+        response = admin.post("/admin/teams", json={"alias": alias}, headers={"x-request-id": request_id})
+    monkeypatch.undo()
+    assert response.status_code == 201  # the change had been recorded ahead, and was made
+    assert alias in admin.get("/admin/teams").text
+    record = by_request(admin, request_id)
+    assert (record["action"], record["status"]) == ("POST /admin/teams", None)
+    [line] = [r for r in caplog.records if "outcome not written" in r.getMessage()]
+    assert (line.__dict__["status"], line.__dict__["audit_id"]) == (201, record["id"])
+
+
+def test_a_database_too_slow_to_record_refuses_the_change_within_the_deadline(
+    admin: httpx.Client, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a table lock that cancels cleanly needs PostgreSQL")
+    monkeypatch.setattr("ferryman.store.audit.AUDIT_WRITE_TIMEOUT", 0.5)
+    alias = f"too-slow-{uuid.uuid4().hex[:8]}"
+
+    async def with_table_locked() -> tuple[httpx.Response, float]:
+        engine = open_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("LOCK TABLE admin_audit IN EXCLUSIVE MODE"))
+                started = time.monotonic()
+                response = await asyncio.to_thread(admin.post, "/admin/teams", json={"alias": alias})
+                return response, time.monotonic() - started
+        finally:
+            await engine.dispose()
+
+    response, took = asyncio.run(with_table_locked())
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "audit_unavailable"
+    assert took < 3
+    assert alias not in admin.get("/admin/teams").text

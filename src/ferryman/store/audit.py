@@ -98,9 +98,9 @@ def bounded_target(path_params: Mapping[str, object]) -> dict[str, str]:
 class AuditLog:
     """Writes and reads `admin_audit` on the key store's engine (keys, spend and audit share it)."""
 
-    def __init__(self, engine: AsyncEngine, *, write_timeout: float = AUDIT_WRITE_TIMEOUT) -> None:
+    def __init__(self, engine: AsyncEngine, *, write_timeout: float | None = None) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._write_timeout = write_timeout
+        self._write_timeout = AUDIT_WRITE_TIMEOUT if write_timeout is None else write_timeout
 
     async def begin(self, entry: AuditEntry) -> int:
         """Store `entry` (its outcome still unknown unless `entry.status` is set); its sequence number."""
