@@ -490,6 +490,11 @@ class StaticKey(_Strict):
         description="End users whose own budget replaces the default ones (`{}`: no end-user budget).",
     )
     expires_at: datetime | None = None
+    role: Literal["viewer", "admin"] | None = Field(
+        default=None,
+        description="Admin role: `viewer` reads the admin API, `admin` may change it; none (default): "
+        "an API key only.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_secret(self) -> StaticKey:

@@ -47,7 +47,7 @@ def schema_drift(connection: Connection) -> list[object]:
 async def test_upgrade_from_empty_reaches_head_and_matches_the_models(empty_database: str) -> None:
     assert await schema_revision(empty_database) is None
     await upgrade_schema(empty_database)
-    assert await schema_revision(empty_database) == head_revision() == "0006"
+    assert await schema_revision(empty_database) == head_revision() == "0007"
     engine = open_engine(empty_database)
     try:
         async with engine.connect() as conn:
@@ -70,7 +70,7 @@ async def test_upgrade_from_the_previous_revision_keeps_data(empty_database: str
                 {"hash": "a" * 64, "now": datetime(2025, 1, 1, tzinfo=UTC)},
             )
         await upgrade_schema(empty_database)
-        assert await schema_revision(empty_database) == "0006"
+        assert await schema_revision(empty_database) == "0007"
         async with engine.connect() as conn:
             row = (
                 await conn.execute(text("SELECT key_hash, last_used_at FROM api_keys WHERE id = 'k1'"))
@@ -283,5 +283,54 @@ async def test_0006_adds_the_budget_reservation_tables_and_downgrades_cleanly(em
             names = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
         assert not names & set(tables)
         assert "spend_ledger" in names
+    finally:
+        await engine.dispose()
+
+
+async def test_0007_adds_key_roles_and_the_audit_log_and_downgrades_cleanly(empty_database: str) -> None:
+    await upgrade_schema(empty_database, "0006")
+    engine = open_engine(empty_database)
+
+    def downgrade(sync: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = sync
+        command.downgrade(config, "0006")
+
+    def key_columns(sync: Connection) -> set[str]:
+        return {column["name"] for column in inspect(sync).get_columns("api_keys")}
+
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, key_hash, key_prefix, metadata, blocked, created_at, updated_at) "
+                    "VALUES ('k1', :hash, 'fm-abcdefgh', '{}', false, :now, :now)"
+                ).bindparams(NOW),
+                {"hash": "b" * 64, "now": datetime(2025, 1, 1, tzinfo=UTC)},
+            )
+        await upgrade_schema(empty_database)
+        async with engine.begin() as conn:
+            assert await conn.run_sync(schema_drift) == []
+            # an existing key keeps its meaning: no admin role
+            assert (
+                await conn.execute(text("SELECT role FROM api_keys WHERE id = 'k1'"))
+            ).scalar_one() is None
+            for _ in range(2):  # the sequence numbers itself
+                await conn.execute(
+                    text(
+                        "INSERT INTO admin_audit (at, action, target) VALUES (:now, 'POST /admin/keys', '{}')"
+                    ).bindparams(NOW),
+                    {"now": datetime(2025, 1, 2, tzinfo=UTC)},
+                )
+            seqs = (await conn.execute(text("SELECT seq FROM admin_audit ORDER BY seq"))).scalars().all()
+        assert len(set(seqs)) == 2
+        async with engine.begin() as conn:
+            await conn.run_sync(downgrade)
+        async with engine.connect() as conn:
+            names = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+            columns = await conn.run_sync(key_columns)
+        assert "admin_audit" not in names
+        assert "role" not in columns
+        assert "api_keys" in names
     finally:
         await engine.dispose()

@@ -1,4 +1,7 @@
-"""The admin API under `/admin/`: virtual keys and teams, master key only, documented in the OpenAPI schema.
+"""The admin API under `/admin/`: virtual keys and teams, by role, audited, documented in the OpenAPI schema.
+
+Every route is behind `admit_admin` (`api/audit.py`): the master key and `admin` keys may do everything,
+`viewer` keys may read; every change, made or refused, is in the audit log (`GET /admin/audit`).
 
 Bodies are pydantic models, so FastAPI validates them and `/docs` shows them; a malformed body becomes
 our 400 error naming the field (`handle_validation_error`). Every field is bounded here, at the edge, to
@@ -27,8 +30,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ferryman.api.admin_deployments import add_deployment_routes
+from ferryman.api.audit import AuditedRoute, add_audit_routes, admit_admin
 from ferryman.api.errors import error_response
 from ferryman.api.state import AppState
+from ferryman.core.caller import AdminRole
 from ferryman.errors import InvalidationNotDeliveredError, InvalidRequestError
 from ferryman.observability.metrics import Metrics
 from ferryman.store.records import IssuedKey, KeyRecord, KeySettings, Limits, TeamRecord, TeamSettings
@@ -132,6 +137,12 @@ class KeyBody(_RulesBody):
         "PATCH replaces the whole map, null clears it.",
     )
 
+    role: Literal["viewer", "admin"] | None = Field(
+        default=None,
+        description="Admin role: `viewer` may read the admin API, `admin` may also change it; "
+        "null (the default) for none: an API key only. Only an admin can set it.",
+    )
+
     @field_validator("expires_at")
     @classmethod
     def _expires_in_utc(cls, moment: datetime | None) -> datetime | None:
@@ -193,6 +204,7 @@ class KeyOut(_RulesOut):
     team_id: str | None
     expires_at: datetime | None
     end_user_budgets: dict[str, BudgetOut]
+    role: Literal["viewer", "admin"] | None = Field(description="The key's admin role, if any.")
     revoked: bool
     revoked_at: datetime | None
     last_used_at: datetime | None = Field(description="Updated at most about once a minute.")
@@ -236,13 +248,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, text in (
         (400, "Malformed body; `param` names the field."),
         (401, "No key, or not a valid key."),
-        (403, "Not the master key."),
+        (
+            403,
+            "No admin role (`admin_required`), or a `viewer` key changing something (`admin_role_required`).",
+        ),
         (404, "No such key or team."),
         (
             503,
             "The key store or the spend ledger is unavailable (`key_store_unavailable`, "
             "`ledger_unavailable`), or the change is saved but the other replicas could not be told "
-            "(`invalidation_not_delivered`; the saved resource is in `saved`).",
+            "(`invalidation_not_delivered`; the saved resource is in `saved`), or the audit log could not "
+            "record a change, which is then not made (`audit_unavailable`).",
         ),
     )
 }
@@ -254,6 +270,8 @@ def key_changes(body: KeyBody) -> Callable[[KeySettings], KeySettings]:
     changes: dict[str, Any] = {name: getattr(body, name) for name in plain}
     if "expires_at" in body.model_fields_set:
         changes["expires_at"] = _utc(body.expires_at)
+    if "role" in body.model_fields_set:
+        changes["role"] = None if body.role is None else AdminRole(body.role)
     own = None
     if "end_user_budgets" in body.model_fields_set:
         own = {user: (b.daily_usd, b.monthly_usd) for user, b in (body.end_user_budgets or {}).items()}
@@ -341,6 +359,7 @@ def key_out(record: KeyRecord) -> KeyOut:
         },
         metadata=s.metadata,
         blocked=s.blocked,
+        role=None if s.role is None else s.role.value,
         revoked=record.revoked_at is not None,
         revoked_at=record.revoked_at,
         created_at=record.created_at,
@@ -376,12 +395,6 @@ def key_service(request: Request) -> KeyService:
     if state.keys is None:  # pragma: no cover - the lifespan always opens one
         raise RuntimeError("the key service is not open")
     return state.keys
-
-
-async def require_master(request: Request) -> None:
-    """Admin routes accept the master key only: 401 without a valid key, 403 with a client key."""
-    state: AppState = request.app.state.ferryman
-    state.auth.require_admin(await state.auth.authenticate(request))
 
 
 Saved = TypeVar("Saved")
@@ -691,9 +704,14 @@ _ROUTES: tuple[tuple[str, str, Callable[..., Any], int], ...] = (
 
 
 def admin_router() -> APIRouter:
-    """The `/admin` routes, each behind the master-key check."""
+    """The `/admin` routes. The role check and the audit record are the router's own (its dependency
+    and its route class, `api/audit.py`), so every route added here is governed and audited as is."""
     router = APIRouter(
-        prefix="/admin", tags=["admin"], dependencies=[Depends(require_master)], responses=_ERRORS
+        prefix="/admin",
+        tags=["admin"],
+        dependencies=[Depends(admit_admin)],
+        responses=_ERRORS,
+        route_class=AuditedRoute,
     )
     for method, path, endpoint, status in _ROUTES:
         router.add_api_route(path, endpoint, methods=[method], status_code=status)
@@ -705,6 +723,7 @@ def admin_router() -> APIRouter:
         response_model=SpendReportOut,
         responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
     )
+    add_audit_routes(router)  # GET /audit (api/audit.py)
     return router
 
 

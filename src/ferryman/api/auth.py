@@ -7,6 +7,10 @@ key costs no database round trip. Every refused key gets the same message — un
 and revoked are told apart only in the `ai_api_auth_failures_total{reason}` metric, never to the client.
 With no master key and no key store configured the gateway is open — the embedded default, for a first
 offline try — and says so in its start-up log.
+
+On `/admin/` the caller's role decides (`authorize_admin`): the master key and `admin` keys may do
+everything, `viewer` keys may read (GET and HEAD), every other key gets 403 `admin_required`; a viewer
+that tries to change something gets 403 `admin_role_required`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import NoReturn
 from opentelemetry.trace import Tracer
 from starlette.requests import Request
 
-from ferryman.core.caller import ANONYMOUS, MASTER, Caller
+from ferryman.core.caller import ANONYMOUS, MASTER, AdminRole, Caller
 from ferryman.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from ferryman.observability.metrics import Metrics
 from ferryman.store.records import KeyGrant, utc_now
@@ -67,6 +71,7 @@ def caller_for(grant: KeyGrant) -> Caller:
         team_models=grant.team_models,
         key_limits=grant.key_limits,
         team_limits=grant.team_limits,
+        role=grant.role,
     )
 
 
@@ -122,12 +127,22 @@ class Authenticator:
             self._keys.note_use(grant)
         return caller_for(grant)
 
-    def require_admin(self, caller: Caller) -> None:
-        """PermissionDeniedError (403) unless the caller holds the master key."""
-        if caller.is_admin:
+    def authorize_admin(self, caller: Caller, method: str) -> None:
+        """PermissionDeniedError (403) unless the caller's admin role admits `method` on `/admin/`:
+        `admin_required` for a key with no role, `admin_role_required` for a viewer changing something."""
+        if caller.may_administer(method):
             return
-        self._metrics.auth_failures.labels("forbidden_admin").inc()
-        raise PermissionDeniedError("The admin API needs the master key.", code="admin_required")
+        if caller.role is None:
+            self._metrics.auth_failures.labels("forbidden_admin").inc()
+            raise PermissionDeniedError(
+                "The admin API needs the master key or a key with an admin role.", code="admin_required"
+            )
+        self._metrics.auth_failures.labels("forbidden_role").inc()
+        raise PermissionDeniedError(
+            f"This key's admin role is `{caller.role}`: it may read the admin API but not change it; "
+            f"{method.upper()} needs the `{AdminRole.ADMIN}` role.",
+            code="admin_role_required",
+        )
 
     def _refuse(self, reason: str) -> NoReturn:
         self._metrics.auth_failures.labels(reason).inc()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeAlias
 
-from ferryman.core.caller import Limits, models_allow
+from ferryman.core.caller import AdminRole, Limits, models_allow
 
 JSONValue: TypeAlias = "str | int | float | bool | list[JSONValue] | dict[str, JSONValue] | None"
 Metadata: TypeAlias = "dict[str, JSONValue]"
@@ -45,7 +45,7 @@ class TeamRecord:
 
 @dataclass(frozen=True, slots=True)
 class KeySettings:
-    """What an admin sets on a virtual key (everything but its secret)."""
+    """What an admin sets on a virtual key (everything but its secret); `role` is its admin role, if any."""
 
     alias: str | None = None
     team_id: str | None = None
@@ -54,6 +54,7 @@ class KeySettings:
     limits: Limits = field(default_factory=Limits)
     metadata: Metadata = field(default_factory=dict)
     blocked: bool = False
+    role: AdminRole | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ class KeyGrant:
     expires_at: datetime | None = None
     revoked: bool = False
     blocked: bool = False
+    role: AdminRole | None = None
 
     def refusal(self, now: datetime) -> str | None:
         """Why this key may not be used now (a metric reason), or `None` when it may."""
@@ -113,6 +115,7 @@ class KeyGrant:
 
 
 __all__ = [
+    "AdminRole",
     "IssuedKey",
     "JSONValue",
     "KeyGrant",

@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ferryman.core.caller import AdminRole, parse_role
 from ferryman.errors import InvalidRequestError, NotFoundError, StoreUnavailableError
 from ferryman.store.credentials import display_prefix, hash_key
 from ferryman.store.records import (
@@ -263,7 +264,18 @@ def _write_key(row: KeyRow, settings: KeySettings) -> None:
     row.alias, row.team_id, row.expires_at = settings.alias, settings.team_id, settings.expires_at
     row.models = None if settings.models is None else list(settings.models)
     row.blocked, row.metadata_ = settings.blocked, dict(settings.metadata)
+    row.role = None if settings.role is None else settings.role.value
     _write_limits(row, settings.limits)
+
+
+def _stored_role(row: KeyRow) -> AdminRole | None:
+    """The key's admin role; a value nothing here wrote (edited in the database by hand) is no role at
+    all, and logged: an unreadable role must never read as more access."""
+    try:
+        return parse_role(row.role)
+    except ValueError:
+        log.warning("key %s has an unknown admin role in the database; treated as none", row.id)
+        return None
 
 
 def _models(stored: list[str] | None) -> tuple[str, ...] | None:
@@ -292,6 +304,7 @@ def key_record(row: KeyRow) -> KeyRecord:
         limits=_read_limits(row),
         metadata=dict(row.metadata_),
         blocked=row.blocked,
+        role=_stored_role(row),
     )
     return KeyRecord(
         id=row.id,
@@ -319,4 +332,5 @@ def key_grant(key: KeyRow, team: TeamRow | None) -> KeyGrant:
         expires_at=key.expires_at,
         revoked=key.revoked_at is not None,
         blocked=key.blocked or team_gone or (team is not None and team.blocked),
+        role=_stored_role(key),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC
 
+from ferryman.core.caller import parse_role
 from ferryman.settings import StaticKey
 from ferryman.store.credentials import hash_key
 from ferryman.store.records import KeyGrant, Limits
@@ -42,4 +43,5 @@ def _grant(key: StaticKey, digest: str) -> KeyGrant:
             },
         ),
         expires_at=expires,
+        role=parse_role(key.role),
     )

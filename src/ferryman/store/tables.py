@@ -1,4 +1,4 @@
-"""The SQL schema of teams, keys, the spend ledger and budget holds, as SQLAlchemy 2 declarative tables.
+"""The SQL schema of teams, keys, the spend ledger, budget holds and the audit log, as SQLAlchemy 2 tables.
 
 This is the *current* shape, used by queries; the migrations in `ferryman.migrations` are its history
 and must reach the same shape. Timestamps are stored in UTC and always read back timezone-aware, so
@@ -120,6 +120,7 @@ class KeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    role: Mapped[str | None] = mapped_column(String(16))  # admin role: NULL (none), viewer, admin
 
 
 # Dollars per request reach a millionth of a cent (ten tokens of a cheap model), so the ledger keeps
@@ -286,3 +287,30 @@ class BudgetHoldCeilingRow(Base):
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     period: Mapped[float] = mapped_column(Double)
     restorable: Mapped[bool] = mapped_column(Boolean)
+
+
+# Autoincrementing: SQLite makes only an INTEGER primary key its rowid alias (PostgreSQL: BIGSERIAL).
+AuditSeq = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class AuditRow(Base):
+    """One admin action (`store.audit`): who did what to which resource, from where, and how it ended.
+
+    Written before the action runs (`status` NULL) and completed after it; a row left with NULL status
+    is an action whose outcome could not be recorded. Never a secret or a request body: the target is
+    the route's path parameters only.
+    """
+
+    __tablename__ = "admin_audit"
+    __table_args__ = (Index("ix_admin_audit_at", "at"),)
+
+    seq: Mapped[int] = mapped_column(AuditSeq, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor_id: Mapped[str | None] = mapped_column(Text)
+    actor_alias: Mapped[str | None] = mapped_column(Text)
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(Text)
+    target: Mapped[dict[str, str]] = mapped_column(JSON)
+    status: Mapped[int | None] = mapped_column(Integer)
+    client_ip: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(Text)
