@@ -7,6 +7,7 @@ count the upstream made natively is told apart from the gateway's own estimate (
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import httpx
@@ -23,6 +24,8 @@ from tests.conftest import RunningGateway, serve_gateway
 
 KEY = "fm-count-all-models"
 LIMITED = "fm-count-gpt-only"
+BROKE = "fm-count-zero-budget"
+ONE_PER_MINUTE = "fm-count-one-rpm"
 PROVIDERS = ["openai", "anthropic", "gemini"]
 ROUTE = {"openai": "gpt-route", "anthropic": "claude-route", "gemini": "gemini-route"}
 UPSTREAM_MODEL = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
@@ -67,6 +70,8 @@ def gateway(fakes: dict[str, FakeServer]) -> Iterator[RunningGateway]:
         "keys": [
             {"alias": "all", "key": KEY},
             {"alias": "gpt-only", "key": LIMITED, "models": ["gpt-route"]},
+            {"alias": "broke", "key": BROKE, "budget": {"daily_usd": 0}},
+            {"alias": "one-rpm", "key": ONE_PER_MINUTE, "rpm_limit": 1},
         ],
     }
     with serve_gateway(config) as running:
@@ -158,14 +163,37 @@ def test_a_failing_upstream_count_falls_back_to_the_estimate(
     assert raw.parse().input_tokens == estimate_input_tokens(anthropic_wire.parse_chat_request(body), counter)
 
 
-def test_counting_is_not_charged(gateway: RunningGateway, anthropic_client: anthropic.Anthropic) -> None:
-    headers = {"authorization": f"Bearer {KEY}"}
-    before = httpx.get(gateway.url + "/v1/usage", headers=headers).json()["windows"]["daily"]
-    assert isinstance(before["requests"], int)  # the key's spend is on record, so a charge would show
-    anthropic_client.messages.count_tokens(model="claude-route", messages=[{"role": "user", "content": "hi"}])
-    after = httpx.get(gateway.url + "/v1/usage", headers=headers).json()["windows"]["daily"]
-    assert after["requests"] == before["requests"]
-    assert after["spent_usd"] == before["spent_usd"]
+def daily_usage(gateway: RunningGateway, key: str) -> dict[str, Any]:
+    headers = {"authorization": f"Bearer {key}"}
+    window: dict[str, Any] = httpx.get(gateway.url + "/v1/usage", headers=headers).json()["windows"]["daily"]
+    return window
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_count_is_in_the_usage_at_no_cost(
+    gateway: RunningGateway, anthropic_client: anthropic.Anthropic, genai_client: genai.Client, provider: str
+) -> None:
+    before = daily_usage(gateway, KEY)
+    messages: Any = [{"role": "user", "content": "hi"}]
+    anthropic_client.messages.count_tokens(model=ROUTE[provider], messages=messages)
+    genai_client.models.count_tokens(model=ROUTE[provider], contents="hi")
+    after = daily_usage(gateway, KEY)
+    assert after["requests"] == before["requests"] + 2  # governed and recorded like any request...
+    assert after["spent_usd"] == before["spent_usd"]  # ...at exactly $0: counting is free everywhere
+
+
+def test_a_count_takes_a_request_from_the_rate_limit_but_nothing_from_a_budget(gateway: RunningGateway) -> None:
+    body = {"model": "claude-route", "messages": [{"role": "user", "content": "hi"}]}
+    with anthropic.Anthropic(base_url=gateway.url, api_key=BROKE, max_retries=0) as broke:
+        assert broke.messages.count_tokens(**body).input_tokens > 0  # a spent budget still counts
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            broke.messages.create(max_tokens=5, **body)
+        assert "budget" in refused.value.response.json()["error"]["message"]  # refused by the budget
+    with anthropic.Anthropic(base_url=gateway.url, api_key=ONE_PER_MINUTE, max_retries=0) as limited:
+        limited.messages.count_tokens(**body)
+        with pytest.raises(anthropic.RateLimitError) as limited_out:
+            limited.messages.count_tokens(**body)  # the minute's one request was the first count
+    assert "x-ratelimit-limit-requests" in limited_out.value.response.headers
 
 
 def test_anthropic_count_refuses_a_bad_key_a_forbidden_model_and_a_bad_body(gateway: RunningGateway) -> None:

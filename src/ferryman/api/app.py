@@ -576,6 +576,7 @@ def build_state(
         shared=shared,
         upstreams=upstreams,
         keys=keys,
+        estimates=services.estimates or InputEstimates(),
         dependencies=DependencyWatch(
             keys.check_dependencies if keys is not None else _no_dependencies,
             metrics,

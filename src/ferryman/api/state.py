@@ -10,6 +10,7 @@ from opentelemetry.trace import Tracer
 from ferryman.api.auth import Authenticator
 from ferryman.api.dependencies import DependencyWatch
 from ferryman.core.deployment_health import DeploymentHealth
+from ferryman.core.estimate import InputEstimates
 from ferryman.core.failover import Failover
 from ferryman.core.pipeline import Pipeline
 from ferryman.core.routing import Router
@@ -43,3 +44,5 @@ class AppState:
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     keys: KeyService | None = None
+    # The stages' token counters, which token counting shares (the characters rule when built bare):
+    estimates: InputEstimates = field(default_factory=InputEstimates)

@@ -162,6 +162,13 @@ class AttemptLoop:
         self.settle(exchange, attempt, response.usage)
         return replace(response, model=request.model)
 
+    async def count(self, exchange: Exchange, count: Callable[[Target], Awaitable[int]]) -> int:
+        """A token count by `count` at the first deployment that gives one; billed as nothing."""
+        tokens, attempt = await self._run(exchange, count)
+        await self._end(attempt, 0)
+        self.settle(exchange, attempt, Usage())
+        return tokens
+
     async def stream(self, exchange: Exchange, request: ChatRequest) -> AsyncGenerator[StreamBatch, None]:
         """A stream whose first batch has arrived; the rest is relayed as it comes."""
 
@@ -357,8 +364,12 @@ class AttemptLoop:
         exchange.usage_estimated = estimated
         exchange.answered_by = "upstream"
         price = attempt.target.price
-        exchange.cost = price.cost(usage) if price is not None else None
-        if price is None:
+        if not exchange.billed:
+            exchange.cost = 0.0  # free at every provider, priced model or not
+        elif price is not None:
+            exchange.cost = price.cost(usage)
+        else:
+            exchange.cost = None
             log.warning("unpriced model: cost unknown", extra={"deployment": attempt.target.deployment})
         if ok:
             self.health.record_success(attempt.target.deployment)

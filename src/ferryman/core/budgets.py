@@ -238,8 +238,8 @@ class Budgets:
     async def enter(self, exchange: Exchange) -> Answer | None:
         """Reserve the worst case on every budget, or refuse before any upstream is called."""
         budgets = self.budgets(exchange)
-        if not budgets:
-            return None
+        if not budgets or not exchange.billed:
+            return None  # nothing applies, or nothing to pay: a token count fits even a spent budget
         now = self._clock()
         worst = self.worst_case(exchange)
         keys = tuple(self.window_key(budget, now) for budget in budgets)

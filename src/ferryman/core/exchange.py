@@ -14,7 +14,9 @@ from typing import Literal, TypeAlias
 from ferryman.core.caller import ANONYMOUS, Caller
 from ferryman.core.canonical import ChatRequest, EmbeddingRequest, JSONObject, Usage
 
-Operation: TypeAlias = Literal["chat", "embeddings"]
+# `count_tokens` counts a chat request's input (Anthropic's count_tokens, Gemini's countTokens):
+# governed like the others (keys, model rules, rate limits, the ledger) but billed by no provider.
+Operation: TypeAlias = Literal["chat", "embeddings", "count_tokens"]
 CanonicalRequest: TypeAlias = ChatRequest | EmbeddingRequest
 
 
@@ -69,6 +71,12 @@ class Exchange:
     def __post_init__(self) -> None:
         if not self.spend_id:
             self.spend_id = self.request_id
+
+    @property
+    def billed(self) -> bool:
+        """Whether a provider bills this operation. One it does not (counting tokens) reserves no
+        tokens or budget and costs exactly $0, but is still counted, logged and in the ledger."""
+        return self.operation != "count_tokens"
 
     def admit(self, caller: Caller, request: CanonicalRequest) -> None:
         """Record the authenticated caller and the parsed request; the end user comes from the body

@@ -151,7 +151,9 @@ class RateLimits:
                 tpm.append(tokens_window)
             if ceiling is not None:
                 parallel.append(ceiling)
-        estimate = self._estimate(exchange) if tpm else 0  # settled only where a TPM window took it
+        estimate = (
+            self._estimate(exchange) if tpm and exchange.billed else 0
+        )  # settled only where a TPM window took it
         slot = _slot(parallel, self._slot_ttl)
         windows = [(window, 1.0) for window in rpm] + [(window, float(estimate)) for window in tpm]
         admission = await self._counters.admit(windows, slot, holds=self._slots)
@@ -242,7 +244,7 @@ class DeploymentQuotas:
         """Take the deployment's share for this attempt in one call, or raise `LimitExceededError` when
         it has no headroom (nothing is kept then)."""
         quota, name = self._quotas[target.deployment], target.deployment
-        estimate = self._estimates.for_target(exchange, target) if quota.tpm else 0
+        estimate = self._estimates.for_target(exchange, target) if quota.tpm and exchange.billed else 0
         rpm = Window(f"rpm:deployment:{name}", quota.rpm, MINUTE) if quota.rpm else None
         tpm = Window(f"tpm:deployment:{name}", quota.tpm, MINUTE) if quota.tpm else None
         parallel = f"parallel:deployment:{name}"

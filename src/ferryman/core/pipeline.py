@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias
 
@@ -40,6 +40,7 @@ from ferryman.core.canonical import (
 )
 from ferryman.core.exchange import Exchange
 from ferryman.core.observer import Observer
+from ferryman.core.routing import Target
 from ferryman.core.upstream import StreamBatch
 from ferryman.errors import FerrymanError
 
@@ -122,6 +123,24 @@ class Pipeline:
             raise
         await self._exit(exchange, entered, Outcome("answered", response=answer))
         return answer
+
+    async def count(self, exchange: Exchange, count: Callable[[Target], Awaitable[int]]) -> int:
+        """The input tokens of the exchange's chat request, as `count` gives them for the deployment
+        the attempt loop picks (its upstream's counting API, or the gateway's estimate for its model).
+        The stages see an operation no provider bills (`Exchange.billed`), so it costs nothing."""
+        _chat_request(exchange)
+        exchange.operation = "count_tokens"
+        entered: list[Stage] = []
+        try:
+            answer = await self._enter(exchange, entered)
+            if answer is not None:
+                raise TypeError(f"a stage answered a token count with {type(answer).__name__}")
+            tokens = await self.attempts.count(exchange, count)
+        except BaseException as exc:
+            await self._exit(exchange, entered, _ended_by(exc))
+            raise
+        await self._exit(exchange, entered, Outcome("answered"))
+        return tokens
 
     async def stream(self, exchange: Exchange) -> AnswerStream:
         """A streamed chat answer whose first batch has arrived (so failures before it are still

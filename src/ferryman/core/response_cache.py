@@ -114,8 +114,8 @@ class ResponseCache:
         """Answer a cached request, or note where its answer will be stored."""
         request = exchange.request
         policy = self._policies.get(exchange.model)
-        if policy is None or not isinstance(request, ChatRequest):
-            return None
+        if policy is None or not isinstance(request, ChatRequest) or exchange.operation != "chat":
+            return None  # not a chat answer (a token count holds a chat request too)
         directives = cache_directives(exchange.cache_control)
         if "no-store" in directives or not cacheable(request, policy):
             _verdict(exchange, "bypass")

@@ -58,15 +58,14 @@ class AnthropicProvider(HttpProvider):
         async for batch in self.stream_events(self._url, body, headers, wire.StreamParser()):
             yield batch
 
-    async def count_tokens(self, request: ChatRequest, headers: Mapping[str, str]) -> int | None:
-        """`/v1/messages/count_tokens`, free at Anthropic; `anthropic-beta` from `headers` is passed on.
+    async def count_tokens(self, request: ChatRequest) -> int | None:
+        """`/v1/messages/count_tokens`, free at Anthropic, with the betas `chat` would send.
 
         The body is the Messages request minus what count_tokens refuses (max_tokens, stream,
         sampling settings): only the fields that make up the prompt are sent."""
         body = wire.build_chat_request(replace(request, model=self.deployment.model, stream=False))
         counted = {key: value for key, value in body.items() if key in _COUNTED_FIELDS}
-        extra = {"anthropic-beta": headers["anthropic-beta"]} if "anthropic-beta" in headers else {}
-        data = await self.post_json(f"{self._url}/count_tokens", counted, {**self._headers, **extra})
+        data = await self.post_json(f"{self._url}/count_tokens", counted, self._headers_for(request))
         tokens = data.get("input_tokens")
         if not isinstance(tokens, int) or isinstance(tokens, bool):
             raise UpstreamConnectionError(

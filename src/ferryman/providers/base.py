@@ -102,12 +102,10 @@ class HttpProvider:
         """Providers without an embeddings API refuse clearly."""
         raise InvalidRequestError(f"provider {self.name} does not offer embeddings", param="model")
 
-    async def count_tokens(self, request: ChatRequest, headers: Mapping[str, str]) -> int | None:
+    async def count_tokens(self, request: ChatRequest) -> int | None:
         """The upstream's own count of `request`'s input tokens; None for providers with no counting
-        API (OpenAI's), whose count the gateway makes itself with `ferryman.tokenizers`.
-
-        `headers` are client headers worth passing on (`anthropic-beta`). Counting is free at the
-        providers that offer it, so callers neither charge nor record it."""
+        API (OpenAI's), whose count the gateway makes itself with `ferryman.tokenizers`. Counting is
+        free at the providers that offer it: the pipeline records it at $0 (`Exchange.billed`)."""
         return None
 
     async def post_json(self, url: str, body: JSONObject, headers: Mapping[str, str]) -> JSONObject:

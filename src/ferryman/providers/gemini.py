@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import ClassVar
 from urllib.parse import quote
@@ -70,7 +70,7 @@ class GeminiProvider(HttpProvider):
             response = replace(response, usage=Usage(input_tokens=estimate))
         return response
 
-    async def count_tokens(self, request: ChatRequest, headers: Mapping[str, str]) -> int | None:
+    async def count_tokens(self, request: ChatRequest) -> int | None:
         """`:countTokens` (free at Google), given the whole generateContent request so that the
         system instruction and tools are counted as well as the contents."""
         body = wire.build_chat_request(self._upstream(request))
