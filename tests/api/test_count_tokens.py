@@ -182,7 +182,9 @@ def test_a_count_is_in_the_usage_at_no_cost(
     assert after["spent_usd"] == before["spent_usd"]  # ...at exactly $0: counting is free everywhere
 
 
-def test_a_count_takes_a_request_from_the_rate_limit_but_nothing_from_a_budget(gateway: RunningGateway) -> None:
+def test_a_count_takes_a_request_from_the_rate_limit_but_nothing_from_a_budget(
+    gateway: RunningGateway,
+) -> None:
     body = {"model": "claude-route", "messages": [{"role": "user", "content": "hi"}]}
     with anthropic.Anthropic(base_url=gateway.url, api_key=BROKE, max_retries=0) as broke:
         assert broke.messages.count_tokens(**body).input_tokens > 0  # a spent budget still counts

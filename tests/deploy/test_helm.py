@@ -100,7 +100,9 @@ def test_an_admin_port_gets_a_private_service_and_its_own_ingress_rule(tmp_path:
     assert {"name": "admin", "containerPort": 9001, "protocol": "TCP"} in ports
     admin = rendered.one("Service", "ferryman-admin")
     assert admin["spec"]["type"] == "ClusterIP"  # never a LoadBalancer, whatever the public Service is
-    assert admin["spec"]["ports"] == [{"name": "admin", "port": 8001, "targetPort": "admin", "protocol": "TCP"}]
+    assert admin["spec"]["ports"] == [
+        {"name": "admin", "port": 8001, "targetPort": "admin", "protocol": "TCP"}
+    ]
     rules = rendered.one("NetworkPolicy")["spec"]["ingress"]
     assert {"ports": [{"port": 9001, "protocol": "TCP"}], "from": [{"podSelector": {}}]} in rules
     config = yaml.safe_load(rendered.one("ConfigMap", "ferryman-config")["data"]["config.yaml"])
