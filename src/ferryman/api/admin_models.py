@@ -108,7 +108,7 @@ class ModelBody(ModelPatch):
     deployments: list[DeploymentBody] = Field(min_length=1, max_length=MAX_DEPLOYMENTS)
 
 
-class DeploymentOut(BaseModel):
+class RuntimeDeploymentOut(BaseModel):
     """A deployment as the API shows it: never its credential."""
 
     id: str | None = Field(description="Runtime deployments' id; null for the config file's.")
@@ -121,7 +121,7 @@ class DeploymentOut(BaseModel):
     api_key_hint: str | None = Field(description="The credential's last four characters, if it has one.")
 
 
-class ModelOut(BaseModel):
+class RuntimeModelOut(BaseModel):
     """A model: where it is defined, whether the API may change it, and its deployments."""
 
     name: str
@@ -129,20 +129,20 @@ class ModelOut(BaseModel):
     read_only: bool
     strategy: str
     fallbacks: list[str]
-    deployments: list[DeploymentOut]
+    deployments: list[RuntimeDeploymentOut]
     settings: dict[str, Any] = Field(description="Its other settings, as the config file spells them.")
     created_at: datetime | None = None
     updated_at: datetime | None = None
     served: bool = Field(description="Whether this replica serves it now.")
 
 
-class ModelList(BaseModel):
+class RuntimeModelList(BaseModel):
     """The config file's models, then the runtime ones."""
 
-    data: list[ModelOut]
+    data: list[RuntimeModelOut]
 
 
-class DeploymentTest(BaseModel):
+class DeploymentTestResult(BaseModel):
     """One deployment's answer to a one-token request."""
 
     deployment: str
@@ -152,15 +152,15 @@ class DeploymentTest(BaseModel):
     status: int | None = None
 
 
-class ConnectionTest(BaseModel):
+class ModelConnectionTest(BaseModel):
     """Each deployment of the model, tried once."""
 
     model: str
     ok: bool
-    deployments: list[DeploymentTest]
+    deployments: list[DeploymentTestResult]
 
 
-class Deleted(BaseModel):
+class ModelDeleted(BaseModel):
     """What DELETE removed."""
 
     name: str
@@ -181,16 +181,16 @@ def _catalog(state: AppState) -> ModelCatalog:
 NamePath = Annotated[str, Path(min_length=1, max_length=200, pattern=PRINTABLE)]
 
 
-async def list_models(request: Request) -> ModelList:
+async def list_models(request: Request) -> RuntimeModelList:
     """Every model: the config file's (read-only) and the runtime ones."""
     state = _state(request)
     catalog = _catalog(state)
     out = [_config_out(route, state) for route in state.settings.models]
     out += [_runtime_out(model, state) for model in await catalog.store.list_models()]
-    return ModelList(data=out)
+    return RuntimeModelList(data=out)
 
 
-async def get_model(request: Request, name: NamePath) -> ModelOut:
+async def get_model(request: Request, name: NamePath) -> RuntimeModelOut:
     """One model, config-file or runtime."""
     state = _state(request)
     route = _config_route(state, name)
@@ -199,7 +199,7 @@ async def get_model(request: Request, name: NamePath) -> ModelOut:
     return _runtime_out(await _stored(state, name), state)
 
 
-async def create_model(request: Request, body: ModelBody) -> ModelOut:
+async def create_model(request: Request, body: ModelBody) -> RuntimeModelOut:
     """Add a runtime model; every replica serves it within seconds."""
     state = _state(request)
     catalog = _catalog(state)
@@ -220,7 +220,7 @@ async def create_model(request: Request, body: ModelBody) -> ModelOut:
     return _runtime_out(stored, state)
 
 
-async def update_model(request: Request, body: ModelPatch, name: NamePath) -> ModelOut:
+async def update_model(request: Request, body: ModelPatch, name: NamePath) -> RuntimeModelOut:
     """Change a runtime model's settings or deployments (a config-file model is read-only: 409)."""
     state = _state(request)
     catalog = _catalog(state)
@@ -253,17 +253,17 @@ async def update_model(request: Request, body: ModelPatch, name: NamePath) -> Mo
     return _runtime_out(stored, state)
 
 
-async def delete_model(request: Request, name: NamePath) -> Deleted:
+async def delete_model(request: Request, name: NamePath) -> ModelDeleted:
     """Remove a runtime model everywhere (requests already running on it finish)."""
     state = _state(request)
     catalog = _catalog(state)
     _refuse_config(state, name)
     await catalog.store.delete(name)
     await _announce(state, catalog)
-    return Deleted(name=name, deleted=True)
+    return ModelDeleted(name=name, deleted=True)
 
 
-async def test_model(request: Request, name: NamePath) -> ConnectionTest:
+async def test_model(request: Request, name: NamePath) -> ModelConnectionTest:
     """Send each deployment a one-token chat request, now, through its real client."""
     state = _state(request)
     if _config_route(state, name) is None:
@@ -273,10 +273,10 @@ async def test_model(request: Request, name: NamePath) -> ConnectionTest:
     results = list(
         await asyncio.gather(*(_try(t.upstream, t.upstream_model, t.deployment, secrets) for t in targets))
     )
-    return ConnectionTest(model=name, ok=all(r.ok for r in results), deployments=results)
+    return ModelConnectionTest(model=name, ok=all(r.ok for r in results), deployments=results)
 
 
-async def _try(upstream: Any, upstream_model: str, label: str, secrets: list[str]) -> DeploymentTest:
+async def _try(upstream: Any, upstream_model: str, label: str, secrets: list[str]) -> DeploymentTestResult:
     request = ChatRequest(
         model=upstream_model, messages=(Message(role="user", parts=(TextPart("ping"),)),), max_tokens=1
     )
@@ -290,10 +290,10 @@ async def _try(upstream: Any, upstream_model: str, label: str, secrets: list[str
         for secret in secrets:  # an upstream may echo the key it refused
             message = message.replace(secret, "[credential]")
         status = exc.status if isinstance(exc, FerrymanError) else 504
-        return DeploymentTest(
+        return DeploymentTestResult(
             deployment=label, ok=False, latency_ms=latency, error=message[:500], status=status
         )
-    return DeploymentTest(deployment=label, ok=True, latency_ms=(time.perf_counter() - started) * 1000)
+    return DeploymentTestResult(deployment=label, ok=True, latency_ms=(time.perf_counter() - started) * 1000)
 
 
 def _secrets_of(state: AppState, name: str) -> list[str]:
@@ -394,8 +394,8 @@ async def _stored(state: AppState, name: str) -> StoredModel:
     return model
 
 
-def _config_out(route: ModelRoute, state: AppState) -> ModelOut:
-    return ModelOut(
+def _config_out(route: ModelRoute, state: AppState) -> RuntimeModelOut:
+    return RuntimeModelOut(
         name=route.name,
         source="config",
         read_only=True,
@@ -409,9 +409,9 @@ def _config_out(route: ModelRoute, state: AppState) -> ModelOut:
     )
 
 
-def _config_deployment(deployment: Deployment) -> DeploymentOut:
+def _config_deployment(deployment: Deployment) -> RuntimeDeploymentOut:
     key = deployment.api_key.get_secret_value() if deployment.api_key is not None else None
-    return DeploymentOut(
+    return RuntimeDeploymentOut(
         id=None,
         name=deployment.label,
         provider=deployment.provider,
@@ -423,9 +423,9 @@ def _config_deployment(deployment: Deployment) -> DeploymentOut:
     )
 
 
-def _runtime_out(model: StoredModel, state: AppState) -> ModelOut:
+def _runtime_out(model: StoredModel, state: AppState) -> RuntimeModelOut:
     settings = {k: v for k, v in model.spec.items() if k not in ("strategy", "fallbacks")}
-    return ModelOut(
+    return RuntimeModelOut(
         name=model.name,
         source="runtime",
         read_only=False,
@@ -439,9 +439,9 @@ def _runtime_out(model: StoredModel, state: AppState) -> ModelOut:
     )
 
 
-def _runtime_deployment(name: str, stored: StoredDeployment) -> DeploymentOut:
+def _runtime_deployment(name: str, stored: StoredDeployment) -> RuntimeDeploymentOut:
     spec = stored.spec
-    return DeploymentOut(
+    return RuntimeDeploymentOut(
         id=stored.id,
         name=str(spec.get("name") or f"{name}/{spec['provider']}/{spec['model']}"),
         provider=str(spec["provider"]),
@@ -455,12 +455,16 @@ def _runtime_deployment(name: str, stored: StoredDeployment) -> DeploymentOut:
 
 def add_model_routes(router: APIRouter) -> None:
     """Register `/models` on the admin router (under its master-key check)."""
-    router.add_api_route("/models", list_models, methods=["GET"], response_model=ModelList)
-    router.add_api_route("/models", create_model, methods=["POST"], status_code=201, response_model=ModelOut)
+    router.add_api_route("/models", list_models, methods=["GET"], response_model=RuntimeModelList)
+    router.add_api_route(
+        "/models", create_model, methods=["POST"], status_code=201, response_model=RuntimeModelOut
+    )
     # `{name:path}`: model names often carry a slash (`openai/gpt-4o`); the test route comes first.
     router.add_api_route(
-        "/models/{name:path}/test", test_model, methods=["POST"], response_model=ConnectionTest
+        "/models/{name:path}/test", test_model, methods=["POST"], response_model=ModelConnectionTest
     )
-    router.add_api_route("/models/{name:path}", get_model, methods=["GET"], response_model=ModelOut)
-    router.add_api_route("/models/{name:path}", update_model, methods=["PATCH"], response_model=ModelOut)
-    router.add_api_route("/models/{name:path}", delete_model, methods=["DELETE"], response_model=Deleted)
+    router.add_api_route("/models/{name:path}", get_model, methods=["GET"], response_model=RuntimeModelOut)
+    router.add_api_route(
+        "/models/{name:path}", update_model, methods=["PATCH"], response_model=RuntimeModelOut
+    )
+    router.add_api_route("/models/{name:path}", delete_model, methods=["DELETE"], response_model=ModelDeleted)
