@@ -5,6 +5,7 @@ a 404 in OpenAI's shape); config-file models listed read-only; bad bodies named 
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from ferryman.testing import FakeOpenAI
+from ferryman.testing import FakeOpenAI, Reply
 from tests.conftest import RunningGateway, serve_gateway
 
 MASTER = "admin-models-master-key"
@@ -210,3 +211,37 @@ def test_without_an_encryption_key_a_credential_is_refused(upstream: FakeOpenAI)
             client.post("/admin/models", json={"name": "keyless", "deployments": [keyless]}).status_code
             == 201
         )
+
+
+def test_a_stream_in_flight_finishes_on_the_deployment_it_started_on(
+    admin: httpx.Client, gateway: RunningGateway, upstream: FakeOpenAI, sdk: openai.OpenAI
+) -> None:
+    with FakeOpenAI(api_key=UPSTREAM_KEY) as replacement:
+        body = {"name": "moving", "deployments": [deployment(upstream, name="old")]}
+        assert admin.post("/admin/models", json=body).status_code == 201
+        upstream.script.reply(Reply.text("one two three four five six", chunks=6, chunk_delay=0.1))
+        chat = {"model": "moving", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        with httpx.Client(
+            base_url=gateway.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10
+        ) as client:
+            with client.stream("POST", "/v1/chat/completions", json=chat) as stream:
+                lines = stream.iter_lines()
+                first = next(line for line in lines if line.startswith("data:"))
+                moved = admin.patch(
+                    "/admin/models/moving", json={"deployments": [deployment(replacement, name="new")]}
+                )
+                assert moved.status_code == 200, moved.text
+                rest = list(lines)
+        assert stream.headers["x-ferryman-deployment"] == "old"
+        text = "".join(
+            json.loads(line[5:])["choices"][0]["delta"].get("content") or ""
+            for line in [first, *rest]
+            if line.startswith("data:") and line != "data: [DONE]" and json.loads(line[5:])["choices"]
+        )
+        assert text == "one two three four five six"  # the whole answer, from the old deployment
+        assert "data: [DONE]" in rest
+        answer = sdk.chat.completions.with_raw_response.create(
+            model="moving", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.headers["x-ferryman-deployment"] == "new" and len(replacement.requests) == 1
+        admin.delete("/admin/models/moving")
