@@ -1,8 +1,9 @@
 """`ferryman models reencrypt`: rewrite every stored provider credential under the current encryption key.
 
-Run it after rotating `FERRYMAN_ENCRYPTION_KEY` (the old key in `FERRYMAN_ENCRYPTION_KEY_PREVIOUS`);
-once it reports done, the previous key is no longer needed by any row. Replicas also do this at
-start-up whenever previous keys are configured, so the command is for rotating without a restart.
+Run it once every replica runs with the new `FERRYMAN_ENCRYPTION_KEY` and the old one in
+`FERRYMAN_ENCRYPTION_KEY_PREVIOUS`; once it reports done, no row needs the previous key. Replicas never
+rewrite rows by themselves: one restarted early with the new key would otherwise lock the replicas still
+on the old key out of every credential in the middle of a rolling deploy.
 """
 
 from __future__ import annotations

@@ -565,7 +565,7 @@ class EncryptionSettings(_Strict):
 
     `key` defaults to `FERRYMAN_ENCRYPTION_KEY` and `previous_keys` to the comma-separated
     `FERRYMAN_ENCRYPTION_KEY_PREVIOUS`; either may be a secret reference (`file:`, `aws-sm:`, `vault:`).
-    Previous keys only decrypt: `ferryman models reencrypt` (and every start-up) rewrites rows under `key`.
+    Previous keys only decrypt: `ferryman models reencrypt` rewrites every row under `key`.
     """
 
     key: SecretStr | None = Field(

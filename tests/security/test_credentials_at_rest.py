@@ -161,15 +161,16 @@ def test_rotation_reencrypts_every_row_and_the_old_key_is_then_unneeded(tmp_path
     old_key, new = new_key(), new_key()
     with FakeOpenAI(api_key=credential) as fake:
         with serve_gateway(config(database, old_key)) as gateway:
-            response = httpx.post(
-                gateway.url + "/admin/models", json=model_body("rotating", fake, credential), headers=HEADERS
-            )
+            body = model_body("rotating", fake, credential)
+            response = httpx.post(gateway.url + "/admin/models", json=body, headers=HEADERS)
             assert response.status_code == 201, response.text
         before = sealed_tokens(database)["rotating"]
-        with serve_gateway(config(database, new, previous=[old_key])):  # start-up re-encrypts
-            pass
-        after = sealed_tokens(database)["rotating"]
-        assert after != before and after.split(".")[1] != before.split(".")[1]  # another key id
+        with serve_gateway(config(database, new, previous=[old_key])) as gateway:  # both keys: still served
+            assert chat(gateway.url, "rotating").status_code == 200
+            assert sealed_tokens(database)["rotating"] == before  # a replica never rewrites rows itself
+            assert reencrypt(tmp_path, database, new, old_key) == 0
+            after = sealed_tokens(database)["rotating"]
+            assert after != before and after.split(".")[1] != before.split(".")[1]  # another key id
         with serve_gateway(config(database, new)) as gateway:  # the old key is gone entirely
             served = chat(gateway.url, "rotating")
             assert served.status_code == 200, served.text
@@ -178,27 +179,16 @@ def test_rotation_reencrypts_every_row_and_the_old_key_is_then_unneeded(tmp_path
             assert chat(gateway.url, "rotating").status_code == 404
 
 
-def test_the_cli_reencrypts_under_the_current_key(tmp_path: Path) -> None:
+def reencrypt(tmp_path: Path, database: Path, key: str, previous: str) -> int:
+    """`ferryman models reencrypt`, with the keys in the environment as operators pass them."""
     from ferryman.cli import main
 
-    credential = f"sk-cli-{uuid.uuid4().hex}"
-    database = tmp_path / "ferryman.db"
-    old_key, new = new_key(), new_key()
-    with FakeOpenAI(api_key=credential) as fake, serve_gateway(config(database, old_key)) as gateway:
-        response = httpx.post(
-            gateway.url + "/admin/models", json=model_body("cli", fake, credential), headers=HEADERS
-        )
-        assert response.status_code == 201, response.text
-    before = sealed_tokens(database)["cli"]
     path = tmp_path / "config.yaml"
     path.write_text(f"database_url: sqlite+aiosqlite:///{database}\n")
-    environ = {"FERRYMAN_ENCRYPTION_KEY": new, "FERRYMAN_ENCRYPTION_KEY_PREVIOUS": old_key}
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in environ.items():
-            patch.setenv(name, value)
-        assert main(["models", "reencrypt", "--config", str(path)]) == 0
-    after = sealed_tokens(database)["cli"]
-    assert after != before and after.split(".")[1] != before.split(".")[1]
+        patch.setenv("FERRYMAN_ENCRYPTION_KEY", key)
+        patch.setenv("FERRYMAN_ENCRYPTION_KEY_PREVIOUS", previous)
+        return main(["models", "reencrypt", "--config", str(path)])
 
 
 def test_a_ciphertext_moved_to_another_row_does_not_decrypt(tmp_path: Path) -> None:

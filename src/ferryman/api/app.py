@@ -43,12 +43,7 @@ from ferryman.api.middleware import RequestIdMiddleware
 from ferryman.api.openai_routes import openai_routes
 from ferryman.api.openapi import install_openapi
 from ferryman.api.responses_routes import responses_routes
-from ferryman.api.runtime_models import (
-    POLL_SECONDS,
-    POLL_SECONDS_WITH_REDIS,
-    ModelCatalog,
-    reseal_credentials,
-)
+from ferryman.api.runtime_models import POLL_SECONDS, POLL_SECONDS_WITH_REDIS, ModelCatalog
 from ferryman.api.state import AppState
 from ferryman.api.usage import usage_routes
 from ferryman.core._shield import Background
@@ -183,7 +178,7 @@ def create_app(
         )
         state = build_state(settings, shared, app_metrics, tracer, keys, extra_stages, services)
         app.state.ferryman = admin.state.ferryman = state
-        catalog = state.models = await start_model_catalog(state, keys)  # runtime models, kept current
+        catalog = state.models = await start_model_catalog(state, keys, tokenizers)  # kept current
         if not state.auth.enabled:
             log.warning("no master_key configured: the gateway accepts requests without a key")
         await state.dependencies.start()
@@ -702,13 +697,18 @@ def build_state(
     )
 
 
-async def start_model_catalog(state: AppState, keys: KeyService) -> ModelCatalog:
+async def start_model_catalog(
+    state: AppState, keys: KeyService, tokenizers: Tokenizers | None = None
+) -> ModelCatalog:
     """Serve the runtime models in SQL beside the config file's, rebuilt whenever any replica changes
-    them; credentials sealed under a previous key are rewritten under the current one first."""
+    them (their encodings loaded off the event loop first, as the config file's are at start-up)."""
     parts, engine = state.routing, keys.engine
     assert parts is not None and engine is not None  # noqa: S101 - build_state and KeyService.open set them
 
     async def rebuild(models: Sequence[ModelRoute]) -> None:
+        if tokenizers is not None:
+            pairs = {(d.provider, d.model) for route in models for d in route.deployments}
+            await asyncio.to_thread(tokenizers.preload, pairs)
         router, pipeline = build_routing(parts, models)
         parts.upstreams.keep_only([d for route in models for d in route.deployments])
         state.use_routing(router, pipeline, parts.upstreams.clients)
@@ -716,8 +716,6 @@ async def start_model_catalog(state: AppState, keys: KeyService) -> ModelCatalog
 
     poll = POLL_SECONDS_WITH_REDIS if keys.uses_redis else POLL_SECONDS
     catalog = ModelCatalog(state.settings, ModelStore(engine), rebuild, poll_seconds=poll)
-    if catalog.cipher is not None and catalog.cipher.has_previous_keys:
-        await reseal_credentials(catalog.store, catalog.cipher)
     keys.on_models_changed(catalog.notice)
     await catalog.start()
     return catalog
