@@ -1,5 +1,6 @@
 """The `ferryman` command: `serve` the gateway, `check-config` a file before deploying it, and
-`db` / `keys` / `teams` to migrate the database and administer keys (see `ferryman.cli_keys`)."""
+`db` / `keys` / `teams` to migrate the database and administer keys (see `ferryman.cli_keys`), and
+`models reencrypt` after rotating the credential encryption key (`ferryman.cli_models`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ferryman.api.app import WORKERS_ENV, GatewayApp, create_app
 from ferryman.api.header_cap import cap_request_heads
 from ferryman.api.tls import ReloadingContextFactory, certificate_problems
 from ferryman.cli_keys import add_admin_commands, run_admin_command
+from ferryman.cli_models import add_models_command, run_models_command
 from ferryman.core.pricing import price_for
 from ferryman.errors import ConfigError
 from ferryman.observability.logging import configure_logging
@@ -43,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_admin_command(args)
     if args.command == "openapi":
         return _openapi(args.config, args.output)
+    if args.command == "models":
+        return run_models_command(args)
     parser.print_help()
     return 2
 
@@ -59,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file; non-zero exit on any error")
     check.add_argument("file")
     add_admin_commands(commands)
+    add_models_command(commands)
     openapi = commands.add_parser("openapi", help="print the OpenAPI schema of the whole API as JSON")
     openapi.add_argument("--config", help="YAML config file; omit to use the embedded example")
     openapi.add_argument("--output", help="write the schema to this file instead of stdout")

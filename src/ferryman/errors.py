@@ -8,6 +8,7 @@
     │   ├── AuthenticationError     401: no key, unknown / expired / revoked key
     │   ├── PermissionDeniedError   403: key may not use this model or route
     │   ├── NotFoundError           404: unknown model or route
+    │   ├── ConflictError           409: the resource exists already, or may not be changed (read-only)
     │   ├── PayloadTooLargeError    413: body over the configured cap
     │   └── RateLimitError          429: rate limit or budget; carries `retry_after`
     ├── StoreUnavailableError       503: the key database cannot be reached, so a key cannot be checked
@@ -93,6 +94,15 @@ class NotFoundError(RequestError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class ConflictError(RequestError):
+    """The change collides with what exists: a name taken, a read-only (config-file) model, a credential
+    with no encryption key to seal it."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class PayloadTooLargeError(RequestError):

@@ -565,6 +565,39 @@ class SecretsSettings(_Strict):
     )
 
 
+class EncryptionSettings(_Strict):
+    """The key that seals provider credentials stored in SQL (runtime models, `docs/secrets.md`).
+
+    `key` defaults to `FERRYMAN_ENCRYPTION_KEY` and `previous_keys` to the comma-separated
+    `FERRYMAN_ENCRYPTION_KEY_PREVIOUS`; either may be a secret reference (`file:`, `aws-sm:`, `vault:`).
+    Previous keys only decrypt: `ferryman models reencrypt` rewrites every row under `key`.
+    """
+
+    key: SecretStr | None = Field(
+        default=None, description="32 random bytes, base64 or hex (`openssl rand -base64 32`)."
+    )
+    previous_keys: list[SecretStr] = Field(
+        default_factory=list, max_length=16, description="Keys rotated out, still accepted to decrypt."
+    )
+
+    @model_validator(mode="after")
+    def _keys_are_keys(self) -> EncryptionSettings:
+        # Imported here: the store's modules import settings, not the other way round at import time.
+        from ferryman.store.encryption import CredentialCipher
+
+        if self.key is None:
+            if self.previous_keys:
+                raise ValueError("previous_keys without a key: set encryption.key (FERRYMAN_ENCRYPTION_KEY)")
+            return self
+        try:
+            CredentialCipher.from_texts(
+                self.key.get_secret_value(), [k.get_secret_value() for k in self.previous_keys]
+            )
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+
 class ResponsesSettings(_Strict):
     """The Responses API's stored answers (`/v1/responses`), which `previous_response_id` continues."""
 
@@ -605,6 +638,7 @@ class Settings(_Strict):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
     keys: list[StaticKey] = Field(default_factory=list)
     auto_migrate: bool = True
     key_cache_ttl_seconds: Annotated[float, Field(ge=0)] = 30.0
@@ -681,10 +715,30 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
         raise ConfigError([("<root>", "the config must be a mapping of keys to values")])
     problems: list[tuple[str, str]] = []
     environ = os.environ if environ is None else environ
+    raw = _encryption_from_environ(raw, environ)
     data = resolve_references(_interpolate(raw, "", environ, problems), environ, problems)
     if problems:
         raise ConfigError(problems)
     return settings_from_mapping(data)
+
+
+ENCRYPTION_KEY_ENV = "FERRYMAN_ENCRYPTION_KEY"
+ENCRYPTION_PREVIOUS_ENV = "FERRYMAN_ENCRYPTION_KEY_PREVIOUS"
+
+
+def _encryption_from_environ(raw: dict[str, object], environ: Mapping[str, str]) -> dict[str, object]:
+    """`encryption.key` / `previous_keys` from the environment where the file sets none; a value there
+    may be a secret reference, resolved with the rest of the file's."""
+    section = raw.get("encryption")
+    if section is not None and not isinstance(section, dict):
+        return raw  # validation reports it
+    merged = dict(section or {})
+    if "key" not in merged and environ.get(ENCRYPTION_KEY_ENV):
+        merged["key"] = environ[ENCRYPTION_KEY_ENV]
+    previous = environ.get(ENCRYPTION_PREVIOUS_ENV, "")
+    if "previous_keys" not in merged and previous.strip():
+        merged["previous_keys"] = [text.strip() for text in previous.split(",") if text.strip()]
+    return {**raw, "encryption": merged} if merged else raw
 
 
 def settings_from_mapping(data: object) -> Settings:

@@ -47,7 +47,7 @@ def schema_drift(connection: Connection) -> list[object]:
 async def test_upgrade_from_empty_reaches_head_and_matches_the_models(empty_database: str) -> None:
     assert await schema_revision(empty_database) is None
     await upgrade_schema(empty_database)
-    assert await schema_revision(empty_database) == head_revision() == "0007"
+    assert await schema_revision(empty_database) == head_revision() == "0008"
     engine = open_engine(empty_database)
     try:
         async with engine.connect() as conn:
@@ -70,7 +70,7 @@ async def test_upgrade_from_the_previous_revision_keeps_data(empty_database: str
                 {"hash": "a" * 64, "now": datetime(2025, 1, 1, tzinfo=UTC)},
             )
         await upgrade_schema(empty_database)
-        assert await schema_revision(empty_database) == "0007"
+        assert await schema_revision(empty_database) == "0008"
         async with engine.connect() as conn:
             row = (
                 await conn.execute(text("SELECT key_hash, last_used_at FROM api_keys WHERE id = 'k1'"))

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ferryman.api.admin_deployments import add_deployment_routes
+from ferryman.api.admin_models import add_model_routes
 from ferryman.api.audit import AuditedRoute, add_audit_routes, admit_admin
 from ferryman.api.errors import error_response
 from ferryman.api.state import AppState
@@ -716,6 +717,7 @@ def admin_router() -> APIRouter:
     for method, path, endpoint, status in _ROUTES:
         router.add_api_route(path, endpoint, methods=[method], status_code=status)
     add_deployment_routes(router)  # strategy figures and circuit breakers (api/admin_deployments.py)
+    add_model_routes(router)  # runtime models and deployments (api/admin_models.py)
     router.add_api_route(
         "/spend",
         spend,

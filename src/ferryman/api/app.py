@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from ferryman.api.middleware import RequestIdMiddleware
 from ferryman.api.openai_routes import openai_routes
 from ferryman.api.openapi import install_openapi
 from ferryman.api.responses_routes import responses_routes
+from ferryman.api.runtime_models import POLL_SECONDS, POLL_SECONDS_WITH_REDIS, ModelCatalog
 from ferryman.api.state import AppState
 from ferryman.api.usage import usage_routes
 from ferryman.core._shield import Background
@@ -79,7 +82,7 @@ from ferryman.observability.tracing import (
 )
 from ferryman.providers import create_provider
 from ferryman.secret_refs import SecretRefresher
-from ferryman.settings import BudgetSettings, Deployment, RateLimit, Settings, load_settings
+from ferryman.settings import BudgetSettings, Deployment, ModelRoute, RateLimit, Settings, load_settings
 from ferryman.settings import InputCaps as InputCapsSettings
 from ferryman.store._redis_connect import Connected, parse_redis_url
 from ferryman.store._redis_connect import connect as connect_redis
@@ -88,6 +91,7 @@ from ferryman.store.journal import JournalLedger
 from ferryman.store.ledger_feeder import LedgerFeeder
 from ferryman.store.ledger_spend import LedgerSpend
 from ferryman.store.memory import MemoryCache
+from ferryman.store.model_store import ModelStore
 from ferryman.store.service import KeyService
 from ferryman.store.sql_ledger import SqlLedger, open_ledger
 from ferryman.store.sql_reservations import budget_holds
@@ -95,6 +99,7 @@ from ferryman.tokenizers import Tokenizers
 
 log = logging.getLogger("ferryman.app")
 FEEDER_REDIS_TIMEOUT = 5.0  # seconds: above the feeder's blocking read, unlike the limiter's 1 s
+RETIRED_UPSTREAM_GRACE = 900.0  # seconds a replaced deployment's client stays open for its requests
 WORKERS_ENV = "FERRYMAN_WORKERS"  # the worker count `serve` runs, for each worker's `app_from_env`
 
 
@@ -173,6 +178,7 @@ def create_app(
         )
         state = build_state(settings, shared, app_metrics, tracer, keys, extra_stages, services)
         app.state.ferryman = admin.state.ferryman = state
+        catalog = state.models = await start_model_catalog(state, keys, tokenizers)  # kept current
         if not state.auth.enabled:
             log.warning("no master_key configured: the gateway accepts requests without a key")
         await state.dependencies.start()
@@ -182,12 +188,13 @@ def create_app(
         try:
             yield
         finally:
+            await catalog.aclose()
             await secrets.aclose()
             await state.dependencies.aclose()
             if breaker_sync is not None:
                 await breaker_sync.aclose()
-            for upstream in state.upstreams:
-                await upstream.aclose()
+            if state.routing is not None:
+                await state.routing.upstreams.aclose()
             if tracer_provider is not None:
                 tracer_provider.shutdown()
             if background is not None:
@@ -525,6 +532,117 @@ def build_observer(metrics: Metrics, tracer: Tracer | None, load: DeploymentLoad
     return combine(observers)
 
 
+class UpstreamPool:
+    """Every upstream client, by deployment: a rebuilt model set keeps the clients (and their pooled
+    connections) of the deployments it still has, and retires the others once requests had time to end.
+
+    A config-file deployment is known by identity (its `SecretValue` key rotates in place); a runtime
+    one by content, credential included, so a changed deployment gets a fresh client.
+    """
+
+    def __init__(self, settings: Settings, tracer: Tracer | None) -> None:
+        self._settings = settings
+        self._tracer = tracer
+        self._config = {id(d) for route in settings.models for d in route.deployments}
+        self._clients: dict[str, Upstream] = {}
+        self._retired: list[tuple[float, Upstream]] = []
+
+    def get(self, deployment: Deployment) -> Upstream:
+        """The client of `deployment`, created on first use."""
+        key = self._key(deployment)
+        upstream = self._clients.get(key)
+        if upstream is None:
+            if deployment.ca_bundle is None and self._settings.upstream_ca_bundle is not None:
+                deployment = deployment.model_copy(update={"ca_bundle": self._settings.upstream_ca_bundle})
+            upstream = create_provider(deployment, propagate_trace=self._tracer is not None)
+            self._clients[key] = upstream
+        return upstream
+
+    def keep_only(self, deployments: Sequence[Deployment]) -> None:
+        """Retire the clients of deployments not in `deployments` (closed by `close_retired`)."""
+        keep = {self._key(d) for d in deployments}
+        for key in [key for key in self._clients if key not in keep]:
+            self._retired.append((time.monotonic(), self._clients.pop(key)))
+
+    @property
+    def clients(self) -> list[Upstream]:
+        """The clients in use."""
+        return list(self._clients.values())
+
+    async def close_retired(self, older_than: float = RETIRED_UPSTREAM_GRACE) -> None:
+        """Close retired clients once `older_than` seconds passed: requests they started have ended."""
+        now, waiting = time.monotonic(), []
+        for retired_at, upstream in self._retired:
+            if now - retired_at >= older_than:
+                await upstream.aclose()
+            else:
+                waiting.append((retired_at, upstream))
+        self._retired = waiting
+
+    async def aclose(self) -> None:
+        """Close every client, in use or retired."""
+        await self.close_retired(older_than=0)
+        for upstream in self._clients.values():
+            await upstream.aclose()
+        self._clients.clear()
+
+    def _key(self, deployment: Deployment) -> str:
+        if id(deployment) in self._config:
+            return f"config:{id(deployment)}"
+        secret = deployment.api_key.get_secret_value() if deployment.api_key else ""
+        content = deployment.model_dump_json() + "\x00" + secret
+        return "runtime:" + hashlib.sha256(content.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingParts:
+    """What every model set of an app shares: a rebuild (runtime models changed) makes a new router and
+    pipeline from these, so circuits, in-flight figures, the retry budget and clients carry over."""
+
+    settings: Settings  # the config file's: its `models` are the read-only part of every model set
+    services: StageServices
+    observer: Observer
+    health: DeploymentHealth
+    storage: ResponseStorage
+    load: DeploymentLoad
+    headroom: HeadroomBook
+    retry_budget: RetryBudget
+    upstreams: UpstreamPool
+    metrics: Metrics
+    ledger: Ledger | None = None
+    extra_stages: Sequence[Stage] = ()
+
+
+def build_routing(parts: RoutingParts, models: Sequence[ModelRoute]) -> tuple[Router, Pipeline]:
+    """A router and a pipeline for `models`: the objects requests meet, built whole, so swapping them
+    in is one step and a request in flight keeps the ones it started with."""
+    base = parts.settings
+    settings = base if models is base.models else base.model_copy(update={"models": list(models)})
+    routes: dict[str, list[Target]] = {}
+    gauge, from_file = parts.metrics.deployment_state, {id(route) for route in base.models}
+    for route in settings.models:
+        for deployment in route.deployments:
+            routes.setdefault(route.name, []).append(_target(parts.upstreams.get(deployment), deployment))
+            if id(route) not in from_file:
+                gauge.labels(deployment.label).set(0)  # closed, like every config deployment at start
+    strategies = {route.name: route.strategy for route in settings.models}
+    router = Router(routes, strategies=strategies, load=parts.load, headroom=parts.headroom)
+    services = parts.services
+    stages = [
+        parts.storage,
+        *pipeline_stages(settings, router, services, parts.ledger),
+        *parts.extra_stages,
+    ]
+    attempts = AttemptLoop(
+        router,
+        parts.observer,
+        health=parts.health,
+        quotas=deployment_quotas(settings, services.limiter, services.estimates, parts.headroom),
+        **(resilience(settings) | {"retry_budget": parts.retry_budget}),
+    )
+    return router, Pipeline(stages, attempts, parts.observer)
+
+
 def build_state(
     settings: Settings,
     shared: SharedState,
@@ -535,35 +653,28 @@ def build_state(
     services: StageServices | None = None,
 ) -> AppState:
     """Create every upstream client and the objects requests share."""
-    upstreams: list[Upstream] = []
-    routes: dict[str, list[Target]] = {}
-    for route in settings.models:
-        for deployment in route.deployments:
-            if deployment.ca_bundle is None and settings.upstream_ca_bundle is not None:
-                deployment = deployment.model_copy(update={"ca_bundle": settings.upstream_ca_bundle})
-            upstream = create_provider(deployment, propagate_trace=tracer is not None)
-            upstreams.append(upstream)
-            routes.setdefault(route.name, []).append(_target(upstream, deployment))
     load, headroom = DeploymentLoad(), HeadroomBook()
-    strategies = {route.name: route.strategy for route in settings.models}
-    router = Router(routes, strategies=strategies, load=load, headroom=headroom)
-    observer = build_observer(metrics, tracer, load)
     services = services or StageServices(
         LimiterState(shared.counters, shared.reservations),
         shared.reservations,
         response_store=response_store(settings, shared),
     )
-    # First, so it also stores answers a later stage gave (a response-cache hit):
-    storage = ResponseStorage(ResponseStore(shared.cache, settings.responses.ttl_seconds))
-    stages = [storage, *pipeline_stages(settings, router, services, shared.ledger), *extra_stages]
-    attempts = AttemptLoop(
-        router,
-        observer,
+    parts = RoutingParts(
+        settings=settings,
+        services=services,
+        observer=build_observer(metrics, tracer, load),
         health=DeploymentHealth(circuit_breaker(settings, metrics)),
-        quotas=deployment_quotas(settings, services.limiter, services.estimates, headroom),
-        **resilience(settings),
+        # First, so it also stores answers a later stage gave (a response-cache hit):
+        storage=ResponseStorage(ResponseStore(shared.cache, settings.responses.ttl_seconds)),
+        load=load,
+        headroom=headroom,
+        retry_budget=resilience(settings)["retry_budget"],
+        upstreams=UpstreamPool(settings, tracer),
+        metrics=metrics,
+        ledger=shared.ledger,
+        extra_stages=extra_stages,
     )
-    pipeline = Pipeline(stages, attempts, observer)
+    router, pipeline = build_routing(parts, settings.models)
     master = settings.master_key.get_secret_value() if settings.master_key else None
     return AppState(
         settings=settings,
@@ -574,7 +685,7 @@ def build_state(
         tracer=tracer,
         limiter_failover=services.limiter.failover,
         shared=shared,
-        upstreams=upstreams,
+        upstreams=parts.upstreams.clients,
         keys=keys,
         estimates=services.estimates or InputEstimates(),
         dependencies=DependencyWatch(
@@ -583,7 +694,32 @@ def build_state(
             settings.health.required,
             settings.health.check_interval_seconds,
         ),
+        routing=parts,
     )
+
+
+async def start_model_catalog(
+    state: AppState, keys: KeyService, tokenizers: Tokenizers | None = None
+) -> ModelCatalog:
+    """Serve the runtime models in SQL beside the config file's, rebuilt whenever any replica changes
+    them (their encodings loaded off the event loop first, as the config file's are at start-up)."""
+    parts, engine = state.routing, keys.engine
+    assert parts is not None and engine is not None  # noqa: S101 - build_state and KeyService.open set them
+
+    async def rebuild(models: Sequence[ModelRoute]) -> None:
+        if tokenizers is not None:
+            pairs = {(d.provider, d.model) for route in models for d in route.deployments}
+            await asyncio.to_thread(tokenizers.preload, pairs)
+        router, pipeline = build_routing(parts, models)
+        parts.upstreams.keep_only([d for route in models for d in route.deployments])
+        state.use_routing(router, pipeline, parts.upstreams.clients)
+        await parts.upstreams.close_retired()
+
+    poll = POLL_SECONDS_WITH_REDIS if keys.uses_redis else POLL_SECONDS
+    catalog = ModelCatalog(state.settings, ModelStore(engine), rebuild, poll_seconds=poll)
+    keys.on_models_changed(catalog.notice)
+    await catalog.start()
+    return catalog
 
 
 async def _no_dependencies() -> dict[str, bool]:

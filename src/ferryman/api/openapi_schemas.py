@@ -651,6 +651,7 @@ def _gateway_options() -> Schemas:
         "timeout": typed(
             "number",
             "Ferryman: seconds for the whole request; may shorten the model's timeout.",
+            exclusiveMinimum=0,
             maximum=86400,
         ),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Tracer
 
@@ -19,6 +20,10 @@ from ferryman.core.upstream import Upstream
 from ferryman.observability.metrics import Metrics
 from ferryman.settings import Settings
 from ferryman.store.service import KeyService
+
+if TYPE_CHECKING:
+    from ferryman.api.app import RoutingParts
+    from ferryman.api.runtime_models import ModelCatalog
 
 
 @dataclass(slots=True)
@@ -46,3 +51,10 @@ class AppState:
     keys: KeyService | None = None
     # The stages' token counters, which token counting shares (the characters rule when built bare):
     estimates: InputEstimates = field(default_factory=InputEstimates)
+    routing: RoutingParts | None = None  # what a rebuilt model set is made from (api/app.py)
+    models: ModelCatalog | None = None  # runtime models from SQL, kept current (api/runtime_models.py)
+
+    def use_routing(self, router: Router, pipeline: Pipeline, upstreams: list[Upstream]) -> None:
+        """Serve a new model set from the next request on; no await between the assignments, so no
+        request sees one without the other, and requests in flight keep the pipeline they started on."""
+        self.router, self.pipeline, self.upstreams = router, pipeline, upstreams

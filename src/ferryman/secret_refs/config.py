@@ -25,6 +25,8 @@ SecretKind = Literal["refreshed", "secret", "text"]
 # Key path pattern (`[]`: any list index, `*`: any mapping key) → what the field holds.
 SECRET_FIELDS: dict[str, SecretKind] = {
     "master_key": "secret",  # the authenticator keeps its bytes
+    "encryption.key": "secret",  # read once into the credential cipher
+    "encryption.previous_keys[]": "secret",
     "database_url": "text",
     "redis_url": "text",
     "metrics.token": "refreshed",

@@ -1,6 +1,7 @@
 """Telling every replica to forget a cached key: Redis pub/sub when configured, else this process only.
 
-A notice is a key hash, or `*` for "forget every key" (a team changed). Each replica subscribes in its
+A notice is a key hash, `*` for "forget every key" (a team changed), or `models` for "the runtime
+models changed" (`api/runtime_models.py` reloads them). Each replica subscribes in its
 lifespan; whenever the subscription is (re)established the whole cache is dropped, because notices sent
 while it was down are lost. Without Redis, other replicas catch up when their cache TTL runs out.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -29,6 +31,7 @@ from ferryman.store.records import utc_now
 
 CHANNEL = "ferryman:keys:invalidate"
 ALL_KEYS = "*"
+MODELS_CHANGED = "models"  # not a key hash (those are 64 hex digits): the runtime model set changed
 # Waits between publish attempts: a Redis failover or a dropped pooled connection usually heals within
 # these; an admin call should not hang on one that does not.
 PUBLISH_RETRY_DELAYS = (0.05, 0.2)
@@ -69,6 +72,9 @@ class InvalidationBus(Protocol):
         """Whether notices are currently reaching the other replicas."""
         ...
 
+    model_listeners: ModelListeners
+    """Called on a `models` notice (this replica's or another's)."""
+
     async def publish(self, notice: str) -> None:
         """Drop `notice` (a key hash or `*`) here and, if shared, on every other replica;
         InvalidationNotDeliveredError when the other replicas could not be told."""
@@ -79,9 +85,15 @@ class InvalidationBus(Protocol):
         ...
 
 
-def apply_notice(cache: GrantCache, notice: str) -> None:
+ModelListeners = list[Callable[[], None]]
+
+
+def apply_notice(cache: GrantCache, notice: str, models: ModelListeners | None = None) -> None:
     """Act on one notice."""
-    if notice == ALL_KEYS:
+    if notice == MODELS_CHANGED:
+        for listener in models or ():
+            listener()
+    elif notice == ALL_KEYS:
         cache.clear()
     else:
         cache.invalidate(notice)
@@ -93,6 +105,7 @@ class LocalInvalidation:
     def __init__(self, cache: GrantCache) -> None:
         self._cache = cache
         self._status = InvalidationStatus(backend="local")
+        self.model_listeners: ModelListeners = []
 
     @property
     def status(self) -> InvalidationStatus:
@@ -101,7 +114,7 @@ class LocalInvalidation:
 
     async def publish(self, notice: str) -> None:
         """Drop the entry locally."""
-        apply_notice(self._cache, notice)
+        apply_notice(self._cache, notice, self.model_listeners)
 
     async def aclose(self) -> None:
         """Nothing to release."""
@@ -117,6 +130,7 @@ class RedisInvalidation:
         self._status = InvalidationStatus(backend="redis")
         self._subscribed = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        self.model_listeners: ModelListeners = []
 
     @classmethod
     async def connect(
@@ -141,7 +155,7 @@ class RedisInvalidation:
     async def publish(self, notice: str) -> None:
         """Apply locally first, then tell the other replicas, retrying briefly; InvalidationNotDeliveredError
         when Redis still refuses (what changed stays changed: only the announcement is missing)."""
-        apply_notice(self._cache, notice)
+        apply_notice(self._cache, notice, self.model_listeners)
         error = await self._try_publish(notice)
         for delay in PUBLISH_RETRY_DELAYS:
             if error is None:
@@ -202,10 +216,11 @@ class RedisInvalidation:
         try:
             await pubsub.subscribe(CHANNEL)
             self._cache.clear()  # notices sent while we were not subscribed are lost
+            apply_notice(self._cache, MODELS_CHANGED, self.model_listeners)  # and so were model changes
             self._subscribed.set()
             async for message in pubsub.listen():
                 if message.get("type") == "message":
-                    apply_notice(self._cache, _text(message["data"]))
+                    apply_notice(self._cache, _text(message["data"]), self.model_listeners)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from ferryman.store.credentials import generate_key, hash_key
 from ferryman.store.database import is_sqlite, open_engine, sqlite_path
 from ferryman.store.invalidation import (
     ALL_KEYS,
+    MODELS_CHANGED,
     InvalidationBus,
     InvalidationStatus,
     LocalInvalidation,
@@ -184,6 +185,21 @@ class KeyService:
         record = await self.repository.delete_team(team_id)
         await self._announce(ALL_KEYS, record)
         return record
+
+    def on_models_changed(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever a replica announces that the runtime models changed."""
+        self._bus.model_listeners.append(listener)
+
+    async def announce_models_changed(self) -> None:
+        """Tell every replica the runtime models changed; undelivered is only logged (and kept for
+        `/health`): each replica also polls the catalog version, so it catches up within seconds."""
+        with contextlib.suppress(InvalidationNotDeliveredError):
+            await self._bus.publish(MODELS_CHANGED)
+
+    @property
+    def uses_redis(self) -> bool:
+        """Whether notices travel through Redis (else replicas learn of changes by polling)."""
+        return isinstance(self._bus, RedisInvalidation)
 
     @property
     def invalidation(self) -> InvalidationStatus:

@@ -314,3 +314,45 @@ class AuditRow(Base):
     status: Mapped[int | None] = mapped_column(Integer)
     client_ip: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(Text)
+
+
+# Models and deployments added at runtime through the admin API (`store.model_store`), merged with the
+# config file's. A deployment's credential is sealed (`store.encryption`) and bound to its row's id.
+
+
+class RuntimeModelRow(Base):
+    """A model added through the admin API: its settings as the config file would spell them, without
+    deployments (they are rows of their own)."""
+
+    __tablename__ = "runtime_models"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RuntimeDeploymentRow(Base):
+    """One deployment of a runtime model; `api_key_sealed` is AES-GCM ciphertext, never plain text."""
+
+    __tablename__ = "runtime_deployments"
+    __table_args__ = (Index("ix_runtime_deployments_model", "model_name", "position"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_name: Mapped[str] = mapped_column(ForeignKey("runtime_models.name", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    api_key_sealed: Mapped[str | None] = mapped_column(Text)
+    api_key_hint: Mapped[str | None] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RuntimeCatalogRow(Base):
+    """One row whose `version` every change to runtime models bumps, in the same transaction: what
+    replicas poll (one indexed read) to learn that their model set is stale."""
+
+    __tablename__ = "runtime_catalog"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger)
