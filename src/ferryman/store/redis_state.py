@@ -187,8 +187,10 @@ class _Link:
         self.level = register(scripts.LEVEL)
         self.restore = register(scripts.RESTORE)
         self.ledger_append = register(scripts.LEDGER_APPEND)
+        self.cache_get = register(scripts.CACHE_GET)
+        self.cache_set = register(scripts.CACHE_SET)
 
-    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
         """Run one script as `call` runs an operation, but without a timer of its own: `Scripts` bounds
         each batch's round trip by the same timeout (a timer per call cost more than the script)."""
         if self._cluster:
@@ -408,15 +410,14 @@ class RedisCache:
         self._keys = keys
 
     async def get(self, key: str) -> bytes | None:
-        client, name = self._link.client, self._keys.cache(key)
-        value = await self._link.call(lambda: client.get(name))
+        value = await self._link.run(self._link.cache_get, [self._keys.cache(key)], [])
         return value.encode() if isinstance(value, str) else value
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         if not ttl > 0:
             raise ValueError("set takes a ttl > 0")
-        client, name, ms = self._link.client, self._keys.cache(key), max(1, math.ceil(ttl * 1000))
-        await self._link.call(lambda: client.set(name, value, px=ms))
+        ms = str(max(1, math.ceil(ttl * 1000)))
+        await self._link.run(self._link.cache_set, [self._keys.cache(key)], [value, ms])
 
     async def delete(self, key: str) -> None:
         client, name = self._link.client, self._keys.cache(key)
