@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ferryman.testing import FakeAnthropic, FakeOpenAI, Reply, Usage
 from tests.api.fleet import burst, openai_deployment, worst_case_upstream
-from tests.processes import gateway_process
+from tests.api.replicas import gateway_processes
 from tests.store.fixtures import fresh_postgres_database, throwaway_redis
 
 pytestmark = pytest.mark.slow
@@ -112,7 +112,7 @@ def fleet(
         "database_url": stack.enter_context(fresh_postgres_database(postgres_admin)),
         "server": {"shutdown_delay_seconds": 0},
     }
-    return [stack.enter_context(gateway_process(config, tmp_path))[1] for _ in range(3)]
+    return [url for _, url in gateway_processes(stack, config, tmp_path)]
 
 
 def samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:

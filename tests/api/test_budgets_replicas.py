@@ -15,7 +15,7 @@ import pytest
 
 from ferryman.testing import FakeOpenAI
 from tests.api.fleet import burst, openai_deployment, worst_case_upstream
-from tests.processes import gateway_process
+from tests.api.replicas import gateway_processes
 from tests.store.fixtures import fresh_postgres_database, throwaway_redis
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def test_three_replicas_never_overshoot_a_budget_and_account_for_every_request(
             "keys": [{"alias": "money", "key": KEY, "budget": {"daily_usd": budget}}],
             "models": [{"name": "chat", "deployments": [deployment]}],
         }
-        urls = [stack.enter_context(gateway_process(config, tmp_path))[1] for _ in range(3)]
+        urls = [url for _, url in gateway_processes(stack, config, tmp_path)]
         before = len(fake.requests)
         responses = asyncio.run(burst(urls, BODY, KEY, 100))
         admitted = [r for r in responses if r.status_code == 200]

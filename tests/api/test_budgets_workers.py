@@ -20,6 +20,7 @@ from ferryman.store.memory import open_memory_state
 from ferryman.store.sql_reservations import SqlReservations, budget_holds
 from ferryman.testing import FakeOpenAI
 from tests.api.fleet import burst, openai_deployment, worst_case_upstream
+from tests.api.replicas import gateway_processes
 from tests.processes import gateway_process
 from tests.store.fixtures import fresh_postgres_database
 
@@ -88,7 +89,7 @@ def test_three_replicas_on_one_postgresql_without_redis_never_overshoot_a_budget
             "models": [{"name": "chat", "deployments": [openai_deployment(fake)]}],
         }
         with contextlib.ExitStack() as stack:
-            urls = [stack.enter_context(gateway_process(config, tmp_path))[1] for _ in range(3)]
+            urls = [url for _, url in gateway_processes(stack, config, tmp_path)]
             before = len(fake.requests)
             responses = asyncio.run(burst(urls, BODY, KEY, 100))
             ledger_total = _ledger_total(urls[2], 20)

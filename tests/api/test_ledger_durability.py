@@ -32,6 +32,7 @@ from ferryman.store.database import open_engine
 from ferryman.store.redis_state import ledger_stream_key
 from ferryman.store.sql_ledger import SqlLedger
 from ferryman.testing import FakeOpenAI, Reply
+from tests.api.replicas import gateway_processes
 from tests.processes import gateway_process
 from tests.store.fixtures import throwaway_postgres_server, throwaway_redis
 
@@ -183,13 +184,14 @@ def test_a_replica_sigkilled_mid_load_loses_no_spend_and_duplicates_none(
 ) -> None:
     with throwaway_redis() as redis_url, contextlib.ExitStack() as stack:
         config = gateway_config(upstream, redis_url=redis_url, database_url=postgres_database)
-        replicas = [stack.enter_context(gateway_process(config, tmp_path)) for _ in range(3)]
+        replicas = gateway_processes(stack, config, tmp_path)
         urls = [url for _, url in replicas]
         victim, victim_url = replicas[0]
-        outcome = asyncio.run(load(urls, 400, midway=kill_midway(victim, victim_url, urls), after=100))
+        # 16 clients on 0.1 s answers: at the kill, about a third of them wait on the victim.
+        outcome = asyncio.run(load(urls, 240, midway=kill_midway(victim, victim_url, urls), after=60))
         assert victim.wait(timeout=10) == -signal.SIGKILL
         assert set(outcome.failed) <= {victim_url}, outcome.failed  # the others answered everything
-        assert len(outcome.ok) >= 300
+        assert len(outcome.ok) >= 180
         _, restarted = stack.enter_context(gateway_process(config, tmp_path))
         wait_for(lambda: stream_drained(redis_url), 30, "the spend stream did not drain")
         wait_for(lambda: backlog_gauge(restarted) == 0, 5, "the backlog gauge did not settle at 0")
@@ -205,9 +207,9 @@ def test_the_embedded_gateway_sigkilled_mid_load_loses_no_spend_and_duplicates_n
     with contextlib.ExitStack() as stack:
         victim, url = stack.enter_context(gateway_process(config, tmp_path))
         urls = [url]
-        outcome = asyncio.run(load(urls, 300, midway=kill_midway(victim, url, urls), after=100))
+        outcome = asyncio.run(load(urls, 200, midway=kill_midway(victim, url, urls), after=60))
         assert victim.wait(timeout=10) == -signal.SIGKILL
-        assert 100 <= len(outcome.ok) < 300  # the kill really cut the load
+        assert 60 <= len(outcome.ok) < 200  # the kill really cut the load
         stack.enter_context(gateway_process(config, tmp_path))  # replays the journal it left
         wait_for(lambda: _journals_empty(data_dir), 10, "the spend journals were not moved into SQL")
         counts = ledger_counts(f"sqlite+aiosqlite:///{data_dir / 'ferryman.db'}")
@@ -249,14 +251,14 @@ def test_an_embedded_worker_sigkilled_mid_load_is_replaced_and_its_sibling_keeps
         async def kill() -> None:
             os.kill(victim, signal.SIGKILL)
 
-        before = asyncio.run(load([url], 200, midway=kill, after=80))
+        before = asyncio.run(load([url], 140, midway=kill, after=50))
         wait_for(lambda: len(worker_pids(supervisor.pid) - first) == 1, 15, "no worker replaced the dead")
         wait_for(
             lambda: not list(data_dir.glob(f"spend-{victim}-*")),
             10,
             "the dead worker's journal was not replayed",
         )
-        after = asyncio.run(load([url], 200))  # both live workers, the sibling's journal in place
+        after = asyncio.run(load([url], 120))  # both live workers, the sibling's journal in place
         assert after.failed == Counter()
         wait_for(lambda: _journals_empty(data_dir), 10, "the spend journals were not moved into SQL")
         counts = ledger_counts(f"sqlite+aiosqlite:///{data_dir / 'ferryman.db'}")
@@ -269,17 +271,15 @@ def test_a_postgres_outage_mid_load_fails_no_request_shows_the_backlog_and_drain
     with throwaway_redis() as redis_url, throwaway_postgres_server() as postgres:
         database_url = postgres.url.replace("postgresql://", "postgresql+asyncpg://")
         config = gateway_config(upstream, redis_url=redis_url, database_url=database_url)
-        with (
-            gateway_process(config, tmp_path) as (_, first),
-            gateway_process(config, tmp_path) as (_, second),
-        ):
-            urls = [first, second]
+        with contextlib.ExitStack() as stack:
+            urls = [url for _, url in gateway_processes(stack, config, tmp_path, count=2)]
+            first, second = urls
 
             async def stop_postgres() -> None:
                 await asyncio.to_thread(postgres.stop)
 
-            before = asyncio.run(load(urls, 150, midway=stop_postgres, after=50))
-            during = asyncio.run(load(urls, 150))  # with PostgreSQL away: spend waits in the stream
+            before = asyncio.run(load(urls, 100, midway=stop_postgres, after=30))
+            during = asyncio.run(load(urls, 100))  # with PostgreSQL away: spend waits in the stream
             assert before.failed == during.failed == Counter()  # no client saw the outage
             wait_for(lambda: backlog_gauge(first) > 0, 5, "the backlog gauge never showed the outage")
             assert backlog_gauge(second) > 0
@@ -290,4 +290,4 @@ def test_a_postgres_outage_mid_load_fails_no_request_shows_the_backlog_and_drain
             counts = ledger_counts(database_url)
     outcome = Outcome(ok=before.ok + during.ok)
     assert_exactly_once(counts, outcome, upstream)
-    assert counts.total() == len(outcome.ok) == 300  # nobody was cut: every request is on the bill
+    assert counts.total() == len(outcome.ok) == 200  # nobody was cut: every request is on the bill

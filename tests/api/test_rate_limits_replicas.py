@@ -16,12 +16,18 @@ import pytest
 
 from ferryman.testing import FakeOpenAI, Reply
 from tests.api.fleet import burst, openai_estimate
+from tests.api.replicas import gateway_processes
 from tests.processes import gateway_process
 from tests.store.fixtures import throwaway_redis, throwaway_redis_process
 from tests.store.redis_topologies import redis_cluster, redis_sentinel
 
 pytestmark = pytest.mark.slow
 KEY = "fm-replicated-key"
+RPM_KEY, TPM_KEY, PARALLEL_KEY = (
+    "fm-replicated-rpm-key",
+    "fm-replicated-tpm-key",
+    "fm-replicated-parallel-key",
+)
 BODY: dict[str, Any] = {"model": "chat", "messages": [{"role": "user", "content": "count me in"}]}
 
 
@@ -45,10 +51,26 @@ def replica_config(redis_url: str, upstream: FakeOpenAI, **key: Any) -> dict[str
     }
 
 
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, slow_upstream: FakeOpenAI) -> Iterator[list[str]]:
+    """Three replicas on one throwaway Redis for the exactness tests on a single Redis: each test has a
+    key of its own with only the limit it measures, so no test sees another's admissions, and the fleet
+    starts once for all of them."""
+    keys = [
+        {"alias": "rpm", "key": RPM_KEY, "rpm_limit": 100},
+        {"alias": "tpm", "key": TPM_KEY, "tpm_limit": 40 * openai_estimate(BODY)},  # as the gateway counts
+        {"alias": "parallel", "key": PARALLEL_KEY, "max_parallel": 10},
+    ]
+    with throwaway_redis() as redis_url:
+        config = {**replica_config(redis_url, slow_upstream), "keys": keys}
+        with replicas(config, tmp_path_factory.mktemp("fleet")) as urls:
+            yield urls
+
+
 @contextlib.contextmanager
 def replicas(config: dict[str, Any], tmp_path: Path, count: int = 3) -> Iterator[list[str]]:
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(gateway_process(config, tmp_path))[1] for _ in range(count)]
+        yield [url for _, url in gateway_processes(stack, config, tmp_path, count)]
 
 
 async def statuses_of(urls: list[str], total: int, key: str = KEY) -> Counter[int]:
@@ -56,15 +78,19 @@ async def statuses_of(urls: list[str], total: int, key: str = KEY) -> Counter[in
     return Counter(response.status_code for response in await burst(urls, BODY, key, total))
 
 
-def test_three_replicas_admit_exactly_the_requests_per_minute(
-    tmp_path: Path, slow_upstream: FakeOpenAI
-) -> None:
-    with (
-        throwaway_redis() as redis_url,
-        replicas(replica_config(redis_url, slow_upstream, rpm_limit=100), tmp_path) as urls,
-    ):
-        statuses = asyncio.run(statuses_of(urls, 300))
+def test_three_replicas_admit_exactly_the_requests_per_minute(fleet: list[str]) -> None:
+    statuses = asyncio.run(statuses_of(fleet, 300, key=RPM_KEY))
     assert statuses == Counter({200: 100, 429: 200})
+
+
+def test_three_replicas_admit_exactly_the_tokens_per_minute(fleet: list[str]) -> None:
+    statuses = asyncio.run(statuses_of(fleet, 150, key=TPM_KEY))
+    assert statuses == Counter({200: 40, 429: 110})
+
+
+def test_three_replicas_hold_exactly_max_parallel(fleet: list[str]) -> None:
+    statuses = asyncio.run(statuses_of(fleet, 120, key=PARALLEL_KEY))
+    assert statuses == Counter({200: 10, 429: 110})
 
 
 @pytest.mark.parametrize("topology", ["cluster", "sentinel"])
@@ -78,25 +104,6 @@ def test_the_same_exactness_on_redis_cluster_and_through_sentinel(
     ):
         statuses = asyncio.run(statuses_of(urls, 150))
     assert statuses == Counter({200: 50, 429: 100})
-
-
-def test_three_replicas_admit_exactly_the_tokens_per_minute(
-    tmp_path: Path, slow_upstream: FakeOpenAI
-) -> None:
-    estimate = openai_estimate(BODY)  # as the gateway counts for its deployment
-    config = replica_config("", slow_upstream, tpm_limit=40 * estimate)
-    with throwaway_redis() as redis_url, replicas({**config, "redis_url": redis_url}, tmp_path) as urls:
-        statuses = asyncio.run(statuses_of(urls, 150))
-    assert statuses == Counter({200: 40, 429: 110})
-
-
-def test_three_replicas_hold_exactly_max_parallel(tmp_path: Path, slow_upstream: FakeOpenAI) -> None:
-    with (
-        throwaway_redis() as redis_url,
-        replicas(replica_config(redis_url, slow_upstream, max_parallel=10), tmp_path) as urls,
-    ):
-        statuses = asyncio.run(statuses_of(urls, 120))
-    assert statuses == Counter({200: 10, 429: 110})
 
 
 @pytest.mark.parametrize(("policy", "while_down"), [("fail_open", 200), ("fail_closed", 503)])
