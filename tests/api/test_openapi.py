@@ -333,10 +333,11 @@ def test_fuzzed_valid_chat_completions_are_served_never_a_5xx(
     # A valid timeout shorter than the answer takes is a 504 by design (tests/api/test_resilience.py),
     # and on a busy machine even 0.01 s can be: these bodies get a timeout any machine can meet.
     properties["timeout"] = {**properties["timeout"], "minimum": 5}
+    properties["fallbacks"] = {**properties["fallbacks"], "items": {"const": "fake-model"}}  # served ones
     statuses = fuzz_chat_completions(gateway.url, document, GenerationMode.POSITIVE, examples=40)
     assert len(statuses) == 40
     assert max(statuses) < 500
-    assert statuses.count(200) >= 20  # the schema is precise enough that most valid bodies are served
+    assert statuses.count(200) >= 30  # the schema is precise enough that valid bodies are served
 
 
 def test_fuzzed_invalid_chat_completions_get_a_4xx_never_a_5xx(

@@ -178,6 +178,15 @@ def test_parse_takes_max_tokens_from_either_field_preferring_max_completion_toke
     assert wire.parse_chat_request(base_request(**fields)).max_tokens == expected
 
 
+def test_whole_floats_are_integers_as_json_schema_says_and_fractions_are_refused():
+    parsed = wire.parse_chat_request(base_request(max_tokens=100.0, seed=7.0, n=1.0))
+    assert (parsed.max_tokens, parsed.seed) == (100, 7)
+    assert isinstance(parsed.max_tokens, int)
+    with pytest.raises(InvalidRequestError) as refused:
+        wire.parse_chat_request(base_request(max_tokens=100.5))
+    assert refused.value.param == "max_tokens"
+
+
 @pytest.mark.parametrize(
     ("tool_choice", "expected"),
     [

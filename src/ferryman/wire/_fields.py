@@ -179,7 +179,8 @@ def get_opt_int(
 ) -> int | None:
     """An optional integer field, at least `minimum` when given.
 
-    `whole_floats` accepts `100.0` for 100, as proto JSON (Gemini) does; booleans are never integers.
+    `whole_floats` accepts `100.0` for 100, as proto JSON (Gemini) does and as JSON Schema's
+    `integer` (the OpenAPI schema the gateway serves) means; booleans are never integers.
     """
     value = obj.get(key)
     if value is None:

@@ -121,11 +121,11 @@ def parse_chat_request(body: JSONObject) -> ChatRequest:
 
 
 def _parse_chat_request(body: JSONObject) -> ChatRequest:
-    n = get_opt_int(body, "n", minimum=1)
+    n = get_opt_int(body, "n", minimum=1, whole_floats=True)
     if n is not None and n > 1:
         raise Malformed("n", "greater than 1 is not supported: the gateway returns one choice")
-    completion_tokens = get_opt_int(body, "max_completion_tokens", minimum=1)
-    legacy_tokens = get_opt_int(body, "max_tokens", minimum=1)
+    completion_tokens = get_opt_int(body, "max_completion_tokens", minimum=1, whole_floats=True)
+    legacy_tokens = get_opt_int(body, "max_tokens", minimum=1, whole_floats=True)
     _parse_stream_options(body)
     fallbacks, timeout = get_gateway_options(body)
     return ChatRequest(
@@ -141,7 +141,7 @@ def _parse_chat_request(body: JSONObject) -> ChatRequest:
         response_format=_parse_response_format(body),
         stream=get_opt_bool(body, "stream") or False,
         user=get_opt_str(body, "user"),
-        seed=get_opt_int(body, "seed"),
+        seed=get_opt_int(body, "seed", whole_floats=True),
         reasoning=_parse_reasoning_effort(body),
         fallbacks=fallbacks,
         timeout=timeout,

@@ -39,7 +39,7 @@ def _parse_embedding_request(body: JSONObject) -> EmbeddingRequest:
     return EmbeddingRequest(
         model=get_str(body, "model"),
         inputs=_parse_embedding_inputs(body),
-        dimensions=get_opt_int(body, "dimensions", minimum=1),
+        dimensions=get_opt_int(body, "dimensions", minimum=1, whole_floats=True),
         user=get_opt_str(body, "user"),
         fallbacks=fallbacks,
         timeout=timeout,

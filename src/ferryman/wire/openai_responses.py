@@ -91,7 +91,7 @@ def _parse_request(body: JSONObject) -> ChatRequest:
     return ChatRequest(
         model=get_str(body, "model"),
         messages=(*system, *parse_input(body.get("input"))),
-        max_tokens=get_opt_int(body, "max_output_tokens", minimum=1),
+        max_tokens=get_opt_int(body, "max_output_tokens", minimum=1, whole_floats=True),
         temperature=get_opt_number(body, "temperature", low=0.0, high=2.0),
         top_p=get_opt_number(body, "top_p", low=0.0, high=1.0),
         tools=_parse_tools(body),
