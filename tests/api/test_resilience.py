@@ -422,9 +422,11 @@ def test_a_stream_slow_to_its_first_token_is_served_by_the_next_deployment(
 
 
 def test_a_stream_past_its_deadline_ends_with_one_timeout_error(primary: FakeOpenAI) -> None:
-    primary.script.set_default(Reply.text("w1 w2 w3 w4 w5 w6 w7 w8", chunks=8, chunk_delay=0.3))
+    # Words every 0.5 s against a 2 s deadline: the first ones arrive with room to spare on a busy
+    # machine, and the last one (at 4 s) never can.
+    primary.script.set_default(Reply.text("w1 w2 w3 w4 w5 w6 w7 w8", chunks=8, chunk_delay=0.5))
     received = ""
-    with serve_gateway({"models": [model("chat", deployment(primary, "p"), timeout_seconds=0.8)]}) as gateway:
+    with serve_gateway({"models": [model("chat", deployment(primary, "p"), timeout_seconds=2.0)]}) as gateway:
         with openai_client(gateway) as client, pytest.raises(openai.APIError) as caught:
             for chunk in client.chat.completions.create(model="chat", messages=HELLO, stream=True):
                 if chunk.choices:
