@@ -127,6 +127,7 @@ class GatedCounters(MemoryWindowCounters):
         release: str | None = None,
         *,
         holds: Reservations | None = None,
+        lazy: bool = False,
     ) -> None:
         await self.gate.wait()
         await super().finish(windows, release, holds=holds)
@@ -231,6 +232,7 @@ class CountingCounters:
         release: str | None = None,
         *,
         holds: Reservations | None = None,
+        lazy: bool = False,
     ) -> None:
         self.calls.append("finish")
         inner_holds = holds.inner if isinstance(holds, CountingReservations) else holds
@@ -403,6 +405,7 @@ class Unreachable(MemoryWindowCounters):
         release: str | None = None,
         *,
         holds: Reservations | None = None,
+        lazy: bool = False,
     ) -> None:
         if not self.up:
             raise SharedStateUnavailableError("redis down")

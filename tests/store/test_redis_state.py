@@ -30,6 +30,7 @@ from redis.crc import key_slot
 
 from ferryman.core.shared_state import Admission, Ceiling, Hold, SharedState, SpendEntry, Window
 from ferryman.errors import ConfigError, SharedStateUnavailableError
+from ferryman.store import _evalsha
 from ferryman.store import _redis_scripts as scripts
 from ferryman.store._evalsha import pack
 from ferryman.store._redis_connect import parse_redis_url
@@ -431,6 +432,41 @@ async def test_calls_made_in_one_turn_share_one_write_and_each_gets_its_own_repl
         assert [answer.allowed for answer in answers[:8]] == [True] * 5 + [False] * 3  # in call order
         assert answers[8].allowed
         assert await state.reservations.level(ceiling.key) == (0, 5)
+
+
+async def test_a_lazy_finish_rides_ahead_of_the_next_call_in_its_write(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    original = Connection.send_packed_command
+
+    async def counting(self: Connection, command: bytes, check_health: bool = True) -> None:
+        writes.append(command)
+        await original(self, command, check_health)
+
+    async with opened(redis_url, prefix=prefix) as state:
+        window, ceiling = Window("rpm", 100, 60), Ceiling("parallel", 1, 60)
+        first = Hold("first", (ceiling,), 1, 30)
+        assert (await state.counters.admit([(window, 1)], first, holds=state.reservations)).allowed
+        monkeypatch.setattr(Connection, "send_packed_command", counting)
+        monkeypatch.setattr(_evalsha, "LINGER", 30.0)  # long enough for a busy machine's next steps
+        release = asyncio.ensure_future(
+            state.counters.finish([], "first", holds=state.reservations, lazy=True)
+        )
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert writes == [] and not release.done()  # lingering: no write of its own yet
+        second = Hold("second", (ceiling,), 1, 30)
+        admitted = await state.counters.admit([(window, 1)], second, holds=state.reservations)
+        await release
+        assert len(writes) == 1  # the release and the next admission: one write, one wake-up of Redis
+        assert admitted.allowed  # the release ran first: the one slot was free again
+        writes.clear()
+        monkeypatch.setattr(_evalsha, "LINGER", 0.05)
+        started = time.monotonic()  # with nothing to ride along with, it goes alone after the linger
+        await asyncio.wait_for(state.counters.finish([], "second", holds=state.reservations, lazy=True), 5)
+        assert time.monotonic() - started >= 0.05 and len(writes) == 1
+        assert await state.reservations.level(ceiling.key) == (0, 0)
 
 
 async def test_an_error_reply_in_a_batch_fails_only_its_own_call(redis_url: str, prefix: str) -> None:

@@ -119,6 +119,7 @@ class Failover:
         release: str | None = None,
         *,
         holds: Reservations | None = None,
+        lazy: bool = False,
     ) -> None:
         """A hold taken locally is released locally; the corrections (and a shared hold's release) go
         wherever the counting is being done now. A shared hold Redis cannot release expires by its TTL."""
@@ -130,7 +131,7 @@ class Failover:
             await local_slots.release(release)
             release = None
         await self._either(
-            lambda: shared_counters.finish(windows, release, holds=shared_slots),
+            lambda: shared_counters.finish(windows, release, holds=shared_slots, lazy=lazy),
             lambda: local_counters.finish([(self._share(window), amount) for window, amount in windows]),
             refuse=False,
         )

@@ -121,10 +121,15 @@ class RateLimits:
         self._estimates = estimates or InputEstimates()
         self._unit_cache: dict[Scope, _Units] = {}
         self._background = background
+        # Whether any scope the config sets has a limit: without one, a caller without limits of its
+        # own (most keys of most gateways) passes without a single object built.
+        self._configured = bool(self._global or self._end_user or any(self._models.values()))
 
     def scopes(self, exchange: Exchange) -> list[Scope]:
         """Every scope with a limit that applies to `exchange`, narrowest first."""
         caller = exchange.caller
+        if not (self._configured or _limited(caller.key_limits) or _limited(caller.team_limits)):
+            return []
         who = caller.key_id or caller.key_alias
         scopes = [Scope("key", who, _quota(caller.key_limits))]
         if caller.team_id is not None and caller.team_limits is not None:
@@ -198,10 +203,10 @@ class RateLimits:
             corrections = [(window, float(actual - held.estimate)) for window in held.tpm_windows]
         if held.slot_id is not None or any(amount for _, amount in corrections):
             # one call (one round trip): the token correction and the slot's release together
-            finish = self._counters.finish(corrections, held.slot_id, holds=self._slots)
             if self._background is None:
-                await finish
-            else:
+                await self._counters.finish(corrections, held.slot_id, holds=self._slots)
+            else:  # nobody waits: it may ride along with the next call to the store
+                finish = self._counters.finish(corrections, held.slot_id, holds=self._slots, lazy=True)
                 self._background.spawn(finish, "rate-limit release")
 
 
@@ -287,6 +292,13 @@ def _deployment_full(name: str, retry_after: float) -> LimitExceededError:
         f"Every deployment of this model is at its upstream quota ({name} last).",
         retry_after=retry_after,
         scope="deployment",
+    )
+
+
+def _limited(limits: Limits | None) -> bool:
+    """Whether a key's or team's stored `Limits` set any rate limit."""
+    return limits is not None and (
+        limits.rpm_limit is not None or limits.tpm_limit is not None or limits.max_parallel is not None
     )
 
 

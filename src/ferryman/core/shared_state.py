@@ -171,9 +171,14 @@ class WindowCounters(Protocol):
         release: str | None = None,
         *,
         holds: Reservations | None = None,
+        lazy: bool = False,
     ) -> None:
         """Add each window's own correction (as `add`: negative allowed, zero skipped) and release the
         hold `release` that `admit` took in `holds`, in one step.
+
+        `lazy` says the caller does not wait for it on anyone's behalf (the stage's exit after the
+        answer): a remote backend may then send it along with its next call, a few milliseconds late
+        at most, rather than in a round trip of its own. An in-process one ignores it.
 
         The rate-limit stage's whole exit (the token estimate settled to the provider's count, the
         concurrency slot given back) in one call: one round trip to a shared backend instead of two.

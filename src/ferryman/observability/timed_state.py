@@ -55,10 +55,16 @@ class TimedCounters:
         release: str | None = None,
         *,
         holds: Reservations | None = None,
+        lazy: bool = False,
     ) -> None:
-        """Timed as `finish`; the hold is released in the store `holds` wraps, as in `admit`."""
+        """Timed as `finish`; the hold is released in the store `holds` wraps, as in `admit`. A lazy
+        finish is not timed: its wait is mostly the linger it asked for, not Redis."""
         inner_holds = holds.inner if isinstance(holds, TimedReservations) else holds
-        await self._timed("finish", self._inner.finish(windows, release, holds=inner_holds))
+        work = self._inner.finish(windows, release, holds=inner_holds, lazy=lazy)
+        if lazy:
+            await work
+        else:
+            await self._timed("finish", work)
 
 
 class TimedReservations:

@@ -15,6 +15,10 @@ the rest:
   one connection for all of them. Under load most of a call's CPU is the system calls of its round
   trip, not the script, so fifty requests admitted in one turn cost one `send` instead of fifty. A
   lone call waits for no one: the batch goes out on the loop's next turn;
+- a call that nobody waits for (`lazy`: the rate-limit stage's exit, sent after the answer) lingers
+  up to `LINGER` seconds for company: it goes out at the head of the next batch, so a request's
+  release and the next request's admission share one write and one wake-up of Redis (in that
+  order: the slot is free before the next admission is judged), and alone only once the linger ends;
 - NOSCRIPT (a restarted or failed-over Redis) answered by loading the script on that connection and
   sending the calls that met it once more — safe, since a script that was not found did not run.
 
@@ -39,6 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 Arg = str | bytes
+LINGER = 0.002  # seconds a lazy call waits for a batch to join: a slot comes back at most this late
 _Call = tuple[bytes, "Script", "asyncio.Future[Any]"]  # packed command, script, its caller's future
 
 
@@ -66,28 +71,56 @@ class Scripts:
         self._timeout = timeout
         self._idle: list[AbstractConnection] = []
         self._queue: list[_Call] = []  # this turn's calls, sent together on the next
+        self._lazy: list[_Call] = []  # calls nobody waits for, sent ahead of the next batch
+        self._linger: asyncio.TimerHandle | None = None  # sends the lazy calls alone if no batch comes
+        self._scheduled = False  # a batch task is started and has not yet taken the queues
         self._batches: set[asyncio.Task[None]] = set()  # in flight (asyncio keeps weak references)
 
     def register(self, source: str) -> Script:
         """A callable for `source`, called as redis-py's scripts are: `script(keys=..., args=...)`."""
         return Script(self, source, self._client.register_script(source))
 
-    async def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """EVALSHA `script` in this turn's batch and wait for its reply."""
+    async def run(
+        self, script: Script, keys: Sequence[Arg], args: Sequence[Arg], *, lazy: bool = False
+    ) -> Any:
+        """EVALSHA `script` in this turn's batch and wait for its reply; a `lazy` call (its caller does
+        not hold up anyone by waiting) joins the next batch instead, or goes alone after `LINGER`."""
         if self._pool is None:
             return await script.fallback(keys=keys, args=args)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((pack(["EVALSHA", script.sha, str(len(keys)), *keys, *args]), script, future))
-        if len(self._queue) == 1:  # the turn's first call: the batch task starts on the next turn
-            batch = loop.create_task(self._send(self._pool))
-            self._batches.add(batch)
-            batch.add_done_callback(self._batches.discard)
+        call = (pack(["EVALSHA", script.sha, str(len(keys)), *keys, *args]), script, future)
+        if lazy:
+            self._lazy.append(call)
+            if self._linger is None and not self._scheduled:
+                self._linger = loop.call_later(LINGER, self._linger_ended)
+        else:
+            self._queue.append(call)
+            self._schedule()  # the batch task starts on the next turn: this turn's calls join it
         return await future
 
+    def _linger_ended(self) -> None:
+        self._linger = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Start a batch task unless one is started and has not yet taken the queued calls."""
+        if self._scheduled or self._pool is None:
+            return
+        self._scheduled = True
+        batch = asyncio.get_running_loop().create_task(self._send(self._pool))
+        self._batches.add(batch)
+        batch.add_done_callback(self._batches.discard)
+
     async def _send(self, pool: ConnectionPool) -> None:
-        """One batch: every queued call in one write, their replies read in order on one connection."""
-        calls, self._queue = self._queue, []
+        """One batch: every queued call in one write (the lazy ones first), their replies read in order
+        on one connection."""
+        calls, self._lazy, self._queue, self._scheduled = self._lazy + self._queue, [], [], False
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if not calls:
+            return
         connection = self._idle.pop() if self._idle else pool.make_connection()  # type: ignore[no-untyped-call]
         try:
             async with asyncio.timeout(self._timeout):
@@ -127,7 +160,9 @@ class Scripts:
                 future.set_result(reply)
 
     async def aclose(self) -> None:
-        """Let batches in flight end, then disconnect the idle connections."""
+        """Send the lingering calls, let batches in flight end, then disconnect the idle connections."""
+        if self._lazy:
+            self._schedule()
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
         idle, self._idle = self._idle, []
@@ -144,8 +179,10 @@ class Script:
         self.fallback = fallback
         self.sha: str = fallback.sha
 
-    async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
-        return await self._runner.run(self, keys, args)
+    async def __call__(
+        self, keys: Sequence[Arg] = (), args: Sequence[Arg] = (), *, lazy: bool = False
+    ) -> Any:
+        return await self._runner.run(self, keys, args, lazy=lazy)
 
 
 async def _round_trip(connection: AbstractConnection, commands: list[bytes]) -> list[Any]:

@@ -188,6 +188,7 @@ class MemoryWindowCounters:
         release: str | None = None,
         *,
         holds: Reservations | None = None,
+        lazy: bool = False,
     ) -> None:
         if release is None:
             self._record(windows, self._now())

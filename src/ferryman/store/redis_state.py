@@ -190,14 +190,17 @@ class _Link:
         self.cache_get = register(scripts.CACHE_GET)
         self.cache_set = register(scripts.CACHE_SET)
 
-    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
+    async def run(
+        self, script: Script, keys: Sequence[str], args: Sequence[str | bytes], *, lazy: bool = False
+    ) -> Any:
         """Run one script as `call` runs an operation, but without a timer of its own: `Scripts` bounds
-        each batch's round trip by the same timeout (a timer per call cost more than the script)."""
+        each batch's round trip by the same timeout (a timer per call cost more than the script).
+        `lazy`: the caller does not hold anyone up waiting, so the call may join the next batch."""
         if self._cluster:
             return await self.call(lambda: script(keys=keys, args=args))
         await self._acquire()
         try:
-            return await script(keys=keys, args=args)
+            return await script(keys=keys, args=args, lazy=lazy)
         except REDIS_FAILURES as exc:
             raise SharedStateUnavailableError(f"shared state (Redis) failed: {type(exc).__name__}") from exc
         finally:
@@ -312,8 +315,10 @@ class RedisWindowCounters:
         release: str | None = None,
         *,
         holds: Reservations | None = None,
+        lazy: bool = False,
     ) -> None:
-        """One FINISH script: the windows' corrections and the release of an admitted hold."""
+        """One FINISH script: the windows' corrections and the release of an admitted hold; `lazy`
+        sends it with the next script call (within `_evalsha.LINGER`), not in a round trip of its own."""
         if release is not None and not self._shares_keys_with(holds):
             raise ValueError("a Redis finish releases its hold in the RedisReservations of the same state")
         corrections = [(window, amount) for window, amount in windows if amount != 0]
@@ -327,7 +332,7 @@ class RedisWindowCounters:
         if release is not None:
             keys.append(self._keys.hold(release))
             args.append(release)
-        await self._link.run(self._link.finish, keys, args)
+        await self._link.run(self._link.finish, keys, args, lazy=lazy)
 
     def _shares_keys_with(self, holds: Reservations | None) -> bool:
         """Whether `holds` reaches the same Redis under the same prefix: then its holds are this script's."""
