@@ -38,6 +38,7 @@ from ferryman.api.dependencies import DependencyWatch
 from ferryman.api.errors import error_response, handle_ferryman_error, handle_unexpected_error
 from ferryman.api.gemini_routes import gemini_routes
 from ferryman.api.health import health_routes
+from ferryman.api.hot_paths import HotPaths, hot_endpoints
 from ferryman.api.https import HttpsPolicyMiddleware
 from ferryman.api.middleware import RequestIdMiddleware
 from ferryman.api.openai_routes import openai_routes
@@ -239,17 +240,20 @@ def create_app(
         )
     if tracer is not None:
         middleware.append(Middleware(TracingMiddleware, tracer=tracer))  # inner: sees the request id
+    routes = [
+        *openai_routes(),
+        *responses_routes(),
+        *anthropic_routes(),
+        *gemini_routes(),
+        *usage_routes(),
+        *health_routes(),
+        *_admin_routes(admin),
+    ]
+    # Innermost of ours: inference POSTs skip Starlette's exception middleware and router.
+    middleware.append(Middleware(HotPaths, endpoints=hot_endpoints(routes)))
     return GatewayApp(
         admin,
-        routes=[
-            *openai_routes(),
-            *responses_routes(),
-            *anthropic_routes(),
-            *gemini_routes(),
-            *usage_routes(),
-            *health_routes(),
-            *_admin_routes(admin),
-        ],
+        routes=routes,
         middleware=middleware,
         exception_handlers=_EXCEPTION_HANDLERS,
         lifespan=lifespan,
