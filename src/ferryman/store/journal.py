@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ferryman.core.shared_state import SpendEntry
 from ferryman.errors import FerrymanError
-from ferryman.store.redis_state import decode_spend_entry, encode_spend_entry
+from ferryman.store.redis_state import decode_spend_entry, encode_spend_line
 from ferryman.store.sql_ledger import SqlLedger
 
 log = logging.getLogger("ferryman.store.journal")
@@ -72,8 +72,7 @@ class JournalLedger:
 
     async def append(self, entry: SpendEntry) -> bool:
         """Write and sync one line; True (duplicates are dropped when the line reaches SQL)."""
-        line = (encode_spend_entry(entry) + "\n").encode()
-        os.write(self._fd, line)
+        os.write(self._fd, encode_spend_line(entry))
         os.fdatasync(self._fd)
         self._written += 1  # the drain task picks it up on its next round: batches, not a commit each
         return True
