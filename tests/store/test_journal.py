@@ -13,7 +13,7 @@ import pytest
 from ferryman.core.shared_state import SpendEntry
 from ferryman.errors import StoreUnavailableError
 from ferryman.store.database import open_engine
-from ferryman.store.journal import JournalLedger
+from ferryman.store.journal import DRAIN_INTERVAL, JournalLedger
 from ferryman.store.migrate import ensure_schema
 from ferryman.store.redis_state import encode_spend_entry
 from ferryman.store.sql_ledger import SqlLedger
@@ -54,7 +54,7 @@ async def test_an_append_is_on_disk_at_once_and_in_sql_after_the_drain(
         assert await journal.append(entry("a"))
         files = list((tmp_path / "data").glob("spend-*.journal"))
         assert len(files) == 1 and b'"request_id": "a"' in files[0].read_bytes().replace(b'":"', b'": "')
-        await asyncio.sleep(0.6)  # the drain runs every 0.2 s by itself, unasked
+        await asyncio.sleep(DRAIN_INTERVAL + 0.5)  # the drain runs every DRAIN_INTERVAL by itself, unasked
         assert [e.request_id for e in await sql.entries()] == ["a"]
     finally:
         await journal.aclose()

@@ -11,10 +11,10 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -27,7 +27,7 @@ from ferryman.core.shared_state import SpendEntry
 from ferryman.errors import StoreUnavailableError
 from ferryman.observability.metrics import Metrics
 from ferryman.store.database import open_engine
-from ferryman.store.ledger_feeder import FeederSettings, LedgerFeeder, read_spend
+from ferryman.store.ledger_feeder import GATHER_READS, FeederSettings, LedgerFeeder, read_spend
 from ferryman.store.migrate import upgrade_schema
 from ferryman.store.redis_state import encode_spend_entry, ledger_stream_key
 from ferryman.store.sql_ledger import SqlLedger
@@ -167,6 +167,42 @@ async def test_entries_reach_sql_exactly_once_including_those_written_before_any
 
 async def _empty(redis: Redis, prefix: str) -> bool:
     return int(await redis.xlen(ledger_stream_key(prefix))) == 0
+
+
+async def test_a_trickle_is_gathered_in_a_few_reads_per_batch_not_one_per_entry(
+    redis: Redis, prefix: str, key_id: str
+) -> None:
+    """Entries arriving one by one (as requests end) fill a batch through a few reads: a read blocked on
+    the stream returned with the first entry to arrive, one round trip per entry."""
+    batches: list[int] = []
+
+    class Counting:
+        async def append_many(self, entries: Iterable[SpendEntry]) -> int:
+            batches.append(len(list(entries)))
+            return batches[-1]
+
+    settings = FeederSettings(batch_wait=0.4, idle_block=0.1)
+    feeder = LedgerFeeder(redis, Counting(), prefix=prefix, settings=settings)
+    reads_with_entries = 0
+    read = feeder._read
+
+    async def counted(start: str, count: int, block: float | None) -> list[tuple[str, Any]]:
+        nonlocal reads_with_entries
+        entries = await read(start, count, block)
+        reads_with_entries += bool(entries)
+        return entries
+
+    feeder._read = counted  # type: ignore[method-assign]
+    feeder.start()
+    try:
+        for n in range(40):
+            await append(redis, prefix, [spend(key_id, n)])
+            await asyncio.sleep(0.02)
+        await eventually(lambda: _true(sum(batches) == 40))
+    finally:
+        await feeder.aclose()
+    # Per batch: the first read, then at most GATHER_READS top-ups (one more for a deadline not quite met).
+    assert reads_with_entries <= len(batches) * (GATHER_READS + 2)
 
 
 async def test_an_undecodable_entry_is_kept_aside_and_does_not_block_the_rest(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ from ferryman.store.redis_state import (
     LEDGER_FIELD_REQUEST_ID,
     decode_spend_entry,
     encode_spend_entry,
+    encode_spend_line,
     ledger_stream_key,
 )
 from tests.processes import free_port
@@ -232,6 +234,36 @@ async def test_every_key_is_tagged_expires_and_the_ledger_stream_keeps_its_contr
 def test_spend_entries_round_trip_through_json() -> None:
     entry = spend("req-2")
     assert decode_spend_entry(encode_spend_entry(entry)) == entry
+
+
+def _stdlib_json(entry: SpendEntry) -> str:
+    """An entry as releases before orjson wrote it (`json.dumps`, compact)."""
+    fields = {name: getattr(entry, name) for name in json.loads(encode_spend_entry(spend("x")))}
+    return json.dumps(fields | {"at": entry.at.isoformat()}, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"cost_usd": None, "end_user": "zoë 漢字 😀\u2028", "key_id": None},  # non-ASCII: \u escapes before
+        {"cost_usd": 1e-07, "estimated": True, "cache_write_tokens": 3, "reasoning_tokens": 2},
+        {"cost_usd": 5e-324},
+        {"cost_usd": float("inf")},  # orjson would write null (unpriced): written as json did
+        {"input_tokens": 2**70, "cached_tokens": 2**64 + 1},  # past 64 bits: orjson refuses or rounds
+        {"request_id": "lone \ud800 surrogate", "model": "nul \x00 inside"},
+    ],
+)
+def test_spend_entries_read_the_same_by_every_release(changes: dict[str, object]) -> None:
+    """Written by orjson, an entry reads the same with the stdlib reader of earlier releases (a replica
+    not yet upgraded); written by `json.dumps` (a stream or journal left by one), it reads the same now."""
+    entry = dataclasses.replace(spend("req-3"), **changes)  # type: ignore[arg-type]
+    written = encode_spend_entry(entry)
+    assert json.loads(written) == json.loads(_stdlib_json(entry))
+    assert decode_spend_entry(written) == entry
+    assert decode_spend_entry(_stdlib_json(entry)) == entry
+    assert decode_spend_entry(_stdlib_json(entry).encode()) == entry
+    assert encode_spend_line(entry) == (written + "\n").encode("utf-8", "surrogatepass")
 
 
 async def test_idle_windows_vanish_by_themselves(redis_url: str, prefix: str) -> None:

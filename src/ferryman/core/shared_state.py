@@ -305,13 +305,30 @@ class SpendEntry:
     reasoning_tokens: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.at.utcoffset() == timedelta(0), f"spend {self.request_id!r}: `at` must be UTC")
-        counts = (self.input_tokens, self.output_tokens, self.cached_tokens)
-        _require(
-            min(*counts, self.cache_write_tokens, self.reasoning_tokens) >= 0,
-            f"spend {self.request_id!r}: token counts must be >= 0",
-        )
-        _require(self.cost_usd is None or self.cost_usd >= 0, f"spend {self.request_id!r}: cost must be >= 0")
+        # Every request makes one, and every entry is made again where the ledger reads it back: the
+        # checks run first, the messages are formatted only for an entry that fails one.
+        if not (
+            self.at.utcoffset() == _ZERO
+            and min(
+                self.input_tokens,
+                self.output_tokens,
+                self.cached_tokens,
+                self.cache_write_tokens,
+                self.reasoning_tokens,
+            )
+            >= 0
+            and (self.cost_usd is None or self.cost_usd >= 0)
+        ):
+            _require(self.at.utcoffset() == _ZERO, f"spend {self.request_id!r}: `at` must be UTC")
+            counts = (self.input_tokens, self.output_tokens, self.cached_tokens)
+            _require(
+                min(*counts, self.cache_write_tokens, self.reasoning_tokens) >= 0,
+                f"spend {self.request_id!r}: token counts must be >= 0",
+            )
+            _require(False, f"spend {self.request_id!r}: cost must be >= 0")
+
+
+_ZERO = timedelta(0)
 
 
 class Ledger(Protocol):

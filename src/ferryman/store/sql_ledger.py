@@ -15,6 +15,7 @@ boundary: database and driver failures leave it as `StoreUnavailableError`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -28,9 +29,11 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Float,
+    Insert,
     RowMapping,
     Select,
     Table,
+    bindparam,
     cast,
     func,
     null,
@@ -121,8 +124,8 @@ class SpendRow:
 
 def bounded(value: str) -> str:
     """`value` as the ledger stores it: unchanged when short and storable, else prefix + hash."""
-    if len(value) <= MAX_TEXT and _storable(value):
-        return value
+    if len(value) <= MAX_TEXT and ((value.isascii() and "\x00" not in value) or _storable(value)):
+        return value  # the common case, ASCII, needs no trial encoding (ASCII always encodes)
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     clean = value.encode("utf-8", "replace").decode().replace("\x00", "\ufffd")
     return f"{clean[: MAX_TEXT - 17]}~{digest}"
@@ -218,11 +221,17 @@ class SqlLedger:
             known = await _known_ids(conn, list(batch))
             # In request-id order, so writers racing on the same ids wait for each other in one order
             # (one waits for the other to commit) instead of deadlocking.
-            fresh = [entry for request_id, entry in sorted(batch.items()) if request_id not in known]
+            # Each row's values are computed once (bounded text, exact cost): the insert and the rollup
+            # read the same dicts.
+            fresh = [
+                _ledger_values(request_id, entry)
+                for request_id, entry in sorted(batch.items())
+                if request_id not in known
+            ]
             if not fresh:
                 return 0
             inserted = set(await self._insert_ledger(conn, fresh))
-            written = [entry for entry in fresh if bounded(entry.request_id) in inserted]
+            written = [row for row in fresh if row["request_id"] in inserted]
             await self._add_to_rollup(conn, written)
         return len(written)
 
@@ -306,28 +315,22 @@ class SqlLedger:
                 totals += UsageTotals(*(await conn.execute(partial)).one())
         return totals
 
-    async def _insert_ledger(self, conn: AsyncConnection, entries: Sequence[SpendEntry]) -> list[str]:
-        insert = postgresql.insert(LEDGER) if self._postgres else sqlite.insert(LEDGER)
-        statement = insert.on_conflict_do_nothing().returning(LEDGER.c.request_id)
-        result = await conn.execute(statement, [_ledger_values(entry) for entry in entries])
+    async def _insert_ledger(self, conn: AsyncConnection, rows: Sequence[LedgerValues]) -> list[str]:
+        result = await conn.execute(_insert_ledger_statement(self._postgres), rows)
         return list(result.scalars())
 
-    async def _add_to_rollup(self, conn: AsyncConnection, entries: Sequence[SpendEntry]) -> None:
-        """Add the entries to both rollups."""
-        if not entries:
+    async def _add_to_rollup(self, conn: AsyncConnection, rows: Sequence[LedgerValues]) -> None:
+        """Add the ledger rows to both rollups."""
+        if not rows:
             return
-        fine = _rollup(entries)
+        fine = _rollup(rows)
         await self._upsert(conn, DAILY, fine)
         await self._upsert(conn, DAILY_BY_KEY, _coarser(fine))
 
     async def _upsert(
         self, conn: AsyncConnection, rollup: Table, rows: Mapping[tuple[Any, ...], Sums]
     ) -> None:
-        insert = postgresql.insert(rollup) if self._postgres else sqlite.insert(rollup)
-        statement = insert.on_conflict_do_update(
-            index_elements=list(rollup.primary_key.columns),
-            set_={name: rollup.c[name] + insert.excluded[name] for name in ROLLUP_SUMS},
-        )
+        statement = _upsert_statement(rollup, self._postgres)
         key_names = [column.name for column in rollup.primary_key.columns]
         # Sorted, so concurrent writers lock rollup rows in the same order and cannot deadlock each other.
         values = [
@@ -368,20 +371,50 @@ def _first_of_each(entries: Iterable[SpendEntry]) -> dict[str, SpendEntry]:
     return batch
 
 
+# The writer's statements, built once per table and dialect and reused by every batch: building one
+# is pure CPU (`insert.excluded` alone makes a column collection), and a reused statement also keeps
+# its SQLAlchemy cache key, so each batch goes straight to the compiled form.
+
+
+@functools.cache
+def _insert_ledger_statement(postgres: bool) -> Insert:
+    """New ledger rows in; the request ids actually inserted come back (a racing writer's are not)."""
+    insert = postgresql.insert(LEDGER) if postgres else sqlite.insert(LEDGER)
+    return insert.on_conflict_do_nothing().returning(LEDGER.c.request_id)
+
+
+@functools.cache
+def _upsert_statement(rollup: Table, postgres: bool) -> Insert:
+    """A rollup row inserted, or its sums added to the row already there."""
+    insert = postgresql.insert(rollup) if postgres else sqlite.insert(rollup)
+    return insert.on_conflict_do_update(
+        index_elements=list(rollup.primary_key.columns),
+        set_={name: rollup.c[name] + insert.excluded[name] for name in ROLLUP_SUMS},
+    )
+
+
+_KNOWN_IDS = select(LEDGER.c.request_id).where(LEDGER.c.request_id.in_(bindparam("ids", expanding=True)))
+"""Which of the `ids` are in the ledger (`_known_ids`); the list expands to one parameter per id."""
+
+
 async def _known_ids(conn: AsyncConnection, request_ids: list[str]) -> set[str]:
     """Which ids are recorded already. On PostgreSQL the primary key is (request_id, at), so this look-up
     (one index probe per partition) is what catches an id recorded before under another timestamp."""
     known: set[str] = set()
     for start in range(0, len(request_ids), _LOOKUP_CHUNK):
         chunk = request_ids[start : start + _LOOKUP_CHUNK]
-        found = await conn.scalars(select(LEDGER.c.request_id).where(LEDGER.c.request_id.in_(chunk)))
-        known.update(found)
+        known.update(await conn.scalars(_KNOWN_IDS, {"ids": chunk}))
     return known
 
 
-def _ledger_values(entry: SpendEntry) -> dict[str, Any]:
+LedgerValues = dict[str, Any]
+"""One ledger row's bind parameters, by column name (`_ledger_values`)."""
+
+
+def _ledger_values(request_id: str, entry: SpendEntry) -> LedgerValues:
+    """`entry` as its ledger row; `request_id` is its id already `bounded`."""
     return {
-        "request_id": bounded(entry.request_id),
+        "request_id": request_id,
         "at": entry.at,
         "key_id": _optional(entry.key_id),
         "team_id": _optional(entry.team_id),
@@ -412,44 +445,64 @@ class Sums:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
 
+    # Field by field, not a loop over `ROLLUP_SUMS` with getattr/setattr: this runs for every row of
+    # every batch.
+
     def add(self, other: Sums) -> None:
         """Add `other` into these sums."""
-        for name in ROLLUP_SUMS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.requests += other.requests
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cached_tokens += other.cached_tokens
+        self.cost_usd += other.cost_usd
+        self.unpriced_requests += other.unpriced_requests
+        self.cache_write_tokens += other.cache_write_tokens
+        self.reasoning_tokens += other.reasoning_tokens
 
     def values(self) -> dict[str, Any]:
-        """As bind parameters."""
-        return {name: getattr(self, name) for name in ROLLUP_SUMS}
+        """As bind parameters (the keys are `ROLLUP_SUMS`)."""
+        return {
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cost_usd": self.cost_usd,
+            "unpriced_requests": self.unpriced_requests,
+            "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
 
 
 RollupKey = tuple[date, str, str, str, str, str]  # day, key, team, end user, model, provider
 
 
-def _rollup(entries: Iterable[SpendEntry]) -> dict[RollupKey, Sums]:
-    """The entries summed per `spend_daily` key; an absent key, team or end user is ''."""
+def _rollup(rows: Iterable[LedgerValues]) -> dict[RollupKey, Sums]:
+    """The ledger rows summed per `spend_daily` key; an absent key, team or end user is ''. The rows'
+    text is bounded and their cost exact already, so a rollup adds exactly what its rows hold."""
     groups: dict[RollupKey, Sums] = {}
-    for entry in entries:
+    for row in rows:
         key = (
-            entry.at.astimezone(UTC).date(),
-            _optional(entry.key_id) or "",
-            _optional(entry.team_id) or "",
-            _optional(entry.end_user) or "",
-            bounded(entry.model),
-            bounded(entry.provider),
+            row["at"].astimezone(UTC).date(),
+            row["key_id"] or "",
+            row["team_id"] or "",
+            row["end_user"] or "",
+            row["model"],
+            row["provider"],
         )
-        cost = _exact(entry.cost_usd)
-        groups.setdefault(key, Sums()).add(
-            Sums(
-                1,
-                entry.input_tokens,
-                entry.output_tokens,
-                entry.cached_tokens,
-                cost or Decimal(0),
-                int(cost is None),
-                entry.cache_write_tokens,
-                entry.reasoning_tokens,
-            )
-        )
+        sums = groups.get(key)
+        if sums is None:
+            sums = groups[key] = Sums()
+        sums.requests += 1
+        sums.input_tokens += row["input_tokens"]
+        sums.output_tokens += row["output_tokens"]
+        sums.cached_tokens += row["cached_tokens"]
+        cost = row["cost_usd"]
+        if cost is None:
+            sums.unpriced_requests += 1
+        elif cost:  # a zero cost adds nothing (and leaves the sum Decimal(0), not 0E-12)
+            sums.cost_usd += cost
+        sums.cache_write_tokens += row["cache_write_tokens"]
+        sums.reasoning_tokens += row["reasoning_tokens"]
     return groups
 
 
