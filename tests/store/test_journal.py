@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,6 +60,35 @@ async def test_an_append_is_on_disk_at_once_and_in_sql_after_the_drain(
     finally:
         await journal.aclose()
     assert not list((tmp_path / "data").glob("*.moving"))
+
+
+async def test_concurrent_appends_share_syncs_and_each_returns_only_once_synced(
+    tmp_path: Path, sql: SqlLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = JournalLedger(tmp_path / "data", sql)
+    await journal.start()
+    synced: list[bytes] = []  # the journal's whole content at each sync
+    real_sync = os.fdatasync
+
+    def sync(fd: int) -> None:
+        real_sync(fd)
+        synced.append(journal.path.read_bytes())
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    names = [f"r{number}" for number in range(50)]
+
+    async def append(name: str) -> tuple[str, int]:
+        await journal.append(entry(name))
+        return name, len(synced)  # how many syncs had happened when it was acknowledged
+
+    try:
+        acknowledged = await asyncio.gather(*(append(name) for name in names))
+    finally:
+        await journal.aclose()
+    assert 1 <= len(synced) < len(names)  # group commits: one sync acknowledged several appends
+    for name, syncs in acknowledged:  # every append's line was on disk at a sync before it returned
+        assert syncs >= 1 and f'"{name}"'.encode() in synced[syncs - 1].replace(b'": "', b'":"')
+    assert sorted(e.request_id for e in await sql.entries()) == sorted(names)
 
 
 async def test_a_journal_left_by_a_crashed_process_is_replayed_exactly_once(
