@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ferryman.observability.logging import configure_logging, scrub
+from ferryman.observability.logging import JsonFormatter, configure_logging, log_request, scrub
 from ferryman.testing import FakeOpenAI, Reply
 from tests.conftest import RunningGateway
 
@@ -188,3 +188,63 @@ def test_refused_requests_get_their_line_too(gateway: RunningGateway, log_stream
     assert (second["http_status"], second["error"], second["model"]) == (400, "InvalidRequestError", "")
     third = lines_by_id[unknown.headers["x-request-id"]]
     assert (third["http_status"], third["model"], third["key_alias"]) == (404, "nope", "master")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "plain words", "task-abcdefghijkl", "Bearer short", "sk-", "bearer abcdefghijkl", "AIzaShort"],
+)
+def test_scrub_leaves_what_is_no_credential_alone(text: str) -> None:
+    assert scrub(text) == text
+
+
+def _record(created: float, **extra: object) -> logging.LogRecord:
+    record = logging.getLogger("ferryman.test").makeRecord(
+        "ferryman.test", logging.INFO, __file__, 1, "hello %s", ("there",), None, extra=extra
+    )
+    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+    return record
+
+
+def test_json_lines_keep_every_records_own_fields_in_order() -> None:
+    formatter = JsonFormatter()
+    first = _record(1_700_000_000.25, model="m", _private="x", key="sk-proj-abcdefghijklmnop")
+    second = _record(1_700_000_000.999, b=1, a=None)
+    second.added_by_a_filter = "yes"
+    second.message = "set by another handler's formatter"  # a standard attribute: never a field
+    for _ in range(2):  # the second time, each layout is already known
+        one, two = json.loads(formatter.format(first)), json.loads(formatter.format(second))
+        assert list(one) == ["ts", "level", "logger", "message", "model", "key"]
+        assert (one["ts"], one["message"], one["key"]) == (
+            "2023-11-14T22:13:20.250Z",
+            "hello there",
+            "[REDACTED]",
+        )
+        assert list(two) == ["ts", "level", "logger", "message", "b", "a", "added_by_a_filter"]
+        assert two["ts"] == "2023-11-14T22:13:20.999Z"
+    assert json.loads(formatter.format(_record(1_700_000_001.0)))["ts"] == "2023-11-14T22:13:21.000Z"
+
+
+def test_the_access_line_goes_through_the_loggers_handlers(log_stream: io.StringIO) -> None:
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    seen: list[logging.LogRecord] = []
+    handler = Keep()
+    logging.getLogger("ferryman.access").addHandler(handler)
+    try:
+        log_request({"model": "m", "status": "success"})
+        with pytest.raises(KeyError, match="lineno"):  # as `Logger.info(extra=...)` refuses it
+            log_request({"model": "m", "lineno": 3})
+    finally:
+        logging.getLogger("ferryman.access").removeHandler(handler)
+    (record,) = seen
+    assert (record.funcName, record.getMessage(), record.model) == ("log_request", "request", "m")  # type: ignore[attr-defined]
+    (line,) = lines(log_stream)
+    assert (line["logger"], line["message"], line["model"], line["status"]) == (
+        "ferryman.access",
+        "request",
+        "m",
+        "success",
+    )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from typing import TypeVar, cast
+
+from prometheus_client.metrics import MetricWrapperBase
 
 from ferryman.core.exchange import Exchange
 from ferryman.core.limits import LimitExceededError
@@ -10,18 +13,37 @@ from ferryman.core.observer import Attempt
 from ferryman.errors import PermissionDeniedError, ProviderError
 from ferryman.observability.metrics import Metrics
 
+_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
+
+# Label values are providers, models, deployments' error classes and limit scopes, all from the
+# configuration, so the children kept stay few; the bound only guards memory against a surprise.
+_MAX_CHILDREN = 10_000
+
 
 class MetricsObserver:
     """Counts requests, attempts, failures, tokens and cost; times requests, first tokens and overhead."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
+
+    def _child(self, metric: _Metric, *values: str) -> _Metric:
+        """`metric.labels(*values)`, looked up once: `labels` checks and converts its arguments and
+        takes the metric's lock on every call, for a child that never changes (Ferryman never removes
+        one). A request moves about ten children, so this is most of what the observer costs."""
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= _MAX_CHILDREN:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*values)
+        return cast(_Metric, child)
 
     def attempt_started(self, exchange: Exchange, attempt: Attempt) -> None:
         """One more active request and one more upstream attempt on the provider."""
-        provider = attempt.target.provider
-        self.metrics.active.labels(provider).inc()
-        self.metrics.upstream_attempts.labels(provider, _served(exchange)).inc()
+        provider, m = attempt.target.provider, self.metrics
+        self._child(m.active, provider).inc()
+        self._child(m.upstream_attempts, provider, _served(exchange)).inc()
 
     def calling(self, attempt: Attempt) -> AbstractContextManager[object]:
         """No context needed."""
@@ -29,50 +51,53 @@ class MetricsObserver:
 
     def attempt_failed(self, exchange: Exchange, attempt: Attempt, error: ProviderError, kind: str) -> None:
         """Count the failure by class; an attempt that never answered is no longer active."""
-        provider = attempt.target.provider
-        self.metrics.upstream_errors.labels(provider, _served(exchange), kind).inc()
+        provider, m = attempt.target.provider, self.metrics
+        self._child(m.upstream_errors, provider, _served(exchange), kind).inc()
         if not attempt.answered:
-            self.metrics.active.labels(provider).dec()
+            self._child(m.active, provider).dec()
 
     def first_token(self, exchange: Exchange, attempt: Attempt) -> None:
         """Observe the time to first token."""
         if exchange.time_to_first_token is not None:
-            histogram = self.metrics.time_to_first_token.labels(attempt.target.provider, _served(exchange))
+            histogram = self._child(
+                self.metrics.time_to_first_token, attempt.target.provider, _served(exchange)
+            )
             histogram.observe(exchange.time_to_first_token)
 
     def attempt_settled(self, exchange: Exchange, attempt: Attempt) -> None:
         """Tokens and cost (or an unpriced request: never a silent $0); the attempt is over."""
-        m, provider, model = self.metrics, attempt.target.provider, _served(exchange)
-        m.active.labels(provider).dec()
+        m, child, provider, model = self.metrics, self._child, attempt.target.provider, _served(exchange)
+        child(m.active, provider).dec()
         usage = exchange.usage
         if usage is not None:
-            m.tokens.labels(provider, model, "input").inc(usage.input_tokens)
-            m.tokens.labels(provider, model, "output").inc(usage.output_tokens)
+            child(m.tokens, provider, model, "input").inc(usage.input_tokens)
+            child(m.tokens, provider, model, "output").inc(usage.output_tokens)
         if exchange.cost is None:
-            m.unpriced.labels(provider, model).inc()
+            child(m.unpriced, provider, model).inc()
         else:
-            m.cost.labels(provider, model).inc(exchange.cost)
+            child(m.cost, provider, model).inc(exchange.cost)
 
     def attempt_abandoned(self, exchange: Exchange, attempt: Attempt) -> None:
         """The client left before the upstream answered: no longer active."""
-        self.metrics.active.labels(attempt.target.provider).dec()
+        self._child(self.metrics.active, attempt.target.provider).dec()
 
     def request_finished(self, exchange: Exchange, error: BaseException | None) -> None:
         """The seed's request counter and duration, and the gateway's own overhead; a model refused
         to the caller counts as an auth failure. Requests refused before any upstream was chosen are
         not upstream requests and leave the provider metrics alone."""
-        m = self.metrics
+        m, child = self.metrics, self._child
         if isinstance(error, PermissionDeniedError) and error.code == "model_not_allowed":
-            m.auth_failures.labels("forbidden_model").inc()
+            child(m.auth_failures, "forbidden_model").inc()
         elif isinstance(error, LimitExceededError):
-            m.rate_limited.labels(error.scope).inc()
+            child(m.rate_limited, error.scope).inc()
         if exchange.cache_result in ("hit", "miss"):
-            m.cache_requests.labels(exchange.cache_result).inc()
-        if not exchange.provider:  # a cache hit's provider is "cache": requests it answered count too
+            child(m.cache_requests, exchange.cache_result).inc()
+        provider = exchange.provider
+        if not provider:  # a cache hit's provider is "cache": requests it answered count too
             return
-        m.requests.labels(exchange.provider, exchange.status, exchange.model).inc()
-        m.duration.labels(exchange.provider, exchange.model).observe(exchange.latency)
-        m.overhead.labels(exchange.provider).observe(exchange.overhead)
+        child(m.requests, provider, exchange.status, exchange.model).inc()
+        child(m.duration, provider, exchange.model).observe(exchange.latency)
+        child(m.overhead, provider).observe(exchange.overhead)
 
 
 def _served(exchange: Exchange) -> str:
