@@ -442,20 +442,25 @@ async def test_each_operation_is_one_round_trip(
                 assert b"EVALSHA" in packed and admit_sha in packed
 
 
-async def test_calls_made_in_one_turn_share_one_write_and_each_gets_its_own_reply(
-    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writes: list[bytes] = []
+def count_writes(monkeypatch: pytest.MonkeyPatch, writes: list[bytes]) -> None:
+    """Record in `writes` every packed write to Redis from now on (one per system call's worth)."""
     original = Connection.send_packed_command
 
     async def counting(self: Connection, command: bytes, check_health: bool = True) -> None:
         writes.append(command)
         await original(self, command, check_health)
 
+    monkeypatch.setattr(Connection, "send_packed_command", counting)
+
+
+async def test_calls_made_in_one_turn_share_one_write_and_each_gets_its_own_reply(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
     async with opened(redis_url, prefix=prefix) as state:
         ceiling = Ceiling("budget", 5, 60)
         await state.reservations.level(ceiling.key)  # connected, scripts loaded
-        monkeypatch.setattr(Connection, "send_packed_command", counting)
+        count_writes(monkeypatch, writes)
         answers = await asyncio.gather(
             *(state.reservations.reserve(f"r{number}", [ceiling], 1, ttl=30) for number in range(8)),
             state.counters.check_and_add([Window("rpm", 3, 60)], 3),
@@ -470,17 +475,11 @@ async def test_a_lazy_finish_rides_ahead_of_the_next_call_in_its_write(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[bytes] = []
-    original = Connection.send_packed_command
-
-    async def counting(self: Connection, command: bytes, check_health: bool = True) -> None:
-        writes.append(command)
-        await original(self, command, check_health)
-
     async with opened(redis_url, prefix=prefix) as state:
         window, ceiling = Window("rpm", 100, 60), Ceiling("parallel", 1, 60)
         first = Hold("first", (ceiling,), 1, 30)
         assert (await state.counters.admit([(window, 1)], first, holds=state.reservations)).allowed
-        monkeypatch.setattr(Connection, "send_packed_command", counting)
+        count_writes(monkeypatch, writes)
         monkeypatch.setattr(_evalsha, "LINGER", 30.0)  # long enough for a busy machine's next steps
         release = asyncio.ensure_future(
             state.counters.finish([], "first", holds=state.reservations, lazy=True)
