@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ferryman.core.exchange import Exchange
-from ferryman.observability import metrics_observer
+from ferryman.observability import metrics as metrics_module
 from ferryman.observability.metrics import Metrics
 from ferryman.observability.metrics_observer import MetricsObserver
 
@@ -17,7 +17,7 @@ def finished(model: str) -> Exchange:
 
 
 def test_counts_stay_right_past_the_bound_on_kept_children(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics_observer, "_MAX_CHILDREN", 3)  # forgets them every few requests
+    monkeypatch.setattr(metrics_module, "_MAX_CHILDREN", 3)  # forgets them every few requests
     metrics = Metrics.create()
     observer = MetricsObserver(metrics)
     for model in ["a", "b", "c", "a", "b", "a"]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +23,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 # LLM calls take from tens of milliseconds (a cached or tiny reply) to minutes (long generations).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -30,6 +32,30 @@ SHARED_STATE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
 OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
+
+# Label values are providers, models, operations, error classes and limit scopes, all from the
+# configuration, so the children kept stay few; the bound only guards memory against a surprise.
+_MAX_CHILDREN = 10_000
+
+
+class Children:
+    """`metric.labels(*values)`, looked up once: `labels` checks and converts its arguments and takes
+    the metric's lock on every call, for a child that never changes (Ferryman never removes one). On the
+    hot path a request moves about ten children, so the lookup is most of what observing it costs."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
+
+    def __call__(self, metric: _Metric, *values: str) -> _Metric:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= _MAX_CHILDREN:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*values)
+        return cast(_Metric, child)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import TypeVar, cast
-
-from prometheus_client.metrics import MetricWrapperBase
 
 from ferryman.core.exchange import Exchange
 from ferryman.core.limits import LimitExceededError
 from ferryman.core.observer import Attempt
 from ferryman.errors import PermissionDeniedError, ProviderError
-from ferryman.observability.metrics import Metrics
-
-_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
-
-# Label values are providers, models, deployments' error classes and limit scopes, all from the
-# configuration, so the children kept stay few; the bound only guards memory against a surprise.
-_MAX_CHILDREN = 10_000
+from ferryman.observability.metrics import Children, Metrics
 
 
 class MetricsObserver:
@@ -25,19 +16,7 @@ class MetricsObserver:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
-
-    def _child(self, metric: _Metric, *values: str) -> _Metric:
-        """`metric.labels(*values)`, looked up once: `labels` checks and converts its arguments and
-        takes the metric's lock on every call, for a child that never changes (Ferryman never removes
-        one). A request moves about ten children, so this is most of what the observer costs."""
-        key = (metric, *values)
-        child = self._children.get(key)
-        if child is None:
-            if len(self._children) >= _MAX_CHILDREN:
-                self._children.clear()
-            child = self._children[key] = metric.labels(*values)
-        return cast(_Metric, child)
+        self._child = Children()
 
     def attempt_started(self, exchange: Exchange, attempt: Attempt) -> None:
         """One more active request and one more upstream attempt on the provider."""

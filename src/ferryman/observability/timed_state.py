@@ -13,6 +13,7 @@ from typing import TypeVar
 from prometheus_client import Histogram
 
 from ferryman.core.shared_state import Admission, Ceiling, Hold, Reservations, Window, WindowCounters
+from ferryman.observability.metrics import Children
 
 T = TypeVar("T")
 
@@ -105,19 +106,15 @@ class TimedReservations:
 
 
 class _Timer:
-    """Times awaitables into one histogram, by operation: each label's child looked up once, not per
-    call (`labels` costs more than the observation)."""
+    """Times awaitables into one histogram, by operation (each label's child looked up once)."""
 
     def __init__(self, histogram: Histogram) -> None:
         self._histogram = histogram
-        self._children: dict[str, Histogram] = {}
+        self._child = Children()
 
     async def __call__(self, operation: str, work: Awaitable[T]) -> T:
         started = time.perf_counter()
         try:
             return await work
         finally:
-            child = self._children.get(operation)
-            if child is None:
-                child = self._children[operation] = self._histogram.labels(operation)
-            child.observe(time.perf_counter() - started)
+            self._child(self._histogram, operation).observe(time.perf_counter() - started)
