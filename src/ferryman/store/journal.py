@@ -107,19 +107,22 @@ class JournalLedger:
         """Group commits until no line waits: each writes and syncs every line queued before it."""
         try:
             while self._pending:
-                lines, waiters = b"".join(self._pending), self._waiters
+                pending, waiters = self._pending, self._waiters
                 self._pending, self._waiters = [], []
                 try:
                     async with self._file:  # the file cannot be rotated away mid-write
-                        await asyncio.to_thread(_write_synced, self._fd, lines)
-                        self._written += len(waiters)
-                except BaseException as exc:  # none of these lines is acknowledged
+                        await asyncio.to_thread(_write_synced, self._fd, b"".join(pending))
+                        self._written += len(pending)
+                except OSError as exc:  # none of these lines is acknowledged; the next ones may be
                     for waiter in waiters:
                         if not waiter.done():
-                            waiter.set_exception(exc if isinstance(exc, Exception) else OSError("cancelled"))
-                    if not isinstance(exc, OSError):
-                        raise
+                            waiter.set_exception(exc)
                     continue
+                except BaseException:  # cancelled (shutdown): no waiting line is acknowledged (the ones
+                    for waiter in waiters + self._waiters:  # queued meanwhile stay for a later commit)
+                        waiter.cancel()
+                    self._waiters = []
+                    raise
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
