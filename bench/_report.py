@@ -274,6 +274,9 @@ def _render_method(report: RunReport) -> str:
         "(after 20 warm-up requests), timed from writing the request to the first body bytes.\n"
         "- CPU per request: utime+stime of the target's whole process tree (from `/proc/<pid>/stat`) "
         "over one wrk run, divided by the requests wrk completed. RSS: VmRSS of the tree after all phases.\n"
+        f"- Governance variants ({REDIS_NAME} and the three on top of it): {plan.governance_rounds} "
+        "interleaved rounds, each variant started afresh in each; every figure in their columns is the "
+        "median round of that phase (c=1 by p50, loaded runs by CPU per request, TTFB by p50).\n"
         "- Each gateway runs one worker process. wrk, the TTFB client, nginx and the gateway share the "
         "same cores, so absolute figures are lower than on a dedicated box; compare columns, not machines.\n"
     )

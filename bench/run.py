@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from _environment import describe_environment
-from _measure import LoadPlan, TargetFailure, TargetResult, measure_target
+from _measure import LoadPlan, TargetFailure, TargetResult, measure_target, median_result
 from _report import RunReport, kept_notes, render_markdown
 from _stages import measure_stage_costs
 from _targets import (
@@ -57,6 +57,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target and body")
     parser.add_argument("--workers", type=int, default=1, help="Ferryman worker processes (default 1)")
     parser.add_argument(
+        "--governance-rounds",
+        type=int,
+        default=3,
+        help="rounds of the governance variants, interleaved; each figure is their median (default 3)",
+    )
+    parser.add_argument(
         "--auth",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -86,7 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # A SIGTERM must unwind through the `finally` blocks that stop our servers.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    plan = LoadPlan(args.duration, args.concurrency, args.ttfb_requests, args.warmup)
+    plan = LoadPlan(
+        args.duration,
+        args.concurrency,
+        args.ttfb_requests,
+        args.warmup,
+        governance_rounds=max(1, args.governance_rounds),
+    )
     master_key = f"sk-bench-{secrets.token_hex(24)}" if args.auth else None
     started, load_at_start = datetime.now(UTC), os.getloadavg()
     run_dir = Path(tempfile.mkdtemp(prefix="ferryman-bench-"))
@@ -173,20 +185,33 @@ def _measure_baseline(
 def _measure_governance(
     run_dir: Path, upstream: Upstream, plan: LoadPlan, master_key: str | None, workers: int
 ) -> list[Outcome]:
-    """Ferryman with its state in a private Redis, then with limits, then with budgets on top."""
+    """Ferryman with its state in a private Redis, then with limits, budgets and cache hits on top,
+    in `plan.governance_rounds` interleaved rounds (A B C D, A B C D, ...), each variant started afresh
+    in each round: a drift of the machine over the minutes of a round touches every variant alike, and
+    each figure reported is the variant's median (`median_result`). A variant that fails in any round
+    is reported as failed."""
     redis, redis_url = start_redis(run_dir)
+    variants = governance_variants(redis_url)
+    rounds: dict[str, list[Outcome]] = {name: [] for name, _ in variants}
     try:
-        return [
-            _measure(
-                partial(start_ferryman, run_dir, upstream, master_key, workers, None, name, extra),
-                plan,
-                owns_process=True,
-                name=name,
-            )
-            for name, extra in governance_variants(redis_url)
-        ]
+        for round_number in range(plan.governance_rounds):
+            for name, extra in variants:
+                if any(isinstance(outcome, TargetFailure) for outcome in rounds[name]):
+                    continue
+                starter = partial(start_ferryman, run_dir, upstream, master_key, workers, None, name, extra)
+                label = f"{name}, round {round_number + 1} of {plan.governance_rounds}"
+                rounds[name].append(_measure(starter, plan, owns_process=True, name=label))
     finally:
         redis.stop()
+    return [_combined(outcomes) for outcomes in rounds.values()]
+
+
+def _combined(outcomes: Sequence[Outcome]) -> Outcome:
+    """A variant's rounds as one outcome: its first failure, or the median of its results."""
+    failures = [outcome for outcome in outcomes if isinstance(outcome, TargetFailure)]
+    if failures:
+        return failures[0]
+    return median_result([outcome for outcome in outcomes if isinstance(outcome, TargetResult)])
 
 
 def _measure_litellm(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import run
 import yaml
 from _load import (
     Endpoint,
@@ -24,7 +25,7 @@ from _load import (
     percentile,
     run_wrk,
 )
-from _measure import LoadPlan, Phase, TargetFailure, TargetResult
+from _measure import LoadPlan, Phase, TargetFailure, TargetResult, median_result
 from _procs import read_tree_usage, start_process
 from _report import NOTES_MARKER, RunReport, kept_notes, render_markdown
 from _stages import ROUTING_STRATEGIES, StageCost, measure_stage_costs
@@ -320,3 +321,27 @@ def test_report_states_what_limits_and_budgets_add_against_redis_alone() -> None
     assert "| limits: added p50 latency at c=1 | ≤ 0.5 ms | 0.20 ms | met |" in text
     assert "| budgets: added CPU per request | ≤ 0.15 ms | 0.10 ms | met |" in text
     assert "| cache hit: CPU per request | ≤ 0.3 ms | 0.04 ms | met |" in text
+
+
+def test_the_median_result_keeps_each_phases_middle_round() -> None:
+    rounds = [
+        _result(LIMITS_NAME, rps=1000, p50=1.5, ttfb=3.0),  # CPU per request 0.100 ms
+        _result(LIMITS_NAME, rps=500, p50=0.9, ttfb=1.0),  # 0.200 ms
+        _result(LIMITS_NAME, rps=2000, p50=1.1, ttfb=2.0),  # 0.050 ms
+    ]
+
+    median = median_result(rounds)
+
+    assert median.name == LIMITS_NAME
+    assert median.concurrent.cpu_ms_per_request == pytest.approx(0.1)
+    assert median.stream_concurrent.cpu_ms_per_request == pytest.approx(0.1)
+    assert median.serial.load.p50_ms == 1.1
+    assert median.ttfb.p50_ms == 2.0
+
+
+def test_a_variant_failing_in_any_round_is_reported_as_failed() -> None:
+    failure = TargetFailure(LIMITS_NAME, "it crashed")
+    measured = _result(LIMITS_NAME, rps=1000, p50=1.0, ttfb=1.0)
+
+    assert run._combined([measured, failure]) == failure
+    assert run._combined([measured]) == median_result([measured])
