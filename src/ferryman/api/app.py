@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from ferryman.api.openapi import install_openapi
 from ferryman.api.responses_routes import responses_routes
 from ferryman.api.runtime_models import POLL_SECONDS, POLL_SECONDS_WITH_REDIS, ModelCatalog
 from ferryman.api.state import AppState
+from ferryman.api.upstream_pool import UpstreamPool, target
 from ferryman.api.usage import usage_routes
 from ferryman.core._shield import Background
 from ferryman.core.access import ModelAccess
@@ -60,7 +59,6 @@ from ferryman.core.ledger import FallbackLedger, SpendLedger
 from ferryman.core.limits import DeploymentQuotas, Quota, RateLimits
 from ferryman.core.observer import Observer, combine
 from ferryman.core.pipeline import Pipeline, Stage
-from ferryman.core.pricing import Price, price_for
 from ferryman.core.response_cache import CachePolicy, ResponseCache
 from ferryman.core.response_store import ResponseStorage, ResponseStore
 from ferryman.core.retries import RetryBudget, RetryPolicy, RetryRules
@@ -68,7 +66,6 @@ from ferryman.core.routing import Router, Target
 from ferryman.core.shared_state import Cache, Ledger, Reservations, SharedState, WindowCounters
 from ferryman.core.strategies import DeploymentLoad, HeadroomBook
 from ferryman.core.timeouts import ModelTimeout, ModelTimeouts
-from ferryman.core.upstream import Upstream
 from ferryman.errors import FerrymanError, InvalidRequestError, NotFoundError
 from ferryman.observability.access_log import AccessLogObserver
 from ferryman.observability.budget_alerts import BudgetAlerter
@@ -81,9 +78,8 @@ from ferryman.observability.tracing import (
     TracingObserver,
     create_tracer_provider,
 )
-from ferryman.providers import create_provider
 from ferryman.secret_refs import SecretRefresher
-from ferryman.settings import BudgetSettings, Deployment, ModelRoute, RateLimit, Settings, load_settings
+from ferryman.settings import BudgetSettings, ModelRoute, RateLimit, Settings, load_settings
 from ferryman.settings import InputCaps as InputCapsSettings
 from ferryman.store._redis_connect import Connected, parse_redis_url
 from ferryman.store._redis_connect import connect as connect_redis
@@ -100,7 +96,6 @@ from ferryman.tokenizers import Tokenizers
 
 log = logging.getLogger("ferryman.app")
 FEEDER_REDIS_TIMEOUT = 5.0  # seconds: above the feeder's blocking read, unlike the limiter's 1 s
-RETIRED_UPSTREAM_GRACE = 900.0  # seconds a replaced deployment's client stays open for its requests
 WORKERS_ENV = "FERRYMAN_WORKERS"  # the worker count `serve` runs, for each worker's `app_from_env`
 
 
@@ -536,68 +531,6 @@ def build_observer(metrics: Metrics, tracer: Tracer | None, load: DeploymentLoad
     return combine(observers)
 
 
-class UpstreamPool:
-    """Every upstream client, by deployment: a rebuilt model set keeps the clients (and their pooled
-    connections) of the deployments it still has, and retires the others once requests had time to end.
-
-    A config-file deployment is known by identity (its `SecretValue` key rotates in place); a runtime
-    one by content, credential included, so a changed deployment gets a fresh client.
-    """
-
-    def __init__(self, settings: Settings, tracer: Tracer | None) -> None:
-        self._settings = settings
-        self._tracer = tracer
-        self._config = {id(d) for route in settings.models for d in route.deployments}
-        self._clients: dict[str, Upstream] = {}
-        self._retired: list[tuple[float, Upstream]] = []
-
-    def get(self, deployment: Deployment) -> Upstream:
-        """The client of `deployment`, created on first use."""
-        key = self._key(deployment)
-        upstream = self._clients.get(key)
-        if upstream is None:
-            if deployment.ca_bundle is None and self._settings.upstream_ca_bundle is not None:
-                deployment = deployment.model_copy(update={"ca_bundle": self._settings.upstream_ca_bundle})
-            upstream = create_provider(deployment, propagate_trace=self._tracer is not None)
-            self._clients[key] = upstream
-        return upstream
-
-    def keep_only(self, deployments: Sequence[Deployment]) -> None:
-        """Retire the clients of deployments not in `deployments` (closed by `close_retired`)."""
-        keep = {self._key(d) for d in deployments}
-        for key in [key for key in self._clients if key not in keep]:
-            self._retired.append((time.monotonic(), self._clients.pop(key)))
-
-    @property
-    def clients(self) -> list[Upstream]:
-        """The clients in use."""
-        return list(self._clients.values())
-
-    async def close_retired(self, older_than: float = RETIRED_UPSTREAM_GRACE) -> None:
-        """Close retired clients once `older_than` seconds passed: requests they started have ended."""
-        now, waiting = time.monotonic(), []
-        for retired_at, upstream in self._retired:
-            if now - retired_at >= older_than:
-                await upstream.aclose()
-            else:
-                waiting.append((retired_at, upstream))
-        self._retired = waiting
-
-    async def aclose(self) -> None:
-        """Close every client, in use or retired."""
-        await self.close_retired(older_than=0)
-        for upstream in self._clients.values():
-            await upstream.aclose()
-        self._clients.clear()
-
-    def _key(self, deployment: Deployment) -> str:
-        if id(deployment) in self._config:
-            return f"config:{id(deployment)}"
-        secret = deployment.api_key.get_secret_value() if deployment.api_key else ""
-        content = deployment.model_dump_json() + "\x00" + secret
-        return "runtime:" + hashlib.sha256(content.encode()).hexdigest()
-
-
 @dataclass(frozen=True, slots=True)
 class RoutingParts:
     """What every model set of an app shares: a rebuild (runtime models changed) makes a new router and
@@ -626,7 +559,7 @@ def build_routing(parts: RoutingParts, models: Sequence[ModelRoute]) -> tuple[Ro
     gauge, from_file = parts.metrics.deployment_state, {id(route) for route in base.models}
     for route in settings.models:
         for deployment in route.deployments:
-            routes.setdefault(route.name, []).append(_target(parts.upstreams.get(deployment), deployment))
+            routes.setdefault(route.name, []).append(target(parts.upstreams.get(deployment), deployment))
             if id(route) not in from_file:
                 gauge.labels(deployment.label).set(0)  # closed, like every config deployment at start
     strategies = {route.name: route.strategy for route in settings.models}
@@ -728,30 +661,6 @@ async def start_model_catalog(
 
 async def _no_dependencies() -> dict[str, bool]:
     return {}
-
-
-def _target(upstream: Upstream, deployment: Deployment) -> Target:
-    price = pinned = price_for(deployment.model)
-    override = deployment.price
-    if override is not None:
-        # an override changes the rates, not the model: unless it says otherwise, the limit stays pinned
-        limit = override.max_output_tokens or (pinned.max_output_tokens if pinned else None)
-        price = Price(
-            override.input_per_mtok,
-            override.output_per_mtok,
-            cached_input=override.cached_input_per_mtok,
-            cache_write=override.cache_write_per_mtok,
-            max_output_tokens=limit,
-        )
-    return Target(
-        upstream=upstream,
-        provider=deployment.provider,
-        deployment=deployment.label,
-        upstream_model=deployment.model,
-        price=price,
-        weight=deployment.weight,
-        priority=deployment.priority,
-    )
 
 
 async def _handle_http_exception(request: Request, exc: Exception) -> Response:
