@@ -15,6 +15,10 @@ the rest:
   one connection for all of them. Under load most of a call's CPU is the system calls of its round
   trip, not the script, so fifty requests admitted in one turn cost one `send` instead of fifty. A
   lone call waits for no one: the batch goes out on the loop's next turn;
+- at most `max_batches` batches out at once, each on a connection of its own: calls made while that
+  many are out wait for one to come back and go together in the next. This caps the connections (a
+  burst against a slow Redis queues instead of opening hundreds of sockets) without a permit per
+  call, which a lazy call would hold through its linger;
 - a call that nobody waits for (`lazy`: the rate-limit stage's exit, sent after the answer) lingers
   up to `LINGER` seconds for company: it goes out at the head of the next batch, so a request's
   release and the next request's admission share one write and one wake-up of Redis (in that
@@ -44,36 +48,57 @@ from redis.exceptions import NoScriptError, ResponseError
 
 Arg = str | bytes
 LINGER = 0.002  # seconds a lazy call waits for a batch to join: a slot comes back at most this late
+_PACKED_KEPT = 4096  # arguments whose RESP encoding is kept (keys and limits repeat call after call)
+_PACKED_LONGEST = 256  # bytes: longer arguments (a spend line, a cached answer) are never seen twice
 _Call = tuple[bytes, "Script", "asyncio.Future[Any]"]  # packed command, script, its caller's future
 
 
+_packed: dict[Arg, bytes] = {}
+
+
 def pack(args: Sequence[Arg]) -> bytes:
-    """One RESP command: an array of bulk strings."""
+    """One RESP command: an array of bulk strings.
+
+    Short arguments' encodings are kept (up to `_PACKED_KEPT`, then started over): a request's key
+    names, limits and window lengths are the previous request's, and a lookup costs a quarter of an
+    encoding."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        packed = _packed.get(arg)
+        if packed is None:
+            data = arg.encode() if isinstance(arg, str) else arg
+            packed = b"$%d\r\n%b\r\n" % (len(data), data)
+            if len(data) <= _PACKED_LONGEST:
+                if len(_packed) >= _PACKED_KEPT:
+                    _packed.clear()
+                _packed[arg] = packed
+        parts.append(packed)
     return b"".join(parts)
 
 
 class Scripts:
     """Runs registered scripts by EVALSHA over connections of its own (see the module docstring).
 
-    `timeout` bounds each batch's whole round trip (None: unbounded); callers bound their own wait.
+    `timeout` bounds each batch's whole round trip (None: unbounded), so a call waits at most twice
+    that: for a batch to come back when `max_batches` are out, then for its own.
     """
 
-    def __init__(self, client: Redis | RedisCluster, timeout: float | None = None) -> None:
+    def __init__(
+        self, client: Redis | RedisCluster, timeout: float | None = None, max_batches: int = 64
+    ) -> None:
         self._client = client
         # None for a cluster: its calls go through redis-py, which knows which node owns which slot.
         self._pool: ConnectionPool | None = (
             None if isinstance(client, RedisCluster) else client.connection_pool
         )
         self._timeout = timeout
+        self._max_batches = max_batches
         self._idle: list[AbstractConnection] = []
         self._queue: list[_Call] = []  # this turn's calls, sent together on the next
         self._lazy: list[_Call] = []  # calls nobody waits for, sent ahead of the next batch
         self._linger: asyncio.TimerHandle | None = None  # sends the lazy calls alone if no batch comes
         self._scheduled = False  # a batch task is started and has not yet taken the queues
+        self._out = 0  # batches sent and not yet answered in full
         self._batches: set[asyncio.Task[None]] = set()  # in flight (asyncio keeps weak references)
 
     def register(self, source: str) -> Script:
@@ -104,8 +129,9 @@ class Scripts:
         self._schedule()
 
     def _schedule(self) -> None:
-        """Start a batch task unless one is started and has not yet taken the queued calls."""
-        if self._scheduled or self._pool is None:
+        """Start a batch task unless one is started and has not yet taken the queued calls, or
+        `max_batches` are out (the first to come back starts it)."""
+        if self._scheduled or self._out >= self._max_batches or self._pool is None:
             return
         self._scheduled = True
         batch = asyncio.get_running_loop().create_task(self._send(self._pool))
@@ -121,6 +147,16 @@ class Scripts:
             self._linger = None
         if not calls:
             return
+        self._out += 1
+        try:
+            await self._answer(pool, calls)
+        finally:
+            self._out -= 1
+            if self._queue or self._lazy:  # made while this batch was out: they go now, together
+                self._schedule()
+
+    async def _answer(self, pool: ConnectionPool, calls: list[_Call]) -> None:
+        """Send `calls` on one connection and settle each caller's future with its reply."""
         connection = self._idle.pop() if self._idle else pool.make_connection()  # type: ignore[no-untyped-call]
         try:
             async with asyncio.timeout(self._timeout):
@@ -163,7 +199,7 @@ class Scripts:
         """Send the lingering calls, let batches in flight end, then disconnect the idle connections."""
         if self._lazy:
             self._schedule()
-        if self._batches:
+        while self._batches:  # a batch ending starts the next with what waited for it
             await asyncio.gather(*self._batches, return_exceptions=True)
         idle, self._idle = self._idle, []
         for connection in idle:
