@@ -72,6 +72,7 @@ LEDGER_SEEN_TTL = timedelta(days=7)
 """How long a request id is remembered to refuse a duplicate append; the SQL side is idempotent too."""
 _LEDGER_PAGE = 500
 _US = 1_000_000
+_TEXTS_KEPT = 10_000  # windows and ceilings whose key names and arguments are kept formatted
 
 Result = TypeVar("Result")
 
@@ -215,8 +216,9 @@ class _Keys:
 class _Link:
     """The client, its scripts, and the one boundary where Redis failures become ours.
 
-    A semaphore caps calls in flight at the pool's size, so a burst waits (up to `timeout`) for a
-    connection instead of failing on a full pool or opening hundreds of sockets.
+    The pool's size caps connections in use, so a burst waits (up to `timeout`) for a connection
+    instead of failing on a full pool or opening hundreds of sockets: `Scripts` by the batches it has
+    out, a semaphore by the calls in flight for the rest (redis-py's commands, a Cluster's scripts).
     """
 
     def __init__(self, connected: Connected, timeout: float, max_connections: int) -> None:
@@ -226,7 +228,8 @@ class _Link:
         self._gate = asyncio.Semaphore(max_connections)
         self._discovery = asyncio.Lock()
         self._cluster = isinstance(self.client, RedisCluster)
-        self.scripts = Scripts(self.client, timeout)  # the hot path: EVALSHA without redis-py's client layer
+        # the hot path: EVALSHA without redis-py's client layer, capped by batches rather than calls
+        self.scripts = Scripts(self.client, timeout, max_batches=max_connections)
         register = self.scripts.register
         self.windows = register(scripts.WINDOWS)
         self.reserve = register(scripts.RESERVE)
@@ -247,13 +250,10 @@ class _Link:
         `lazy`: the caller does not hold anyone up waiting, so the call may join the next batch."""
         if self._cluster:
             return await self.call(lambda: script(keys=keys, args=args))
-        await self._acquire()
         try:
             return await script(keys=keys, args=args, lazy=lazy)
         except REDIS_FAILURES as exc:
             raise SharedStateUnavailableError(f"shared state (Redis) failed: {type(exc).__name__}") from exc
-        finally:
-            self._gate.release()
 
     async def call(self, operation: Callable[[], Awaitable[Result]]) -> Result:
         """Run one Redis operation; any Redis or socket failure raises `SharedStateUnavailableError`."""
@@ -310,6 +310,31 @@ class RedisWindowCounters:
     def __init__(self, link: _Link, keys: _Keys) -> None:
         self._link = link
         self._keys = keys
+        # Each window's and ceiling's key names and fixed arguments, as the scripts take them: a
+        # limited request passes the same few every time, and formatting them is most of a call's
+        # Python. Bounded like every per-caller cache here.
+        self._texts: dict[Window | Ceiling, tuple[str, str, str, str]] = {}
+
+    def _window_texts(self, window: Window) -> tuple[str, str, str, str]:
+        """The window's series hash and entries keys, its limit and its length in microseconds."""
+        texts = self._texts.get(window)
+        if texts is None:
+            texts = (*self._keys.window(window.key), _number(window.limit), _number(window.seconds * _US))
+            self._keep(window, texts)
+        return texts
+
+    def _ceiling_texts(self, ceiling: Ceiling) -> tuple[str, str, str, str]:
+        """The ceiling's level and holds keys, its limit and its holds' TTL in microseconds."""
+        texts = self._texts.get(ceiling)
+        if texts is None:
+            texts = (*self._keys.ceiling(ceiling.key), _number(ceiling.limit), _number(ceiling.ttl * _US))
+            self._keep(ceiling, texts)
+        return texts
+
+    def _keep(self, unit: Window | Ceiling, texts: tuple[str, str, str, str]) -> None:
+        if len(self._texts) >= _TEXTS_KEPT:
+            self._texts.clear()
+        self._texts[unit] = texts
 
     async def check_and_add(self, windows: Sequence[Window], amount: float) -> Admission:
         if amount < 0:
@@ -343,15 +368,17 @@ class RedisWindowCounters:
         keys: list[str] = []
         args = [str(len(windows))]
         for window, amount in windows:
-            keys += self._keys.window(window.key)
-            args += [_number(amount), _number(window.limit), _number(window.seconds * _US)]
+            hash_key, entries_key, limit, seconds = self._window_texts(window)
+            keys += (hash_key, entries_key)
+            args += (_number(amount), limit, seconds)
         names = [window.key for window, _ in windows]
         if hold is not None:
             keys.append(self._keys.hold(hold.reservation_id))
             args += [hold.reservation_id, _number(hold.amount), _number(hold.ttl * _US)]
             for ceiling in hold.ceilings:
-                keys += self._keys.ceiling(ceiling.key)
-                args += [_number(ceiling.limit), _number(ceiling.ttl * _US)]
+                level_key, holds_key, limit, ttl = self._ceiling_texts(ceiling)
+                keys += (level_key, holds_key)
+                args += (limit, ttl)
                 names.append(ceiling.key)
         reply: list[object] = await self._link.run(self._link.admit, keys, args)
         if hold is not None and reply == [-1]:  # the script's answer for a hold whose id is known
@@ -376,8 +403,9 @@ class RedisWindowCounters:
         keys: list[str] = []
         args = [str(len(corrections))]
         for window, amount in corrections:
-            keys += self._keys.window(window.key)
-            args += [_number(amount), _number(window.seconds * _US)]
+            hash_key, entries_key, _, seconds = self._window_texts(window)
+            keys += (hash_key, entries_key)
+            args += (_number(amount), seconds)
         if release is not None:
             keys.append(self._keys.hold(release))
             args.append(release)
