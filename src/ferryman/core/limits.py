@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ferryman.core._ids import unique_id
@@ -65,8 +65,18 @@ class Scope:
     quota: Quota
 
 
-_Units = tuple[Window | None, Window | None, Ceiling | None]  # a scope's requests, tokens, concurrency
-_UNITS_CACHED = 10_000  # scopes whose units are kept (see `RateLimits._units`)
+_PLANS_KEPT = 10_000  # callers' plans kept (see `RateLimits._plan`); past it they start over
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a request of one caller for one model is counted in: its scopes, the requests and tokens
+    windows and the concurrency ceilings among them, in the order an admission's reply follows."""
+
+    scopes: tuple[Scope, ...]
+    rpm: tuple[Window, ...]
+    tpm: tuple[Window, ...]
+    parallel: tuple[Ceiling, ...]
 
 
 class LimitExceededError(RateLimitError):
@@ -82,9 +92,8 @@ class _Held:
     """What a request took, to give back or settle on exit."""
 
     slot_id: str | None
-    tpm_windows: list[Window]
+    tpm_windows: Sequence[Window]
     estimate: int
-    scopes: list[Scope] = field(default_factory=list)
 
 
 class RateLimits:
@@ -119,7 +128,7 @@ class RateLimits:
         self._slot_ttl = slot_ttl
         self._router = router
         self._estimates = estimates or InputEstimates()
-        self._unit_cache: dict[Scope, _Units] = {}
+        self._plans: dict[tuple[object, ...], _Plan] = {}
         self._background = background
         # Whether any scope the config sets has a limit: without one, a caller without limits of its
         # own (most keys of most gateways) passes without a single object built.
@@ -142,50 +151,63 @@ class RateLimits:
 
     async def enter(self, exchange: Exchange) -> Answer | None:
         """Count the request, reserve its estimated tokens and take a slot in one call, or refuse with 429."""
-        scopes = self.scopes(exchange)
-        if not scopes:
+        plan = self._plan(exchange)
+        if plan is None:
             return None
-        rpm: list[Window] = []
-        tpm: list[Window] = []
-        parallel: list[Ceiling] = []
-        for scope in scopes:
-            requests_window, tokens_window, ceiling = self._units(scope)
-            if requests_window is not None:
-                rpm.append(requests_window)
-            if tokens_window is not None:
-                tpm.append(tokens_window)
-            if ceiling is not None:
-                parallel.append(ceiling)
+        rpm, tpm = plan.rpm, plan.tpm
         estimate = (
             self._estimate(exchange) if tpm and exchange.billed else 0
         )  # settled only where a TPM window took it
-        slot = _slot(parallel, self._slot_ttl)
+        slot = _slot(plan.parallel, self._slot_ttl)
         windows = [(window, 1.0) for window in rpm] + [(window, float(estimate)) for window in tpm]
         admission = await self._counters.admit(windows, slot, holds=self._slots)
         if not admission.allowed:
-            raise _refusal(exchange, admission, rpm, tpm, slot, scopes)
-        exchange.notes[self.name] = _Held(slot.reservation_id if slot else None, tpm, estimate, scopes)
+            raise _refusal(exchange, admission, rpm, tpm, slot, plan.scopes)
+        exchange.notes[self.name] = _Held(slot.reservation_id if slot else None, tpm, estimate)
         requests, tokens = admission.remaining[: len(rpm)], admission.remaining[len(rpm) : len(windows)]
         _headers(exchange.headers, rpm, requests, "requests")
         _headers(exchange.headers, tpm, tokens, "tokens")
         return None
 
-    def _units(self, scope: Scope) -> _Units:
-        """The scope's requests window, tokens window and concurrency ceiling (None where unlimited),
-        kept per scope: the same key's requests would otherwise build and check them every time."""
-        units = self._unit_cache.get(scope)
-        if units is None:
-            if len(self._unit_cache) >= _UNITS_CACHED:
-                self._unit_cache.clear()  # many distinct keys or end users: start over, stay bounded
+    def _plan(self, exchange: Exchange) -> _Plan | None:
+        """The request's scopes and their units (None: no limit applies), kept per caller and model:
+        a key's requests would otherwise build the same scopes, windows and ceilings every time. The
+        signature holds every input of `scopes`, so a key or team whose limits change gets a new plan."""
+        caller = exchange.caller
+        key_limits, team_limits = caller.key_limits, caller.team_limits
+        if not (self._configured or _limited(key_limits) or _limited(team_limits)):
+            return None
+        signature = (
+            caller.key_id or caller.key_alias,
+            key_limits.rpm_limit,
+            key_limits.tpm_limit,
+            key_limits.max_parallel,
+            caller.team_id,
+            None if team_limits is None else (team_limits.rpm_limit, team_limits.tpm_limit),
+            None if team_limits is None else team_limits.max_parallel,
+            caller.end_user,
+            exchange.model,
+        )
+        plan = self._plans.get(signature)
+        if plan is None:
+            if len(self._plans) >= _PLANS_KEPT:
+                self._plans.clear()  # many distinct keys or end users: start over, stay bounded
+            plan = self._plans[signature] = self._build_plan(self.scopes(exchange))
+        return plan if plan.scopes else None
+
+    def _build_plan(self, scopes: list[Scope]) -> _Plan:
+        rpm: list[Window] = []
+        tpm: list[Window] = []
+        parallel: list[Ceiling] = []
+        for scope in scopes:
             quota, name = scope.quota, f"{scope.kind}:{scope.id}"
-            units = self._unit_cache[scope] = (
-                Window(f"rpm:{name}", quota.rpm, MINUTE) if quota.rpm else None,
-                Window(f"tpm:{name}", quota.tpm, MINUTE) if quota.tpm else None,
-                Ceiling(f"parallel:{name}", quota.max_parallel, self._slot_ttl)
-                if quota.max_parallel
-                else None,
-            )
-        return units
+            if quota.rpm:
+                rpm.append(Window(f"rpm:{name}", quota.rpm, MINUTE))
+            if quota.tpm:
+                tpm.append(Window(f"tpm:{name}", quota.tpm, MINUTE))
+            if quota.max_parallel:
+                parallel.append(Ceiling(f"parallel:{name}", quota.max_parallel, self._slot_ttl))
+        return _Plan(tuple(scopes), tuple(rpm), tuple(tpm), tuple(parallel))
 
     def _estimate(self, exchange: Exchange) -> int:
         """The prompt's estimate at the deployment of its model that counts it highest."""
