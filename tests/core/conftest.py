@@ -47,9 +47,11 @@ class RecordingObserver:
 
     events: list[tuple[str, int]] = field(default_factory=list)
     finished: list[BaseException | None] = field(default_factory=list)
+    afters: list[str | None] = field(default_factory=list)  # each attempt's `after`, in order
 
     def attempt_started(self, exchange: Exchange, attempt: Attempt) -> None:
         self.events.append(("started", attempt.number))
+        self.afters.append(attempt.after)
 
     def calling(self, attempt: Attempt) -> AbstractContextManager[object]:
         return nullcontext()

@@ -10,6 +10,7 @@ from ferryman.core.exchange import Exchange
 from ferryman.core.retries import RetryRules
 from ferryman.errors import InvalidRequestError, Refusal, UpstreamStatusError
 from ferryman.testing import Fail, ScriptedUpstream, Stream
+from tests.core.conftest import RecordingObserver
 from tests.core.resilience import resilient_pipeline
 
 NO_RETRIES = RetryRules(max_attempts_per_deployment=1)
@@ -45,10 +46,12 @@ async def test_a_fallback_model_answers_once_every_deployment_of_the_requested_o
     a, b, c = upstreams("a", "b", "c")
     a.set_default(Fail.status(503))
     b.set_default(Fail.connection())
-    pipeline = resilient_pipeline({"m": [a, b], "n": [c]}, fallbacks={"m": ["n"]})
+    observer = RecordingObserver()
+    pipeline = resilient_pipeline({"m": [a, b], "n": [c]}, fallbacks={"m": ["n"]}, observer=observer)
     exchange = ask()
     response = await pipeline.chat(exchange)
     assert len(a.calls) == 2 and len(b.calls) == 2 and len(c.calls) == 1  # each retried once first
+    assert observer.afters == [None, "retry", "next", "retry", "fallback"]
     assert exchange.served_model == "n" and exchange.deployment == "c"
     assert exchange.model == "m" and response.model == "m"  # the client's name stays on the answer
 

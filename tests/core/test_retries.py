@@ -39,6 +39,7 @@ async def test_a_5xx_is_retried_on_the_same_deployment_then_answers() -> None:
     assert exchange.deployment == "a" and exchange.attempts == 2
     assert sleep.waits == [0.25]  # the first retry's ceiling: base_delay
     assert observer.events == [("started", 1), ("failed:status_5xx", 1), ("started", 2), ("settled", 2)]
+    assert observer.afters == [None, "retry"]
 
 
 @pytest.mark.parametrize(
@@ -104,10 +105,12 @@ async def test_a_deployment_gets_max_attempts_then_the_next_one_is_tried() -> No
     a, b = ScriptedUpstream("a"), ScriptedUpstream("b")
     a.set_default(Fail.status(500))
     b.script(Fail.status(500))
-    exchange = chat_exchange()
-    await resilient_pipeline({"m": [a, b]}, rules=RetryRules(max_attempts_per_deployment=3)).chat(exchange)
+    exchange, observer = chat_exchange(), RecordingObserver()
+    rules = RetryRules(max_attempts_per_deployment=3)
+    await resilient_pipeline({"m": [a, b]}, rules=rules, observer=observer).chat(exchange)
     assert len(a.calls) == 3 and len(b.calls) == 2
     assert exchange.attempts == 5 and exchange.deployment == "b"
+    assert observer.afters == [None, "retry", "retry", "next", "retry"]
 
 
 async def test_client_errors_are_never_retried() -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 
 from ferryman.core.exchange import Exchange
+from ferryman.core.observer import Attempt
+from ferryman.core.pricing import Price
+from ferryman.core.routing import Target
 from ferryman.observability import metrics as metrics_module
 from ferryman.observability.metrics import Metrics
 from ferryman.observability.metrics_observer import MetricsObserver
+from ferryman.testing import ScriptedUpstream
 
 
 def finished(model: str) -> Exchange:
@@ -39,3 +43,27 @@ def test_counts_stay_right_past_the_bound_on_kept_children(monkeypatch: pytest.M
         )
     assert sample("ai_api_gateway_overhead_seconds_count", {"provider": "openai"}) == 6
     assert sample("ai_api_cache_requests_total", {"result": "miss"}) == 6
+
+
+def test_each_attempt_after_the_first_is_counted_by_where_it_went() -> None:
+    metrics = Metrics.create()
+    observer = MetricsObserver(metrics)
+    exchange = Exchange(request_id="r", model="m", provider="openai")
+    exchange.served_model = "m"
+    target = Target(ScriptedUpstream(), "openai", "a", "m", Price(1.0, 1.0))
+    for number, after in enumerate([None, "retry", "next", "retry"], start=1):
+        observer.attempt_started(exchange, Attempt(number, target, after))
+    exchange.served_model = "n"
+    observer.attempt_started(exchange, Attempt(5, target, "fallback"))
+
+    def retries(model: str, after: str) -> float | None:
+        labels = {"provider": "openai", "model": model, "after": after}
+        return metrics.registry.get_sample_value("ai_api_upstream_retries_total", labels)
+
+    assert (retries("m", "retry"), retries("m", "next"), retries("n", "fallback")) == (2, 1, 1)
+    assert (
+        metrics.registry.get_sample_value(
+            "ai_api_upstream_attempts_total", {"provider": "openai", "model": "m"}
+        )
+        == 4
+    )

@@ -209,6 +209,7 @@ class AttemptLoop:
         self._start(exchange)
         models = [exchange.model, *self._fallback_models(exchange)]
         tries: Counter[str] = Counter()
+        after: Action | None = None  # how the loop went on after the last failure
         for position, model in enumerate(models):
             order = self.order(model)
             index = 0
@@ -226,7 +227,7 @@ class AttemptLoop:
                         index += 1
                         continue
                 exchange.served_model = model
-                attempt = self._begin(exchange, target)
+                attempt = self._begin(exchange, target, after)
                 attempt.grant = grant
                 tries[target.deployment] += 1
                 try:
@@ -247,6 +248,7 @@ class AttemptLoop:
                     step = await self._carry_out(decision, remaining, models_left)
                     if step == "give_up":
                         raise
+                    after = "fallback" if step == "next" and not remaining else step  # a model change
                     if step == "fallback":
                         break
                     index += step == "next"
@@ -322,12 +324,12 @@ class AttemptLoop:
         if grant is not None and self.quotas is not None:
             await self.quotas.end(grant, tokens)
 
-    def _begin(self, exchange: Exchange, target: Target) -> Attempt:
+    def _begin(self, exchange: Exchange, target: Target, after: Action | None) -> Attempt:
         exchange.attempts += 1
         exchange.provider = target.provider
         exchange.deployment = target.deployment
         exchange.upstream_model = target.upstream_model
-        attempt = Attempt(exchange.attempts, target)
+        attempt = Attempt(exchange.attempts, target, after)
         self.observer.attempt_started(exchange, attempt)
         return attempt
 

@@ -35,6 +35,9 @@ class Attempt:
 
     number: int
     target: Target
+    # What led to it after the previous attempt failed: "retry" (the same deployment again), "next"
+    # (the model's next deployment) or "fallback" (a fallback model's); None for a request's first.
+    after: str | None = None
     started: float = field(default_factory=time.perf_counter)
     answered: bool = False
     grant: QuotaGrant | None = None  # what the attempt took from its deployment's quota

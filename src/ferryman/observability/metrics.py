@@ -72,6 +72,7 @@ class Metrics:
     overhead: Histogram
     upstream_errors: Counter
     upstream_attempts: Counter
+    upstream_retries: Counter
     auth_failures: Counter
     dependency_up: Gauge
     unpriced: Counter
@@ -136,6 +137,13 @@ class Metrics:
                 "ai_api_upstream_attempts_total",
                 "Calls made to upstreams, fallbacks included: the denominator of upstream error ratios",
                 ["provider", "model"],
+                registry=reg,
+            ),
+            upstream_retries=Counter(
+                "ai_api_upstream_retries_total",
+                "Attempts after a request's first failed, by where they went: retry (the same "
+                "deployment), next (the model's next deployment), fallback (a fallback model)",
+                ["provider", "model", "after"],
                 registry=reg,
             ),
             auth_failures=Counter(

@@ -23,6 +23,8 @@ class MetricsObserver:
         provider, m = attempt.target.provider, self.metrics
         self._child(m.active, provider).inc()
         self._child(m.upstream_attempts, provider, _served(exchange)).inc()
+        if attempt.after is not None:
+            self._child(m.upstream_retries, provider, _served(exchange), attempt.after).inc()
 
     def calling(self, attempt: Attempt) -> AbstractContextManager[object]:
         """No context needed."""
