@@ -259,6 +259,17 @@ class DeploymentQuotas:
         self._counters = counters
         self._slots = slots
         self._quotas = {name: quota for name, quota in quotas.items() if quota}
+        # Each deployment's windows and ceiling, built once: the quotas are the config's, fixed.
+        self._units = {
+            name: (
+                Window(f"rpm:deployment:{name}", quota.rpm, MINUTE) if quota.rpm else None,
+                Window(f"tpm:deployment:{name}", quota.tpm, MINUTE) if quota.tpm else None,
+                (Ceiling(f"parallel:deployment:{name}", quota.max_parallel, slot_ttl),)
+                if quota.max_parallel
+                else (),
+            )
+            for name, quota in self._quotas.items()
+        }
         self._slot_ttl = slot_ttl
         self._estimates = estimates or InputEstimates()
         self._headroom = headroom
@@ -270,15 +281,10 @@ class DeploymentQuotas:
     async def admit(self, exchange: Exchange, target: Target) -> QuotaGrant:
         """Take the deployment's share for this attempt in one call, or raise `LimitExceededError` when
         it has no headroom (nothing is kept then)."""
-        quota, name = self._quotas[target.deployment], target.deployment
-        estimate = self._estimates.for_target(exchange, target) if quota.tpm and exchange.billed else 0
-        rpm = Window(f"rpm:deployment:{name}", quota.rpm, MINUTE) if quota.rpm else None
-        tpm = Window(f"tpm:deployment:{name}", quota.tpm, MINUTE) if quota.tpm else None
-        parallel = f"parallel:deployment:{name}"
-        slot = _slot(
-            [Ceiling(parallel, quota.max_parallel, self._slot_ttl)] if quota.max_parallel else [],
-            self._slot_ttl,
-        )
+        name = target.deployment
+        rpm, tpm, ceilings = self._units[name]
+        estimate = self._estimates.for_target(exchange, target) if tpm and exchange.billed else 0
+        slot = _slot(ceilings, self._slot_ttl)
         windows = [(window, amount) for window, amount in ((rpm, 1.0), (tpm, float(estimate))) if window]
         admission = await self._counters.admit(windows, slot, holds=self._slots)
         if self._headroom is not None and windows:
