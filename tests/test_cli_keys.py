@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,47 @@ def test_key_lifecycle(config: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert revoked["revoked"] is True
     code, shown, _ = run(capsys, "keys", "show", key["id"], "--config", c)
     assert shown["revoked_at"] is not None
+
+
+def test_roles_are_given_changed_and_removed(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = str(config)
+    code, key, _ = run(capsys, "keys", "create", "--config", c, "--alias", "auditor", "--role", "viewer")
+    assert code == 0 and key["role"] == "viewer"
+    _, updated, _ = run(capsys, "keys", "update", key["id"], "--config", c, "--role", "admin")
+    assert updated["role"] == "admin"
+    _, updated, _ = run(capsys, "keys", "update", key["id"], "--config", c, "--alias", "x")
+    assert updated["role"] == "admin"  # not named: kept
+    _, updated, _ = run(capsys, "keys", "update", key["id"], "--config", c, "--no-role")
+    assert updated["role"] is None
+    with pytest.raises(SystemExit):
+        main(["keys", "update", key["id"], "--config", c, "--role", "owner"])  # argparse refuses it
+
+
+def test_every_change_is_in_the_audit_log_and_reads_are_not(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = str(config)
+    _, key, _ = run(capsys, "keys", "create", "--config", c, "--alias", "cron")
+    run(capsys, "keys", "show", key["id"], "--config", c)
+    run(capsys, "keys", "list", "--config", c)
+    run(capsys, "keys", "revoke", key["id"], "--config", c)
+    assert run(capsys, "keys", "revoke", "no-such-key", "--config", c)[0] == 1
+    _, team, _ = run(capsys, "teams", "create", "--config", c, "--alias", "ops")
+    run(capsys, "teams", "delete", team["id"], "--config", c)
+
+    with sqlite3.connect(tmp_path / "keys.db") as db:
+        rows = db.execute(
+            "SELECT action, actor_id, role, target, status FROM admin_audit ORDER BY seq"
+        ).fetchall()
+    assert [
+        (action, actor, role, json.loads(target), status) for action, actor, role, target, status in rows
+    ] == [
+        ("CLI keys create", "cli", "admin", {}, 200),
+        ("CLI keys revoke", "cli", "admin", {"key_id": key["id"]}, 200),
+        ("CLI keys revoke", "cli", "admin", {"key_id": "no-such-key"}, 404),
+        ("CLI teams create", "cli", "admin", {}, 200),
+        ("CLI teams delete", "cli", "admin", {"team_id": team["id"]}, 200),
+    ]
 
 
 def test_team_lifecycle(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,17 +4,24 @@ The commands talk to the database directly (and publish revocations to Redis whe
 running replicas drop a revoked key at once). Options mirror the admin API's body fields; output is the
 same JSON the API returns. A new key's secret is printed once, at creation or rotation. `ferryman spend`
 asks the spend ledger what `GET /admin/spend` asks, and prints a table, that JSON or that CSV.
+
+A change made here is in the admin audit log as one made through the API is (written before it runs,
+refused when it cannot be, its outcome after), with `cli` as the actor and the operating-system user
+who ran it as the alias: whoever can reach the database can change keys, and the log says who did.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import hashlib
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import date
+from dataclasses import replace
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
@@ -39,8 +46,10 @@ from ferryman.api.admin import (
     team_changes,
     team_out,
 )
+from ferryman.api.audit import log_record
 from ferryman.errors import ConfigError, FerrymanError, InvalidationNotDeliveredError, InvalidRequestError
 from ferryman.settings import Settings, load_settings
+from ferryman.store.audit import AuditEntry, AuditLog, AuditUnavailableError
 from ferryman.store.database import open_engine
 from ferryman.store.migrate import ensure_schema, head_revision, schema_revision, upgrade_schema
 from ferryman.store.records import KeySettings, TeamSettings
@@ -98,6 +107,11 @@ def _add_key_commands(keys: Any) -> None:
         _add_rule_options(parser)
         parser.add_argument("--team-id")
         parser.add_argument("--expires-at", help="ISO 8601 instant, e.g. 2026-01-01T00:00:00Z")
+        roles = parser.add_mutually_exclusive_group()
+        roles.add_argument(
+            "--role", choices=("viewer", "admin"), help="viewer reads the admin API, admin also changes it"
+        )
+        roles.add_argument("--no-role", dest="role", action="store_const", const="", help="remove the role")
     listing = _with_config(keys.add_parser("list", help="list keys"))
     listing.add_argument("--team-id")
     listing.add_argument("--include-revoked", action="store_true")
@@ -248,9 +262,59 @@ def _shown(value: object) -> str:
 async def _with_service(settings: Settings, operation: Operation, args: argparse.Namespace) -> BaseModel:
     service = await KeyService.open(settings, listen=False)
     try:
-        return await operation(service, args)
+        if args.action in _READ_ONLY:
+            return await operation(service, args)
+        return await _audited(service, operation, args)
     finally:
         await service.aclose()
+
+
+async def _audited(service: KeyService, operation: Operation, args: argparse.Namespace) -> BaseModel:
+    """Run a change as the admin API does: its audit record first (no record, no change), then the
+    change, then its outcome (the status the API would have answered)."""
+    assert service.engine is not None  # noqa: S101 - run_admin_command demands a database
+    target_id = getattr(args, "id", None)
+    entry = AuditEntry(
+        at=datetime.now(UTC),
+        action=f"CLI {args.command} {args.action}",
+        actor_id="cli",
+        actor_alias=_operator(),
+        role="admin",
+        target={} if target_id is None else {_TARGET_NAMES[args.command]: str(target_id)},
+    )
+    audit = AuditLog(service.engine)
+    try:
+        seq = await audit.begin(entry)
+    except AuditUnavailableError:
+        log_record(entry, None, level=logging.ERROR, note="audit record not written; change refused")
+        raise
+    status = 500
+    try:
+        result = await operation(service, args)
+        status = 200
+        return result
+    except FerrymanError as exc:
+        status = exc.status
+        raise
+    except ValidationError:  # the body the options make is invalid: the API's 400
+        status = 400
+        raise
+    finally:
+        entry = replace(entry, status=status)
+        try:
+            await audit.finish(seq, status)
+        except AuditUnavailableError:
+            log_record(entry, seq, level=logging.ERROR, note="audit outcome not written")
+        else:
+            log_record(entry, seq)
+
+
+def _operator() -> str | None:
+    """Who ran the command, as the operating system knows them (None in a container without a user)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 
 def _rule_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -260,6 +324,9 @@ def _rule_fields(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, option, None)
         if value is not None:
             body[option] = value
+    role = getattr(args, "role", None)
+    if role is not None:
+        body["role"] = role or None  # `--no-role`: the empty string, for "remove it"
     if args.all_models:
         body["models"] = None
     elif args.models is not None:
@@ -334,6 +401,8 @@ async def _announced(change: Awaitable[Saved], show: Callable[[Saved], BaseModel
         raise InvalidationNotDeliveredError(exc.message, saved=show(cast(Saved, exc.saved))) from exc
 
 
+_READ_ONLY = frozenset({"list", "show"})
+_TARGET_NAMES = {"keys": "key_id", "teams": "team_id"}  # the admin API's path parameter names
 _KEY_OPERATIONS: dict[str, Operation] = {
     "create": _create_key,
     "update": _update_key,

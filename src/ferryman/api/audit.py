@@ -111,7 +111,7 @@ async def admit_admin(request: Request) -> None:
     try:
         seq = await audit_log(state).begin(entry)
     except AuditUnavailableError:
-        _log_record(entry, None, level=logging.ERROR, note="audit record not written; change refused")
+        log_record(entry, None, level=logging.ERROR, note="audit record not written; change refused")
         raise
     request.scope.setdefault("state", {})[_DRAFT] = _Draft(entry, seq)
 
@@ -154,12 +154,12 @@ async def _complete(scope: Scope, status: int) -> None:
             seq = draft.seq
             await audit.finish(draft.seq, status)
     except AuditUnavailableError:
-        _log_record(entry, draft.seq, level=logging.ERROR, note="audit outcome not written")
+        log_record(entry, draft.seq, level=logging.ERROR, note="audit outcome not written")
         return
-    _log_record(entry, seq)
+    log_record(entry, seq)
 
 
-def _log_record(entry: AuditEntry, seq: int | None, *, level: int = logging.INFO, note: str = "") -> None:
+def log_record(entry: AuditEntry, seq: int | None, *, level: int = logging.INFO, note: str = "") -> None:
     """One structured line per audit record (`ferryman.audit`), with every field of the record."""
     log.log(
         level,
