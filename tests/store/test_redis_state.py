@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -469,6 +469,37 @@ async def test_calls_made_in_one_turn_share_one_write_and_each_gets_its_own_repl
         assert [answer.allowed for answer in answers[:8]] == [True] * 5 + [False] * 3  # in call order
         assert answers[8].allowed
         assert await state.reservations.level(ceiling.key) == (0, 5)
+
+
+async def test_calls_made_while_every_batch_is_out_wait_and_go_together_in_the_next(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    async with opened(redis_url, prefix=prefix, max_connections=2) as state:
+        window = Window("rpm", 100, 60)
+        await state.counters.count(window)  # connected, scripts loaded
+        count_writes(monkeypatch, writes)
+        held = asyncio.Event()
+        original = _evalsha._round_trip
+
+        async def slow(connection: Any, commands: list[bytes]) -> list[Any]:
+            await held.wait()  # a slow Redis: every batch stays out until the test lets it answer
+            return await original(connection, commands)
+
+        monkeypatch.setattr(_evalsha, "_round_trip", slow)
+        calls = []
+        for _ in range(6):  # one call per turn of the loop, each its own batch while batches can go
+            calls.append(asyncio.ensure_future(state.counters.check_and_add([window], 1)))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        assert writes == []  # two batches out (held), four calls waiting for one of them to come back
+        held.set()
+        left = [answer.remaining[0] for answer in await asyncio.gather(*calls)]
+        assert sorted(left) == [94, 95, 96, 97, 98, 99]  # each counted once
+        waited = left[2:]  # one batch, run in call order (batches on two connections may overtake)
+        assert waited == sorted(waited, reverse=True) and waited[0] - waited[-1] == 3
+        scripts = [write for write in writes if isinstance(write, bytes) and b"EVALSHA" in write]
+        assert len(scripts) == 3  # the two held batches, then the four that waited, in one write
 
 
 async def test_a_lazy_finish_rides_ahead_of_the_next_call_in_its_write(
