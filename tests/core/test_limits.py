@@ -70,6 +70,34 @@ async def test_a_key_gets_exactly_its_requests_per_minute() -> None:
     assert "3 requests per minute" in refused.value.message
 
 
+async def test_a_keys_changed_limits_apply_from_its_next_request() -> None:
+    pipeline, _ = limited_pipeline()
+    for _ in range(3):
+        await pipeline.chat(exchange_for())
+    with pytest.raises(LimitExceededError):
+        await pipeline.chat(exchange_for())
+    raised = Caller(key_alias="app", key_id="k1", key_limits=Limits(rpm_limit=5))  # the admin raised it
+    exchange = exchange_for(raised)
+    await pipeline.chat(exchange)
+    assert exchange.headers["x-ratelimit-limit-requests"] == "5"
+    assert exchange.headers["x-ratelimit-remaining-requests"] == "1"  # the same window: 4 of 5 used
+    teamed = Caller(
+        key_alias="app",
+        key_id="k1",
+        key_limits=Limits(rpm_limit=50),
+        team_id="t",
+        team_limits=Limits(rpm_limit=1),
+    )
+    await pipeline.chat(exchange_for(teamed))
+    with pytest.raises(LimitExceededError) as refused:
+        await pipeline.chat(exchange_for(teamed))  # the team it joined allows one
+    assert refused.value.scope == "team"
+    unlimited = Caller(key_alias="app", key_id="k1")
+    exchange = exchange_for(unlimited)
+    await pipeline.chat(exchange)  # limits removed: nothing counts it any more
+    assert "x-ratelimit-limit-requests" not in exchange.headers
+
+
 async def test_concurrent_requests_never_pass_the_limit() -> None:
     upstream = ScriptedUpstream()
     pipeline, _ = limited_pipeline(upstream)

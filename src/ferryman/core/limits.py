@@ -183,8 +183,9 @@ class RateLimits:
             key_limits.tpm_limit,
             key_limits.max_parallel,
             caller.team_id,
-            None if team_limits is None else (team_limits.rpm_limit, team_limits.tpm_limit),
-            None if team_limits is None else team_limits.max_parallel,
+            None
+            if team_limits is None
+            else (team_limits.rpm_limit, team_limits.tpm_limit, team_limits.max_parallel),
             caller.end_user,
             exchange.model,
         )
