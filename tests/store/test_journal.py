@@ -194,6 +194,40 @@ async def test_a_journal_the_database_refused_is_moved_before_the_next_and_nothi
     assert sorted(e.request_id for e in await sql.entries()) == ["r0", "r1", "r2"]
 
 
+async def test_lines_appended_during_a_move_wait_for_the_next_round(tmp_path: Path, sql: SqlLedger) -> None:
+    """Under steady traffic something is always appended while a move runs; a round must not chase it
+    (it moved files back to back, a rotation, a sync and a transaction each, the whole time)."""
+
+    class Held:
+        def __init__(self) -> None:
+            self.moving, self.go = asyncio.Event(), asyncio.Event()
+            self.batches: list[list[str]] = []
+
+        async def append_many(self, entries):  # type: ignore[no-untyped-def]
+            entries = list(entries)
+            self.batches.append([e.request_id for e in entries])
+            self.moving.set()
+            await self.go.wait()
+            return await sql.append_many(entries)
+
+    held = Held()
+    journal = JournalLedger(tmp_path / "data", held)  # type: ignore[arg-type]
+    await journal.start()
+    try:
+        await journal.append(entry("a"))
+        flushing = asyncio.ensure_future(journal.flush())
+        await held.moving.wait()
+        await journal.append(entry("b"))  # while "a" is being moved
+        held.go.set()
+        await flushing
+        assert held.batches == [["a"]]  # "b" waits in the live journal for the next round
+        await journal.flush()
+        assert held.batches == [["a"], ["b"]]
+    finally:
+        await journal.aclose()
+    assert sorted(e.request_id for e in await sql.entries()) == ["a", "b"]
+
+
 async def test_cache_writes_and_reasoning_tokens_go_through_the_journal_and_old_lines_read_as_zero(
     tmp_path: Path, sql: SqlLedger
 ) -> None:

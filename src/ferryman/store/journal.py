@@ -185,8 +185,13 @@ class JournalLedger:
 
     async def _rotate_and_move(self) -> None:
         """Move the journal rotated earlier (the database refused it) first, then rotate and move the
-        current one: at most one rotated file waits, however long the database is away."""
-        if self._rotated is None and self._written:
+        current one: at most one rotated file waits, however long the database is away.
+
+        Lines appended while a move runs wait for the next round, unless that move was a backlog's:
+        under steady traffic something is always appended meanwhile, and chasing it moved files back to
+        back (a rotation, a directory sync, a transaction and its sync each) instead of once a round."""
+        backlog = self._rotated is not None
+        if not backlog and self._written:
             async with self._file:  # between group commits: every line is in one file or the other
                 rotated = self._dir / f"{self._path.name}.{uuid.uuid4().hex[:8]}.moving"
                 os.rename(self._path, rotated)
@@ -198,7 +203,7 @@ class JournalLedger:
             await self._move(path)
             os.close(fd)
             self._rotated = None
-            if self._written:  # appended while the rotated one waited: move it now too
+            if backlog and self._written:  # the current journal waited behind the backlog: it too
                 await self._rotate_and_move()
                 return
         self._on_backlog(0)
