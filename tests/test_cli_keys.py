@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
 import logging
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ import redis
 import yaml
 
 from ferryman.cli import main
+from ferryman.store.audit import AuditEntry, AuditLog
+from ferryman.store.database import open_engine
 from ferryman.store.migrate import head_revision
 from tests.store.fixtures import throwaway_redis
 
@@ -100,6 +104,32 @@ def test_every_change_is_in_the_audit_log_and_reads_are_not(
         ("CLI teams create", "cli", "admin", {}, 200),
         ("CLI teams delete", "cli", "admin", {"team_id": team["id"]}, 200),
     ]
+
+
+def test_audit_prune_deletes_only_records_older_than_the_days_kept(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = str(config)
+    run(capsys, "keys", "create", "--config", c, "--alias", "recent")  # a record from now
+    url = f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"
+
+    async def backdate() -> None:
+        engine = open_engine(url)
+        try:
+            for days in (400, 31):
+                at = datetime.now(UTC) - timedelta(days=days)
+                await AuditLog(engine).begin(AuditEntry(at=at, action=f"GET /old/{days}", status=200))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(backdate())
+    code, pruned, _ = run(capsys, "audit", "prune", "--config", c, "--older-than-days", "30")
+    assert code == 0 and pruned["deleted"] == 2
+    with sqlite3.connect(tmp_path / "keys.db") as db:
+        actions = [row[0] for row in db.execute("SELECT action FROM admin_audit ORDER BY seq")]
+    assert actions == ["CLI keys create", "CLI audit prune"]  # the prune is itself recorded
+    code, _, err = run(capsys, "audit", "prune", "--config", c, "--older-than-days", "0")
+    assert code == 1 and "at least 1" in err
 
 
 def test_team_lifecycle(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

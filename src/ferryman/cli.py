@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "check-config":
         return _check_config(args.file)
-    if args.command in ("db", "keys", "teams", "spend"):
+    if args.command in ("db", "keys", "teams", "audit", "spend"):
         return run_admin_command(args)
     if args.command == "openapi":
         return _openapi(args.config, args.output)

@@ -1,4 +1,4 @@
-"""`ferryman db …`, `keys …`, `teams …` and `spend`: the admin API for people without curl.
+"""`ferryman db …`, `keys …`, `teams …`, `audit prune` and `spend`: the admin API for people without curl.
 
 The commands talk to the database directly (and publish revocations to Redis when it is configured, so
 running replicas drop a revoked key at once). Options mirror the admin API's body fields; output is the
@@ -21,7 +21,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
@@ -62,7 +62,7 @@ Operation = Callable[[KeyService, argparse.Namespace], Awaitable[BaseModel]]
 
 
 def add_admin_commands(commands: Any) -> None:
-    """Register `db`, `keys` and `teams` on the main parser's subcommands."""
+    """Register `db`, `audit`, `keys` and `teams` on the main parser's subcommands."""
     db = commands.add_parser("db", help="database schema migrations").add_subparsers(
         dest="action", required=True
     )
@@ -71,6 +71,13 @@ def add_admin_commands(commands: Any) -> None:
     )
     upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
     _with_config(db.add_parser("status", help="show the schema revision and the newest one; 1 if behind"))
+    audit = commands.add_parser("audit", help="the admin audit log").add_subparsers(
+        dest="action", required=True
+    )
+    prune = _with_config(audit.add_parser("prune", help="delete records older than a number of days"))
+    prune.add_argument(
+        "--older-than-days", type=int, required=True, help="keep this many days of records (at least 1)"
+    )
     _add_key_commands(
         commands.add_parser("keys", help="virtual keys").add_subparsers(dest="action", required=True)
     )
@@ -161,7 +168,7 @@ def run_admin_command(args: argparse.Namespace) -> int:
             raise ConfigError([("database_url", "this command needs a database that outlives it")])
         if args.command == "db":
             return asyncio.run(_db_command(settings, args))
-        operation = _KEY_OPERATIONS[args.action] if args.command == "keys" else _TEAM_OPERATIONS[args.action]
+        operation = _OPERATIONS[args.command][args.action]
         result = asyncio.run(_with_service(settings, operation, args))
     except ConfigError as exc:
         for path, message in exc.problems:
@@ -401,6 +408,21 @@ async def _announced(change: Awaitable[Saved], show: Callable[[Saved], BaseModel
         raise InvalidationNotDeliveredError(exc.message, saved=show(cast(Saved, exc.saved))) from exc
 
 
+class AuditPruned(BaseModel):
+    """What `ferryman audit prune` removed."""
+
+    deleted: int
+    before: datetime
+
+
+async def _prune_audit(service: KeyService, args: argparse.Namespace) -> BaseModel:
+    if args.older_than_days < 1:
+        raise InvalidRequestError("--older-than-days must be at least 1", param="older_than_days")
+    assert service.engine is not None  # noqa: S101 - run_admin_command demands a database
+    before = datetime.now(UTC) - timedelta(days=args.older_than_days)
+    return AuditPruned(deleted=await AuditLog(service.engine).prune(before), before=before)
+
+
 _READ_ONLY = frozenset({"list", "show"})
 _TARGET_NAMES = {"keys": "key_id", "teams": "team_id"}  # the admin API's path parameter names
 _KEY_OPERATIONS: dict[str, Operation] = {
@@ -417,4 +439,9 @@ _TEAM_OPERATIONS: dict[str, Operation] = {
     "list": _list_teams,
     "show": _show_team,
     "delete": _delete_team,
+}
+_OPERATIONS: dict[str, dict[str, Operation]] = {
+    "keys": _KEY_OPERATIONS,
+    "teams": _TEAM_OPERATIONS,
+    "audit": {"prune": _prune_audit},
 }

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -29,6 +29,7 @@ from ferryman.store.tables import AuditRow
 
 AUDIT_WRITE_TIMEOUT = 5.0  # seconds: well under any client's timeout, long enough for a busy SQLite
 AUDIT_READ_TIMEOUT = 10.0
+AUDIT_PRUNE_TIMEOUT = 300.0  # seconds: a first prune of a long-lived gateway deletes years of rows
 MAX_AUDIT_PAGE = 1_000
 MAX_TARGET_VALUE = 400  # characters of a path parameter kept (refused calls' paths are anyone's input)
 
@@ -115,6 +116,16 @@ class AuditLog:
         statement = update(AuditRow).where(AuditRow.seq == seq).values(status=status)
         async with _bounded(self._write_timeout, "write"), self._sessions.begin() as session:
             await session.execute(statement)
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the records of actions taken before `before` (tz-aware); how many went. The retention
+        policy is the operator's (`ferryman audit prune`, from a scheduled job): nothing prunes by itself."""
+        if before.utcoffset() is None:
+            raise ValueError("before must be timezone-aware")
+        statement = delete(AuditRow).where(AuditRow.at < before)
+        async with _bounded(AUDIT_PRUNE_TIMEOUT, "write"), self._sessions.begin() as session:
+            result = await session.execute(statement)
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def search(self, query: AuditQuery) -> AuditPage:
         """Records matching `query`, newest first, at most `query.limit` of them."""
