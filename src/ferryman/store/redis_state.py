@@ -315,26 +315,20 @@ class RedisWindowCounters:
         # Python. Bounded like every per-caller cache here.
         self._texts: dict[Window | Ceiling, tuple[str, str, str, str]] = {}
 
-    def _window_texts(self, window: Window) -> tuple[str, str, str, str]:
-        """The window's series hash and entries keys, its limit and its length in microseconds."""
-        texts = self._texts.get(window)
+    def _texts_of(self, unit: Window | Ceiling) -> tuple[str, str, str, str]:
+        """A window's series hash and entries keys, its limit and its length in microseconds; or a
+        ceiling's level and holds keys, its limit and its holds' TTL in microseconds."""
+        texts = self._texts.get(unit)
         if texts is None:
-            texts = (*self._keys.window(window.key), _number(window.limit), _number(window.seconds * _US))
-            self._keep(window, texts)
+            if isinstance(unit, Window):
+                (first, second), length = self._keys.window(unit.key), unit.seconds
+            else:
+                (first, second), length = self._keys.ceiling(unit.key), unit.ttl
+            texts = (first, second, _number(unit.limit), _number(length * _US))
+            if len(self._texts) >= _TEXTS_KEPT:
+                self._texts.clear()
+            self._texts[unit] = texts
         return texts
-
-    def _ceiling_texts(self, ceiling: Ceiling) -> tuple[str, str, str, str]:
-        """The ceiling's level and holds keys, its limit and its holds' TTL in microseconds."""
-        texts = self._texts.get(ceiling)
-        if texts is None:
-            texts = (*self._keys.ceiling(ceiling.key), _number(ceiling.limit), _number(ceiling.ttl * _US))
-            self._keep(ceiling, texts)
-        return texts
-
-    def _keep(self, unit: Window | Ceiling, texts: tuple[str, str, str, str]) -> None:
-        if len(self._texts) >= _TEXTS_KEPT:
-            self._texts.clear()
-        self._texts[unit] = texts
 
     async def check_and_add(self, windows: Sequence[Window], amount: float) -> Admission:
         if amount < 0:
@@ -368,7 +362,7 @@ class RedisWindowCounters:
         keys: list[str] = []
         args = [str(len(windows))]
         for window, amount in windows:
-            hash_key, entries_key, limit, seconds = self._window_texts(window)
+            hash_key, entries_key, limit, seconds = self._texts_of(window)
             keys += (hash_key, entries_key)
             args += (_number(amount), limit, seconds)
         names = [window.key for window, _ in windows]
@@ -376,7 +370,7 @@ class RedisWindowCounters:
             keys.append(self._keys.hold(hold.reservation_id))
             args += [hold.reservation_id, _number(hold.amount), _number(hold.ttl * _US)]
             for ceiling in hold.ceilings:
-                level_key, holds_key, limit, ttl = self._ceiling_texts(ceiling)
+                level_key, holds_key, limit, ttl = self._texts_of(ceiling)
                 keys += (level_key, holds_key)
                 args += (limit, ttl)
                 names.append(ceiling.key)
@@ -403,7 +397,7 @@ class RedisWindowCounters:
         keys: list[str] = []
         args = [str(len(corrections))]
         for window, amount in corrections:
-            hash_key, entries_key, _, seconds = self._window_texts(window)
+            hash_key, entries_key, _, seconds = self._texts_of(window)
             keys += (hash_key, entries_key)
             args += (_number(amount), seconds)
         if release is not None:
