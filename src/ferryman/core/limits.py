@@ -201,13 +201,13 @@ class RateLimits:
         tpm: list[Window] = []
         parallel: list[Ceiling] = []
         for scope in scopes:
-            quota, name = scope.quota, f"{scope.kind}:{scope.id}"
-            if quota.rpm:
-                rpm.append(Window(f"rpm:{name}", quota.rpm, MINUTE))
-            if quota.tpm:
-                tpm.append(Window(f"tpm:{name}", quota.tpm, MINUTE))
-            if quota.max_parallel:
-                parallel.append(Ceiling(f"parallel:{name}", quota.max_parallel, self._slot_ttl))
+            requests, tokens, ceiling = _units(f"{scope.kind}:{scope.id}", scope.quota, self._slot_ttl)
+            if requests is not None:
+                rpm.append(requests)
+            if tokens is not None:
+                tpm.append(tokens)
+            if ceiling is not None:
+                parallel.append(ceiling)
         return _Plan(tuple(scopes), tuple(rpm), tuple(tpm), tuple(parallel))
 
     def _estimate(self, exchange: Exchange) -> int:
@@ -261,15 +261,8 @@ class DeploymentQuotas:
         self._slots = slots
         self._quotas = {name: quota for name, quota in quotas.items() if quota}
         # Each deployment's windows and ceiling, built once: the quotas are the config's, fixed.
-        self._units = {
-            name: (
-                Window(f"rpm:deployment:{name}", quota.rpm, MINUTE) if quota.rpm else None,
-                Window(f"tpm:deployment:{name}", quota.tpm, MINUTE) if quota.tpm else None,
-                (Ceiling(f"parallel:deployment:{name}", quota.max_parallel, slot_ttl),)
-                if quota.max_parallel
-                else (),
-            )
-            for name, quota in self._quotas.items()
+        self._by_deployment = {
+            name: _units(f"deployment:{name}", quota, slot_ttl) for name, quota in self._quotas.items()
         }
         self._slot_ttl = slot_ttl
         self._estimates = estimates or InputEstimates()
@@ -283,9 +276,9 @@ class DeploymentQuotas:
         """Take the deployment's share for this attempt in one call, or raise `LimitExceededError` when
         it has no headroom (nothing is kept then)."""
         name = target.deployment
-        rpm, tpm, ceilings = self._units[name]
+        rpm, tpm, ceiling = self._by_deployment[name]
         estimate = self._estimates.for_target(exchange, target) if tpm and exchange.billed else 0
-        slot = _slot(ceilings, self._slot_ttl)
+        slot = _slot((ceiling,) if ceiling else (), self._slot_ttl)
         windows = [(window, amount) for window, amount in ((rpm, 1.0), (tpm, float(estimate))) if window]
         admission = await self._counters.admit(windows, slot, holds=self._slots)
         if self._headroom is not None and windows:
@@ -303,6 +296,16 @@ class DeploymentQuotas:
             corrections = [(grant.tpm, float(tokens - grant.estimate))]
         if grant.slot_id is not None or corrections:
             await self._counters.finish(corrections, grant.slot_id, holds=self._slots)
+
+
+def _units(name: str, quota: Quota, slot_ttl: float) -> tuple[Window | None, Window | None, Ceiling | None]:
+    """The requests window, tokens window and concurrency ceiling `quota` sets under `name` (a scope's
+    `kind:id`, or `deployment:<label>`); None where it sets no limit."""
+    return (
+        Window(f"rpm:{name}", quota.rpm, MINUTE) if quota.rpm else None,
+        Window(f"tpm:{name}", quota.tpm, MINUTE) if quota.tpm else None,
+        Ceiling(f"parallel:{name}", quota.max_parallel, slot_ttl) if quota.max_parallel else None,
+    )
 
 
 def _fraction_left(admission: Admission, windows: Sequence[tuple[Window, float]]) -> float:
