@@ -216,7 +216,7 @@ def connect_pubsub(target: RedisTarget) -> tuple[Redis, Sentinel | None]:
         sentinel_options: dict[str, Any] = {"socket_connect_timeout": options["socket_connect_timeout"]}
         if target.tls:
             sentinel_options["ssl"] = True
-        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call, unused-ignore]
         return sentinel.master_for(target.service_name, db=target.db, ssl=target.tls, **options), sentinel
     host, port = target.hosts[0]
     return Redis(host=host, port=port, db=target.db, ssl=target.tls, **options), None
@@ -238,7 +238,7 @@ def connect(target: RedisTarget, *, caller_times_out: bool = False) -> Connected
         }
         if target.tls:
             sentinel_options["ssl"] = True
-        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call, unused-ignore]
         master = sentinel.master_for(target.service_name, db=target.db, ssl=target.tls, **options)
         return Connected(master, sentinel)
     [(host, port)] = target.hosts

@@ -222,7 +222,7 @@ class RedisInvalidation:
                 if message.get("type") == "message":
                     apply_notice(self._cache, _text(message["data"]), self.model_listeners)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
 
 
 def _text(data: bytes | str) -> str:
